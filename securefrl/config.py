@@ -1,0 +1,179 @@
+"""Experiment configuration: dataclasses with a docstring per field, loaded from TOML or YAML.
+
+``securefrl config`` prints every field with its default and docstring. A file only needs
+the keys it changes; ``--set section.key=value`` overrides a loaded file.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from securefrl.configtools import apply_override, check_range, from_dict, to_dict
+from securefrl.errors import ConfigError
+
+PROTOCOLS = ("plaintext", "ckks", "secagg")
+SERVER_OPTIMIZERS = ("fedavg", "fedavgm", "fedadam")
+
+
+@dataclass
+class EnvConfig:
+    """Which environment family every client gets, and how much the clients' physics differ."""
+
+    name: str = "cartpole"
+    """Environment family (cartpole, acrobot, mountaincar, pendulum) or any registered gymnasium id."""
+    heterogeneity: float = 0.5
+    """0 = identical clients at default physics, 1 = the widest documented spread of parameters."""
+    overrides: dict[str, float] = field(default_factory=dict)
+    """Physics parameters fixed for every client (attribute name -> value), e.g. {length = 0.7}."""
+    ranges: dict[str, list[float]] = field(default_factory=dict)
+    """Custom [low, high] ranges at heterogeneity 1 (attribute name -> [low, high])."""
+
+    def validate(self, path: str) -> None:
+        check_range(f"{path}.heterogeneity", self.heterogeneity, 0.0, 1.0)
+        for key, bounds in self.ranges.items():
+            if len(bounds) != 2 or not bounds[0] <= bounds[1]:
+                raise ConfigError(f"{path}.ranges.{key}", f"expected [low, high] with low <= high, got {bounds}")
+
+
+@dataclass
+class AgentSection:
+    """The RL algorithm every client runs, and its hyperparameters."""
+
+    name: str = "ppo"
+    """Agent algorithm: dqn or ppo (discrete actions), sac (continuous actions, e.g. pendulum)."""
+    params: dict[str, Any] = field(default_factory=dict)
+    """Hyperparameters overriding the agent's defaults (see `securefrl config --agent NAME`)."""
+
+
+@dataclass
+class ProtocolSection:
+    """How client updates are protected on their way to the server."""
+
+    name: Literal["plaintext", "ckks", "secagg"] = "plaintext"
+    """plaintext (server sees each update), ckks (homomorphic encryption), secagg (SecAgg+ masking)."""
+    params: dict[str, Any] = field(default_factory=dict)
+    """Protocol parameters (e.g. CKKS poly_modulus_degree, SecAgg threshold); defaults are secure."""
+
+
+@dataclass
+class FederationConfig:
+    """Rounds, client sampling, local work and the server's optimizer (horizontal FRL)."""
+
+    n_clients: int = 8
+    """Number of clients, each with its own environment."""
+    rounds: int = 15
+    """Number of federated rounds."""
+    client_fraction: float = 1.0
+    """Fraction of clients sampled each round (at least one client is always sampled)."""
+    local_steps: int = 2048
+    """Environment steps each sampled client trains for per round."""
+    weighting: Literal["samples", "uniform"] = "samples"
+    """FedAvg weights: by the environment steps each client trained on, or uniform."""
+    clip_norm: float = 0.0
+    """L2 clip bound on each client's update (0 = no clipping)."""
+    server_optimizer: Literal["fedavg", "fedavgm", "fedadam"] = "fedavg"
+    """Server step on the mean update: FedAvg, FedAvgM (momentum) or FedAdam (Reddi et al. 2021)."""
+    server_lr: float = 1.0
+    """Server learning rate applied to the aggregated update."""
+    server_momentum: float = 0.9
+    """Momentum of FedAvgM, and beta1 of FedAdam."""
+    server_beta2: float = 0.99
+    """beta2 of FedAdam."""
+    server_eps: float = 1e-3
+    """Adaptivity (tau) of FedAdam."""
+    eval_episodes: int = 3
+    """Greedy evaluation episodes per client per round, for the global and the locally trained model."""
+
+    def validate(self, path: str) -> None:
+        check_range(f"{path}.n_clients", self.n_clients, 1)
+        check_range(f"{path}.rounds", self.rounds, 1)
+        check_range(f"{path}.client_fraction", self.client_fraction, 0.0, 1.0, lo_open=True)
+        check_range(f"{path}.local_steps", self.local_steps, 1)
+        check_range(f"{path}.clip_norm", self.clip_norm, 0.0)
+        check_range(f"{path}.server_lr", self.server_lr, 0.0, lo_open=True)
+        check_range(f"{path}.server_momentum", self.server_momentum, 0.0, 1.0, hi_open=True)
+        check_range(f"{path}.server_beta2", self.server_beta2, 0.0, 1.0, hi_open=True)
+        check_range(f"{path}.server_eps", self.server_eps, 0.0, lo_open=True)
+        check_range(f"{path}.eval_episodes", self.eval_episodes, 1)
+
+
+@dataclass
+class ExperimentConfig:
+    """A whole federated RL experiment."""
+
+    name: str = "demo"
+    """Run name; the results folder is <output_dir>/<name>."""
+    seed: int = 0
+    """Master seed: client physics, sampling, agents and evaluation all derive from it."""
+    output_dir: str = "results"
+    """Folder that receives one sub-folder per run."""
+    env: EnvConfig = field(default_factory=EnvConfig)
+    """Environments."""
+    agent: AgentSection = field(default_factory=AgentSection)
+    """Local RL agents."""
+    federation: FederationConfig = field(default_factory=FederationConfig)
+    """Federation."""
+    protocol: ProtocolSection = field(default_factory=ProtocolSection)
+    """Secure aggregation protocol."""
+
+    def validate(self, path: str) -> None:
+        check_range("seed", self.seed, 0)
+        from securefrl.agents import AGENT_CONFIGS  # deferred: agents import torch
+        from securefrl.envs import validate_env_name
+
+        validate_env_name(self.env.name)
+        if self.agent.name not in AGENT_CONFIGS:
+            raise ConfigError("agent.name", f"unknown agent {self.agent.name!r}; choose one of {sorted(AGENT_CONFIGS)}")
+        from_dict(AGENT_CONFIGS[self.agent.name], self.agent.params, "agent.params")
+
+    def agent_config(self) -> Any:
+        from securefrl.agents import AGENT_CONFIGS
+
+        return from_dict(AGENT_CONFIGS[self.agent.name], self.agent.params, "agent.params")
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_dict(self)
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """Parse a TOML (.toml) or YAML (.yaml/.yml) file into a dict."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError("config", f"no such file: {p}")
+    text = p.read_text()
+    if p.suffix == ".toml":
+        try:
+            return tomllib.loads(text)
+        except tomllib.TOMLDecodeError as err:
+            raise ConfigError("config", f"{p} is not valid TOML: {err}") from None
+    if p.suffix in (".yaml", ".yml"):
+        try:
+            data = yaml.safe_load(text) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError("config", f"{p} is not valid YAML: {err}") from None
+        if not isinstance(data, dict):
+            raise ConfigError("config", f"{p} must hold a mapping at top level")
+        return data
+    raise ConfigError("config", f"unsupported config file type {p.suffix!r}; use .toml, .yaml or .yml")
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
+                base: dict[str, Any] | None = None) -> ExperimentConfig:
+    """Build a validated config from an optional file, then ``section.key=value`` overrides."""
+    data: dict[str, Any] = dict(base or {})
+    if path is not None:
+        data.update(read_config_file(path))
+    for ov in overrides or []:
+        apply_override(data, ov)
+    return from_dict(ExperimentConfig, data)
+
+
+def replace(cfg: ExperimentConfig, **sections: Any) -> ExperimentConfig:
+    """Copy of ``cfg`` with some top-level fields replaced, validated again."""
+    return from_dict(ExperimentConfig, {**cfg.to_dict(), **{k: to_dict(v) for k, v in sections.items()}})
+

@@ -1,0 +1,229 @@
+"""Horizontal federated RL: clients train locally, the server aggregates through a protocol.
+
+One round (see DESIGN.md): sample clients (seeded) -> each sampled client loads the global
+parameters, trains ``local_steps`` environment steps in its own environment, and computes
+``delta = local - global`` -> its update pipeline (clipping, ...) -> ``protocol.protect`` ->
+``protocol.combine`` on the server -> ``protocol.open`` by the key holder -> server optimizer
+step -> every client is evaluated in its own environment with the new global model (and the
+sampled ones also with their locally trained model). FedAvg is McMahan et al. 2017.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from protocols.base import AggregationProtocol
+from securefrl.agents import make_agent
+from securefrl.agents.base import Agent
+from securefrl.config import ExperimentConfig
+from securefrl.envs import EnvSpec, draw_client_envs
+from securefrl.errors import UpdateRejectedError
+from securefrl.protocol_factory import make_protocol
+from securefrl.seeding import derive_rng, derive_seed
+from securefrl.server_opt import ServerOptimizer
+from securefrl.transforms import UpdateTransform, chain, check_finite, clip_by_l2_norm, identity
+
+
+@dataclass
+class Client:
+    """One federated client: its environment, its agent and its update-pipeline state."""
+
+    client_id: int
+    env_spec: EnvSpec
+    agent: Agent
+    eval_env: Any
+    pipeline_state: Any = None
+    env_steps: int = 0
+
+
+@dataclass
+class RoundRecord:
+    """What one round produced: per-client rows and a round summary."""
+
+    round: int
+    clients: list[dict[str, Any]]
+    summary: dict[str, Any]
+
+
+@dataclass
+class Federation:
+    """A federation built from an :class:`ExperimentConfig`; drive it with :meth:`run_round`."""
+
+    config: ExperimentConfig
+    protocol: AggregationProtocol | None = None
+    pipeline: UpdateTransform | None = None
+    clients: list[Client] = field(init=False)
+    global_params: np.ndarray = field(init=False)
+    round: int = field(init=False, default=0)
+
+    def __post_init__(self) -> None:
+        cfg = self.config
+        torch.set_num_threads(1)  # tiny networks: threading costs more than it buys
+        specs = draw_client_envs(
+            cfg.env.name,
+            cfg.federation.n_clients,
+            cfg.env.heterogeneity,
+            derive_rng(cfg.seed, "env-draw"),
+            overrides=cfg.env.overrides or None,
+            ranges={k: (v[0], v[1]) for k, v in cfg.env.ranges.items()} or None,
+        )
+        agent_cfg = cfg.agent_config()
+        self.clients = []
+        for cid, spec in enumerate(specs):
+            agent = make_agent(cfg.agent.name, spec.make, agent_cfg, seed=derive_seed(cfg.seed, "agent", cid))
+            self.clients.append(Client(cid, spec, agent, spec.make()))
+        # Every client starts from one global initialisation, drawn from its own stream.
+        init_agent = make_agent(cfg.agent.name, specs[0].make, agent_cfg, seed=derive_seed(cfg.seed, "global-init"))
+        self.global_params = init_agent.get_flat()
+        self.dim = int(self.global_params.shape[0])
+        if self.protocol is None:
+            self.protocol = make_protocol(cfg.protocol.name, self.dim, len(self.clients), cfg.protocol.params)
+        if self.pipeline is None:
+            fed = cfg.federation
+            self.pipeline = chain(clip_by_l2_norm(fed.clip_norm)) if fed.clip_norm > 0 else identity()
+        for c in self.clients:
+            c.pipeline_state = self.pipeline.init(self.dim)
+            c.agent.set_flat(self.global_params)
+        fed = cfg.federation
+        self.server_opt = ServerOptimizer(fed.server_optimizer, fed.server_lr, fed.server_momentum,
+                                          fed.server_beta2, fed.server_eps)
+
+    # ------------------------------------------------------------------------------------
+    def sample_clients(self, round_id: int) -> list[int]:
+        """Seeded sampling of ``ceil(fraction * n)`` clients (at least one) for ``round_id``."""
+        n = len(self.clients)
+        k = max(1, int(np.ceil(self.config.federation.client_fraction * n - 1e-9)))
+        rng = derive_rng(self.config.seed, "sample", round_id)
+        return sorted(int(i) for i in rng.choice(n, size=k, replace=False))
+
+    def _evaluate(self, client: Client, round_id: int, tag: str) -> float:
+        episodes = self.config.federation.eval_episodes
+        seed = derive_seed(self.config.seed, "eval", tag, round_id, client.client_id) % (2**31)
+        return float(np.mean(client.agent.evaluate(client.eval_env, episodes, seed)))
+
+    def local_update(self, client: Client, round_id: int) -> tuple[np.ndarray, dict[str, Any]]:
+        """Train ``client`` from the global model; return its protected-ready update and stats."""
+        fed = self.config.federation
+        client.agent.set_flat(self.global_params)
+        client.agent.reseed(derive_seed(self.config.seed, "train", round_id, client.client_id) % (2**31))
+        stats = client.agent.learn(fed.local_steps)
+        client.env_steps += fed.local_steps
+        delta = client.agent.get_flat().astype(np.float64) - self.global_params.astype(np.float64)
+        return delta, {"train_" + k: float(v) for k, v in stats.items()}
+
+    def run_round(self) -> RoundRecord:
+        """Run the next round and return its record."""
+        assert self.protocol is not None and self.pipeline is not None
+        r = self.round
+        fed = self.config.federation
+        t_round = time.perf_counter()
+        times = {"train": 0.0, "protect": 0.0, "combine": 0.0, "open": 0.0, "eval": 0.0}
+        sampled = self.sample_clients(r)
+        self.protocol.begin_round(r, sampled)
+        payloads: dict[int, bytes] = {}
+        rows: dict[int, dict[str, Any]] = {c.client_id: {"round": r, "client": c.client_id,
+                                                          "sampled": c.client_id in sampled} for c in self.clients}
+        for cid in sampled:
+            client = self.clients[cid]
+            t0 = time.perf_counter()
+            delta, stats = self.local_update(client, r)
+            times["train"] += time.perf_counter() - t0
+            t0 = time.perf_counter()
+            rows[cid]["return_local"] = self._evaluate(client, r, "local")
+            times["eval"] += time.perf_counter() - t0
+            rows[cid].update(stats)
+            t0 = time.perf_counter()
+            pipe_rng = derive_rng(self.config.seed, "pipeline", r, cid)
+            try:
+                update, client.pipeline_state = self.pipeline.update(check_finite(delta), client.pipeline_state,
+                                                                     pipe_rng)
+            except UpdateRejectedError as err:
+                rows[cid]["rejected"] = str(err)
+                continue
+            weight = float(fed.local_steps) if fed.weighting == "samples" else 1.0
+            payloads[cid] = self.protocol.protect(cid, r, update, weight)
+            times["protect"] += time.perf_counter() - t0
+            rows[cid]["update_norm"] = float(np.linalg.norm(update))
+            rows[cid]["bytes_up"] = len(payloads[cid])
+        t0 = time.perf_counter()
+        aggregate = self.protocol.combine(r, payloads)
+        times["combine"] = time.perf_counter() - t0
+        for cid, reason in aggregate.rejected.items():
+            rows[cid]["rejected"] = reason
+        t0 = time.perf_counter()
+        if aggregate.included:
+            opened = self.protocol.open(aggregate)
+            times["open"] = time.perf_counter() - t0
+            self.global_params = self.server_opt.step(self.global_params, opened.mean)
+        t0 = time.perf_counter()
+        for client in self.clients:
+            client.agent.set_flat(self.global_params)
+            rows[client.client_id]["return_global"] = self._evaluate(client, r, "global")
+            rows[client.client_id]["env_steps"] = client.env_steps
+        times["eval"] += time.perf_counter() - t0
+        returns = [rows[c.client_id]["return_global"] for c in self.clients]
+        local = [rows[c]["return_local"] for c in sampled if "return_local" in rows[c]]
+        summary = {
+            "round": r,
+            "mean_return": float(np.mean(returns)),
+            "min_return": float(np.min(returns)),
+            "max_return": float(np.max(returns)),
+            "mean_local_return": float(np.mean(local)) if local else None,
+            "n_sampled": len(sampled),
+            "n_included": len(aggregate.included),
+            "bytes_up": int(sum(len(p) for p in payloads.values())),
+            "bytes_down_aggregate": len(aggregate.payload),
+            "env_steps_per_client": int(np.mean([c.env_steps for c in self.clients])),
+            "round_time": time.perf_counter() - t_round,
+            **{f"time_{k}": v for k, v in times.items()},
+        }
+        self.round += 1
+        return RoundRecord(r, [rows[c.client_id] for c in self.clients], summary)
+
+    # ------------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue exactly (loads with ``torch.load(weights_only=True)``)."""
+        return {
+            "round": self.round,
+            "global_params": torch.from_numpy(self.global_params.copy()),
+            "server_opt": {k: torch.from_numpy(v.copy()) for k, v in self.server_opt.state.items()},
+            "clients": [
+                {"agent": c.agent.state_dict(), "env_steps": c.env_steps, "pipeline": _to_torch(c.pipeline_state)}
+                for c in self.clients
+            ],
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.round = int(state["round"])
+        self.global_params = state["global_params"].numpy().astype(np.float32)
+        self.server_opt.state = {k: v.numpy() for k, v in state["server_opt"].items()}
+        for c, cs in zip(self.clients, state["clients"], strict=True):
+            c.agent.load_state_dict(cs["agent"])
+            c.env_steps = int(cs["env_steps"])
+            c.pipeline_state = _to_numpy(cs["pipeline"])
+
+
+def _to_torch(obj: Any) -> Any:
+    """numpy arrays -> tensors, recursively (checkpoints load with weights_only=True)."""
+    if isinstance(obj, np.ndarray):
+        return torch.from_numpy(obj.copy())
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_torch(v) for v in obj)
+    if isinstance(obj, dict):
+        return {k: _to_torch(v) for k, v in obj.items()}
+    return obj
+
+
+def _to_numpy(obj: Any) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj.numpy()
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_numpy(v) for v in obj)
+    if isinstance(obj, dict):
+        return {k: _to_numpy(v) for k, v in obj.items()}
+    return obj
