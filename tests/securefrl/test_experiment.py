@@ -78,7 +78,9 @@ def test_sampling_is_seeded_and_respects_fraction(tmp_path):
 
 
 def test_cli_run_and_errors(tmp_path, capsys):
-    args = ["run", "-q", *sum((["--set", s] for s in [*TINY, f"output_dir={tmp_path}"]), [])]
+    args = ["run", "-q"]
+    for s in [*TINY, f"output_dir={tmp_path}"]:
+        args += ["--set", s]
     assert main(args) == 0
     assert (tmp_path / "demo" / "summary.json").is_file()
     assert main(["run", "--set", "federation.rounds=0"]) == 2
