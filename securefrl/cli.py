@@ -39,9 +39,10 @@ def _cmd_config(args: argparse.Namespace) -> int:
 
 
 def _cmd_envs(args: argparse.Namespace) -> int:
-    from securefrl.envs import describe_families
+    from securefrl.envs import FAMILIES
 
-    print(describe_families())
+    for family in FAMILIES.values():
+        print(family.describe(), end="\n\n")
     return 0
 
 

@@ -124,9 +124,9 @@ class ExperimentConfig:
     def validate(self, path: str) -> None:
         check_range("seed", self.seed, 0)
         from securefrl.agents import AGENT_CONFIGS  # deferred: agents import torch
-        from securefrl.envs import validate_env_name
+        from securefrl.envs import resolve_env
 
-        validate_env_name(self.env.name)
+        resolve_env(self.env.name, field="env.name")
         if self.agent.name not in AGENT_CONFIGS:
             raise ConfigError("agent.name", f"unknown agent {self.agent.name!r}; choose one of {sorted(AGENT_CONFIGS)}")
         from_dict(AGENT_CONFIGS[self.agent.name], self.agent.params, "agent.params")

@@ -18,9 +18,9 @@ def test_defaults_are_valid_and_documented():
 def test_toml_and_yaml_files_with_overrides(tmp_path):
     (tmp_path / "a.toml").write_text('name = "x"\n[federation]\nrounds = 4\n[env]\nheterogeneity = 0.2\n')
     (tmp_path / "b.yaml").write_text("name: y\nfederation:\n  rounds: 6\n")
-    a = load_config(tmp_path / "a.toml", ["federation.n_clients=3", "env.overrides={length: 0.8}"])
+    a = load_config(tmp_path / "a.toml", ["federation.n_clients=3", "env.overrides={pole_length: 0.8}"])
     assert (a.name, a.federation.rounds, a.federation.n_clients, a.env.heterogeneity) == ("x", 4, 3, 0.2)
-    assert a.env.overrides == {"length": 0.8}
+    assert a.env.overrides == {"pole_length": 0.8}
     b = load_config(tmp_path / "b.yaml")
     assert (b.name, b.federation.rounds) == ("y", 6)
 

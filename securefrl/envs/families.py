@@ -1,0 +1,245 @@
+"""Environment families whose physics vary from client to client.
+
+Federated RL clients rarely share one environment: robots differ in mass, length and motor
+strength. Jin et al. (2022), "Federated Reinforcement Learning with Environment Heterogeneity"
+(AISTATS), model this as clients whose transition dynamics differ through perturbed physical
+parameters of one task. A family here names such a task (a gymnasium classic-control env), the
+physical parameters that vary, their defaults and the range they span at the widest heterogeneity.
+
+Ranges at heterogeneity 1 (multiples of the gymnasium default) were chosen so that every corner of
+the box stays solvable: a hand-written controller still balances CartPole for 500 steps, swings
+Acrobot up within its 500-step limit, drives MountainCar to the flag within 200 steps and swings
+up and holds Pendulum at every corner (checked in ``tests/securefrl/test_envs.py``).
+
+=============  ==========================================================  =============
+family         parameters (default)                                        range at h=1
+=============  ==========================================================  =============
+cartpole       pole_length 1.0, pole_mass 0.1, cart_mass 1.0,              0.5–1.5 x
+               gravity 9.8, force_mag 10.0
+acrobot        link_length_1 1.0, link_length_2 1.0, link_mass_1 1.0,      0.5–1.5 x
+               link_mass_2 1.0
+mountaincar    force 0.001, gravity 0.0025                                 0.8–1.2 x
+pendulum       mass 1.0, length 1.0, gravity 10.0                          0.75–1.25 x
+=============  ==========================================================  =============
+
+The ranges are symmetric around the default, so the average client is the standard task.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+
+import gymnasium as gym
+from gymnasium.envs.classic_control.acrobot import AcrobotEnv
+from gymnasium.envs.classic_control.cartpole import CartPoleEnv
+from gymnasium.envs.classic_control.mountain_car import MountainCarEnv
+from gymnasium.envs.classic_control.pendulum import PendulumEnv
+
+from securefrl.errors import ConfigError
+
+__all__ = [
+    "FAMILIES",
+    "EnvFamily",
+    "FamilyParam",
+    "family_for_env",
+    "family_names",
+    "get_family",
+]
+
+
+@dataclass(frozen=True)
+class FamilyParam:
+    """One physical parameter of a family, in user units.
+
+    ``attribute`` is the attribute of ``env.unwrapped`` it sets, to ``scale * value``
+    (CartPole stores half the pole length, so ``pole_length`` has ``scale=0.5``).
+    ``low``/``high`` bound the values drawn at heterogeneity 1.
+    """
+
+    name: str
+    attribute: str
+    default: float
+    low: float
+    high: float
+    doc: str
+    scale: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.low <= self.default <= self.high:
+            raise ValueError(f"{self.name}: need 0 < low <= default <= high")
+
+
+def _spread(
+    name: str, attribute: str, default: float, lo: float, hi: float, doc: str, scale: float = 1.0
+) -> FamilyParam:
+    """A parameter whose range at h=1 is ``[lo, hi] x default``."""
+    return FamilyParam(name, attribute, default, lo * default, hi * default, doc, scale)
+
+
+@dataclass(frozen=True)
+class EnvFamily:
+    """A gymnasium task whose physical parameters can differ per client.
+
+    ``derive`` recomputes attributes that the env caches from the physical ones (CartPole's
+    ``total_mass``); without it a changed mass or length would silently not take effect.
+    """
+
+    name: str
+    env_id: str
+    env_class: type[gym.Env]
+    params: tuple[FamilyParam, ...]
+    derive: Callable[[gym.Env], dict[str, float]]
+    description: str
+
+    @property
+    def param_names(self) -> tuple[str, ...]:
+        """Names accepted in overrides and ranges."""
+        return tuple(p.name for p in self.params)
+
+    def param(self, name: str, field: str = "params") -> FamilyParam:
+        """The parameter called ``name``; ConfigError listing the allowed names otherwise."""
+        for p in self.params:
+            if p.name == name:
+                return p
+        raise ConfigError(
+            f"{field}.{name}",
+            f"unknown parameter {name!r} of family {self.name!r}; allowed: {', '.join(self.param_names)}",
+        )
+
+    def defaults(self) -> dict[str, float]:
+        """The gymnasium defaults, i.e. every client's parameters at heterogeneity 0."""
+        return {p.name: p.default for p in self.params}
+
+    def ranges(self) -> dict[str, tuple[float, float]]:
+        """The ``(low, high)`` range of each parameter at heterogeneity 1."""
+        return {p.name: (p.low, p.high) for p in self.params}
+
+    def describe(self) -> str:
+        """Human-readable parameter table, for CLI help."""
+        lines = [f"{self.name} ({self.env_id}): {self.description}"]
+        for p in self.params:
+            lines.append(f"  {p.name:<14} default {p.default:g}, range at h=1 [{p.low:g}, {p.high:g}]: {p.doc}")
+        return "\n".join(lines)
+
+    def apply(self, env: gym.Env, params: Mapping[str, float]) -> None:
+        """Set ``params`` on ``env.unwrapped`` and recompute the attributes derived from them."""
+        unwrapped = env.unwrapped
+        if not isinstance(unwrapped, self.env_class):
+            raise ConfigError(
+                "env_id",
+                f"family {self.name!r} needs a {self.env_class.__name__} (e.g. {self.env_id!r}), "
+                f"got {type(unwrapped).__name__}",
+            )
+        for name, value in params.items():
+            p = self.param(name)
+            setattr(unwrapped, p.attribute, p.scale * float(value))
+        refresh_derived(unwrapped, self, explicit=())
+
+
+def refresh_derived(unwrapped: gym.Env, family: EnvFamily, explicit: tuple[str, ...] | set[str]) -> None:
+    """Recompute ``family``'s derived attributes on ``unwrapped``, except those set explicitly."""
+    for attribute, value in family.derive(unwrapped).items():
+        if attribute not in explicit:
+            setattr(unwrapped, attribute, value)
+
+
+def _cartpole_derived(env: gym.Env) -> dict[str, float]:
+    # CartPoleEnv caches these in __init__ and uses them in step().
+    return {
+        "total_mass": env.masspole + env.masscart,  # type: ignore[attr-defined]
+        "polemass_length": env.masspole * env.length,  # type: ignore[attr-defined]
+    }
+
+
+def _acrobot_derived(env: gym.Env) -> dict[str, float]:
+    # The dynamics use the centres of mass, not the link lengths (LINK_LENGTH_2 only draws);
+    # uniform links have their centre of mass in the middle.
+    return {
+        "LINK_COM_POS_1": 0.5 * env.LINK_LENGTH_1,  # type: ignore[attr-defined]
+        "LINK_COM_POS_2": 0.5 * env.LINK_LENGTH_2,  # type: ignore[attr-defined]
+    }
+
+
+def _no_derived(env: gym.Env) -> dict[str, float]:
+    return {}
+
+
+_FAMILY_LIST = (
+    EnvFamily(
+        name="cartpole",
+        env_id="CartPole-v1",
+        env_class=CartPoleEnv,
+        params=(
+            _spread("pole_length", "length", 1.0, 0.5, 1.5, "full pole length [m] (gymnasium stores half)", 0.5),
+            _spread("pole_mass", "masspole", 0.1, 0.5, 1.5, "pole mass [kg]"),
+            _spread("cart_mass", "masscart", 1.0, 0.5, 1.5, "cart mass [kg]"),
+            _spread("gravity", "gravity", 9.8, 0.5, 1.5, "gravitational acceleration [m/s^2]"),
+            _spread("force_mag", "force_mag", 10.0, 0.5, 1.5, "force of a push [N]"),
+        ),
+        derive=_cartpole_derived,
+        description="balance a pole on a cart (Barto, Sutton & Anderson 1983); discrete actions",
+    ),
+    EnvFamily(
+        name="acrobot",
+        env_id="Acrobot-v1",
+        env_class=AcrobotEnv,
+        params=(
+            _spread("link_length_1", "LINK_LENGTH_1", 1.0, 0.5, 1.5, "length of the upper link [m]"),
+            _spread("link_length_2", "LINK_LENGTH_2", 1.0, 0.5, 1.5, "length of the lower link [m]"),
+            _spread("link_mass_1", "LINK_MASS_1", 1.0, 0.5, 1.5, "mass of the upper link [kg]"),
+            _spread("link_mass_2", "LINK_MASS_2", 1.0, 0.5, 1.5, "mass of the lower link [kg]"),
+        ),
+        derive=_acrobot_derived,
+        description="swing a two-link pendulum up (Sutton 1996); discrete actions",
+    ),
+    EnvFamily(
+        name="mountaincar",
+        env_id="MountainCar-v0",
+        env_class=MountainCarEnv,
+        params=(
+            _spread("force", "force", 0.001, 0.8, 1.2, "engine force per step"),
+            _spread("gravity", "gravity", 0.0025, 0.8, 1.2, "gravity along the slope"),
+        ),
+        derive=_no_derived,
+        description="drive an underpowered car up a hill (Moore 1990); discrete actions",
+    ),
+    EnvFamily(
+        name="pendulum",
+        env_id="Pendulum-v1",
+        env_class=PendulumEnv,
+        params=(
+            _spread("mass", "m", 1.0, 0.75, 1.25, "pendulum mass [kg]"),
+            _spread("length", "l", 1.0, 0.75, 1.25, "pendulum length [m]"),
+            _spread("gravity", "g", 10.0, 0.75, 1.25, "gravitational acceleration [m/s^2]"),
+        ),
+        derive=_no_derived,
+        description="swing up and hold an inverted pendulum; continuous torque",
+    ),
+)
+
+FAMILIES: Mapping[str, EnvFamily] = MappingProxyType({f.name: f for f in _FAMILY_LIST})
+"""Built-in families by name (read-only)."""
+
+
+def family_names() -> tuple[str, ...]:
+    """Names of the built-in families, sorted (for config validation and CLI help)."""
+    return tuple(sorted(FAMILIES))
+
+
+def get_family(name: str, field: str = "family") -> EnvFamily:
+    """The family called ``name``; ConfigError listing the known families otherwise."""
+    try:
+        return FAMILIES[name]
+    except (KeyError, TypeError):
+        raise ConfigError(field, f"unknown family {name!r}; allowed: {', '.join(family_names())}") from None
+
+
+def family_for_env(unwrapped: gym.Env) -> EnvFamily | None:
+    """The family whose env class ``unwrapped`` is, so plain-id overrides also refresh derived attributes."""
+    for family in _FAMILY_LIST:
+        if isinstance(unwrapped, family.env_class):
+            return family
+    return None
+
