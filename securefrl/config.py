@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import yaml
 
 from securefrl.configtools import apply_override, check_range, from_dict, to_dict
@@ -88,6 +89,11 @@ class FederationConfig:
     """Adaptivity (tau) of FedAdam."""
     eval_episodes: int = 3
     """Greedy evaluation episodes per client per round, for the global and the locally trained model."""
+    aggregator: str = "fedavg"
+    """Server rule: fedavg (any protocol) or a robust rule needing plaintext: median, trimmed_mean, krum,
+    multi_krum, bulyan, geometric_median, norm_bounding, centered_clipping."""
+    aggregator_params: dict[str, Any] = field(default_factory=dict)
+    """Parameters of the robust rule (e.g. beta of trimmed_mean); n_malicious defaults to attack.n_malicious."""
 
     def validate(self, path: str) -> None:
         check_range(f"{path}.n_clients", self.n_clients, 1)
@@ -100,6 +106,18 @@ class FederationConfig:
         check_range(f"{path}.server_beta2", self.server_beta2, 0.0, 1.0, hi_open=True)
         check_range(f"{path}.server_eps", self.server_eps, 0.0, lo_open=True)
         check_range(f"{path}.eval_episodes", self.eval_episodes, 1)
+
+
+@dataclass
+class AttackSection:
+    """Malicious clients and what they do (attacks are plug-ins; see `securefrl attacks`)."""
+
+    name: str = "none"
+    """Attack name: none, or one offered by an installed plug-in (sign_flip, scaling, alie, ipm, ...)."""
+    n_malicious: int = 0
+    """How many clients are malicious (chosen with the seed, recorded in the results)."""
+    params: dict[str, Any] = field(default_factory=dict)
+    """Parameters of the attack (e.g. epsilon of ipm)."""
 
 
 @dataclass
@@ -120,6 +138,8 @@ class ExperimentConfig:
     """Federation."""
     protocol: ProtocolSection = field(default_factory=ProtocolSection)
     """Secure aggregation protocol."""
+    attack: AttackSection = field(default_factory=AttackSection)
+    """Adversaries among the clients."""
 
     def validate(self, path: str) -> None:
         check_range("seed", self.seed, 0)
@@ -130,6 +150,35 @@ class ExperimentConfig:
         if self.agent.name not in AGENT_CONFIGS:
             raise ConfigError("agent.name", f"unknown agent {self.agent.name!r}; choose one of {sorted(AGENT_CONFIGS)}")
         from_dict(AGENT_CONFIGS[self.agent.name], self.agent.params, "agent.params")
+        check_range("attack.n_malicious", self.attack.n_malicious, 0, self.federation.n_clients - 1)
+        if self.attack.name != "none":
+            if self.attack.n_malicious == 0:
+                raise ConfigError("attack.n_malicious", f"attack {self.attack.name!r} needs a malicious client")
+            from securefrl.behaviour import make_behaviour
+
+            make_behaviour(self.attack.name, **self.attack.params)
+        if self.federation.aggregator != "fedavg":
+            self.make_rule()
+
+    def make_rule(self) -> Any:
+        """The robust aggregation rule, checked against the protocol (None for plain FedAvg)."""
+        if self.federation.aggregator == "fedavg":
+            return None
+        from securefrl.aggregators import make_rule
+
+        fed = self.federation
+        params = dict(fed.aggregator_params)
+        f = params.pop("n_malicious", self.attack.n_malicious)
+        n = max(1, int(np.ceil(fed.client_fraction * fed.n_clients - 1e-9)))
+        rule = make_rule(fed.aggregator, n, f, **params)
+        if rule.requires_individual_updates and self.protocol.name != "plaintext":
+            raise ConfigError(
+                "federation.aggregator",
+                f"{fed.aggregator} needs each client's update, but protocol {self.protocol.name!r} reveals only the "
+                "aggregate. Alternatives that work: aggregator=fedavg with federation.clip_norm (client-side norm "
+                "bounding) under this protocol, or protocol=plaintext with this rule.",
+            )
+        return rule
 
     def agent_config(self) -> Any:
         from securefrl.agents import AGENT_CONFIGS

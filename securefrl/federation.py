@@ -11,6 +11,7 @@ sampled ones also with their locally trained model). FedAvg is McMahan et al. 20
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +21,7 @@ import torch
 from protocols.base import AggregationProtocol
 from securefrl.agents import make_agent
 from securefrl.agents.base import Agent
+from securefrl.behaviour import ServerView, make_behaviour, wrap_training_env
 from securefrl.config import ExperimentConfig
 from securefrl.envs import EnvSpec, draw_client_envs
 from securefrl.errors import UpdateRejectedError
@@ -39,6 +41,7 @@ class Client:
     eval_env: Any
     pipeline_state: Any = None
     env_steps: int = 0
+    malicious: bool = False
 
 
 @dataclass
@@ -57,12 +60,20 @@ class Federation:
     config: ExperimentConfig
     protocol: AggregationProtocol | None = None
     pipeline: UpdateTransform | None = None
+    observers: list[Callable[[ServerView], None]] = field(default_factory=list)
+    """Called with what the server saw each round (curious-server attacks, logging)."""
     clients: list[Client] = field(init=False)
     global_params: np.ndarray = field(init=False)
     round: int = field(init=False, default=0)
 
     def __post_init__(self) -> None:
         cfg = self.config
+        self.behaviour = make_behaviour(cfg.attack.name, **cfg.attack.params) if cfg.attack.name != "none" else None
+        n_mal = cfg.attack.n_malicious if self.behaviour is not None else 0
+        picked = derive_rng(cfg.seed, "malicious").choice(cfg.federation.n_clients, size=n_mal, replace=False)
+        self.malicious_ids = sorted(int(i) for i in picked)
+        self.rule = cfg.make_rule()
+        self.rule_state: Any = None
         torch.set_num_threads(1)  # tiny networks: threading costs more than it buys
         specs = draw_client_envs(
             cfg.env.name,
@@ -75,8 +86,11 @@ class Federation:
         agent_cfg = cfg.agent_config()
         self.clients = []
         for cid, spec in enumerate(specs):
-            agent = make_agent(cfg.agent.name, spec.make, agent_cfg, seed=derive_seed(cfg.seed, "agent", cid))
-            self.clients.append(Client(cid, spec, agent, spec.make()))
+            env_fn = spec.make
+            if cid in self.malicious_ids:
+                env_fn = self._poisoned_env_fn(spec, cid)
+            agent = make_agent(cfg.agent.name, env_fn, agent_cfg, seed=derive_seed(cfg.seed, "agent", cid))
+            self.clients.append(Client(cid, spec, agent, spec.make(), malicious=cid in self.malicious_ids))
         # Every client starts from one global initialisation, drawn from its own stream.
         init_agent = make_agent(cfg.agent.name, specs[0].make, agent_cfg, seed=derive_seed(cfg.seed, "global-init"))
         self.global_params = init_agent.get_flat()
@@ -92,6 +106,16 @@ class Federation:
         fed = cfg.federation
         self.server_opt = ServerOptimizer(fed.server_optimizer, fed.server_lr, fed.server_momentum,
                                           fed.server_beta2, fed.server_eps)
+
+    def _poisoned_env_fn(self, spec: EnvSpec, cid: int) -> Callable[[], Any]:
+        """Training environments of a malicious client, wrapped by an environment attack if any."""
+        counter = iter(range(1 << 30))
+
+        def make() -> Any:
+            return wrap_training_env(self.behaviour, spec.make(), derive_rng(self.config.seed, "attack-env", cid,
+                                                                             next(counter)))
+
+        return make
 
     # ------------------------------------------------------------------------------------
     def sample_clients(self, round_id: int) -> list[int]:
@@ -127,16 +151,22 @@ class Federation:
         self.protocol.begin_round(r, sampled)
         payloads: dict[int, bytes] = {}
         rows: dict[int, dict[str, Any]] = {c.client_id: {"round": r, "client": c.client_id,
-                                                          "sampled": c.client_id in sampled} for c in self.clients}
+                                                          "sampled": c.client_id in sampled,
+                                                          "malicious": c.malicious} for c in self.clients}
+        deltas: dict[int, np.ndarray] = {}
         for cid in sampled:
             client = self.clients[cid]
             t0 = time.perf_counter()
-            delta, stats = self.local_update(client, r)
+            deltas[cid], stats = self.local_update(client, r)
             times["train"] += time.perf_counter() - t0
             t0 = time.perf_counter()
             rows[cid]["return_local"] = self._evaluate(client, r, "local")
             times["eval"] += time.perf_counter() - t0
             rows[cid].update(stats)
+        self._poison(r, deltas)
+        weight = float(fed.local_steps) if fed.weighting == "samples" else 1.0
+        for cid, delta in deltas.items():
+            client = self.clients[cid]
             t0 = time.perf_counter()
             pipe_rng = derive_rng(self.config.seed, "pipeline", r, cid)
             try:
@@ -145,7 +175,6 @@ class Federation:
             except UpdateRejectedError as err:
                 rows[cid]["rejected"] = str(err)
                 continue
-            weight = float(fed.local_steps) if fed.weighting == "samples" else 1.0
             payloads[cid] = self.protocol.protect(cid, r, update, weight)
             times["protect"] += time.perf_counter() - t0
             rows[cid]["update_norm"] = float(np.linalg.norm(update))
@@ -156,10 +185,27 @@ class Federation:
         for cid, reason in aggregate.rejected.items():
             rows[cid]["rejected"] = reason
         t0 = time.perf_counter()
+        individual = None
+        if self.protocol.reveals_individual_updates:
+            individual = self.protocol.individual_updates(r, {c: payloads[c] for c in aggregate.included})
+        mean = None
         if aggregate.included:
-            opened = self.protocol.open(aggregate)
-            times["open"] = time.perf_counter() - t0
-            self.global_params = self.server_opt.step(self.global_params, opened.mean)
+            if self.rule is not None and individual:
+                ids = sorted(individual)
+                result = self.rule(np.stack([individual[c] for c in ids]), np.full(len(ids), weight), self.rule_state)
+                self.rule_state = result.state
+                mean = result.aggregate
+                for i, reason in result.dropped.items():
+                    rows[ids[i]]["rejected"] = f"aggregator: {reason}"
+            else:
+                mean = self.protocol.open(aggregate).mean
+            self.global_params = self.server_opt.step(self.global_params, mean)
+        times["open"] = time.perf_counter() - t0
+        if self.observers:
+            view = ServerView(r, self.protocol.name, dict(payloads), aggregate.payload, list(aggregate.included),
+                              individual, mean if self.protocol.server_can_open else None)
+            for observe in self.observers:
+                observe(view)
         t0 = time.perf_counter()
         for client in self.clients:
             client.agent.set_flat(self.global_params)
@@ -185,6 +231,20 @@ class Federation:
         self.round += 1
         return RoundRecord(r, [rows[c.client_id] for c in self.clients], summary)
 
+    def _poison(self, round_id: int, deltas: dict[int, np.ndarray]) -> None:
+        """Malicious sampled clients replace their updates with crafted ones (in place)."""
+        bad = [c for c in deltas if self.clients[c].malicious]
+        if self.behaviour is None or not bad:
+            return
+        honest_ids = [c for c in deltas if not self.clients[c].malicious]
+        honest = np.stack([deltas[c] for c in honest_ids]) if honest_ids else None
+        if getattr(self.behaviour, "omniscient", False) and honest is None:
+            return  # nothing to be omniscient about: every sampled client is malicious
+        crafted = self.behaviour.craft(np.stack([deltas[c] for c in bad]), honest,
+                                       derive_rng(self.config.seed, "attack", round_id))
+        for c, row in zip(bad, crafted, strict=True):
+            deltas[c] = np.asarray(row, dtype=np.float64)
+
     # ------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to continue exactly (loads with ``torch.load(weights_only=True)``)."""
@@ -192,6 +252,7 @@ class Federation:
             "round": self.round,
             "global_params": torch.from_numpy(self.global_params.copy()),
             "server_opt": {k: torch.from_numpy(v.copy()) for k, v in self.server_opt.state.items()},
+            "rule_state": _to_torch(self.rule_state),
             "clients": [
                 {"agent": c.agent.state_dict(), "env_steps": c.env_steps, "pipeline": _to_torch(c.pipeline_state)}
                 for c in self.clients
@@ -202,6 +263,7 @@ class Federation:
         self.round = int(state["round"])
         self.global_params = state["global_params"].numpy().astype(np.float32)
         self.server_opt.state = {k: v.numpy() for k, v in state["server_opt"].items()}
+        self.rule_state = _to_numpy(state["rule_state"])
         for c, cs in zip(self.clients, state["clients"], strict=True):
             c.agent.load_state_dict(cs["agent"])
             c.env_steps = int(cs["env_steps"])
