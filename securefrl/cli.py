@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from importlib.metadata import entry_points
 
 from securefrl.errors import SecureFRLError
 
@@ -63,6 +64,10 @@ def build_parser() -> argparse.ArgumentParser:
     conf.set_defaults(func=_cmd_config)
     envs = sub.add_parser("envs", help="list environment families and their physics parameters")
     envs.set_defaults(func=_cmd_envs)
+    # Plug-in commands (e.g. the attack-evaluation harness of the `attacks` package) register
+    # through the `securefrl.commands` entry-point group: `register(subparsers)` adds a sub-command.
+    for ep in entry_points(group="securefrl.commands"):
+        ep.load()(sub)
     return parser
 
 
