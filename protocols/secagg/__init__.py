@@ -1,0 +1,33 @@
+"""SecAgg+ pairwise-masking secure aggregation (Bonawitz et al. 2017; Bell et al. 2020, both CCS).
+
+:class:`SecAggProtocol` plugs into the round loop; :class:`SecAggClient` and :class:`SecAggServer`
+are the stage machines it drives, usable directly to study dropouts or adversarial servers.
+"""
+
+from protocols.secagg.client import DoubleRevealError, SecAggClient
+from protocols.secagg.crypto import AuthenticationError, KeyAgreementError
+from protocols.secagg.messages import Kind, MessageCodec, MessageFormatError, ShareKind, Stage
+from protocols.secagg.params import RoundPlan, SecAggParams, logarithmic_degree, neighbour_graph
+from protocols.secagg.protocol import SecAggProtocol
+from protocols.secagg.quantize import Quantizer
+from protocols.secagg.server import SecAggResult, SecAggServer
+
+__all__ = [
+    "AuthenticationError",
+    "DoubleRevealError",
+    "KeyAgreementError",
+    "Kind",
+    "MessageCodec",
+    "MessageFormatError",
+    "Quantizer",
+    "RoundPlan",
+    "SecAggClient",
+    "SecAggParams",
+    "SecAggProtocol",
+    "SecAggResult",
+    "SecAggServer",
+    "ShareKind",
+    "Stage",
+    "logarithmic_degree",
+    "neighbour_graph",
+]

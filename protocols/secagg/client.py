@@ -1,0 +1,231 @@
+"""The client side of SecAgg+: a state machine over the four stages of one round.
+
+Bonawitz et al. 2017 (CCS, "Practical Secure Aggregation for Privacy-Preserving Machine Learning",
+Fig. 4) with the sparse neighbourhoods of Bell et al. 2020 (CCS, SecAgg+). A client
+
+1. advertises two fresh X25519 public keys (share channel ``c``, pairwise masks ``s``);
+2. Shamir-shares its self-mask seed ``b`` and its mask private key ``s_sk`` among its neighbourhood
+   (itself included) and sends each neighbour its share pair under AES-GCM, keyed by ``c``-agreement
+   and bound to (round, sender, recipient);
+3. sends ``x + PRG(b) + sum_{v > u} PRG(s_uv) - sum_{v < u} PRG(s_uv)`` mod 2^b over the neighbours
+   whose shares reached it;
+4. reveals, for each neighbour, the share of ``b_v`` if the server says v survived or of ``s_sk_v``
+   if it says v dropped -- never both for the same peer, and nothing at all below the threshold.
+
+Calls out of order raise :class:`StageError`; any refusal of peer bytes aborts the client for the
+round (``stage`` becomes ``ABORTED``), as Bonawitz et al. prescribe.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from typing import TypeVar
+
+import numpy as np
+
+from protocols.errors import PayloadError, ProtocolError, RoundAbortedError, StageError, WrongRoundError
+from protocols.secagg import crypto
+from protocols.secagg.messages import (
+    SHARE_PAIR_BYTES,
+    AdvertiseKeys,
+    MessageCodec,
+    ShareKeys,
+    ShareKind,
+    Stage,
+    UnmaskShares,
+)
+from protocols.secagg.params import SecAggParams
+from protocols.secagg.quantize import Quantizer
+from protocols.shamir import SHARE_BYTES, decode_share, encode_share, split
+
+_T = TypeVar("_T")
+
+
+class DoubleRevealError(PayloadError):
+    """The server asked for both the self-mask-seed share and the mask-key share of one peer.
+
+    Revealing both would let it strip every mask from that peer's input (Bonawitz et al. 2017, §4).
+    """
+
+
+class SecAggClient:
+    """One client in one SecAgg+ round; create a fresh instance (fresh keys) for every round.
+
+    Parameters
+    ----------
+    params:
+        Public protocol parameters shared with the server.
+    round_id, client_id, roster:
+        The round, this client, and every client sampled for the round; with ``params`` they
+        determine the public neighbour graph and threshold, computed here independently of the server.
+    """
+
+    def __init__(self, params: SecAggParams, round_id: int, client_id: int, roster: Sequence[int]) -> None:
+        self.params = params
+        self.plan = params.plan(round_id, roster)
+        if client_id not in self.plan.neighbours:
+            raise ValueError(f"client {client_id} is not in the roster of round {round_id}")
+        self.round_id = round_id
+        self.client_id = client_id
+        self.codec = MessageCodec(params)
+        self.quantizer = Quantizer(params)
+        self.stage = Stage.ADVERTISE_KEYS
+        self._enc_key = crypto.generate_private_key()
+        self._mask_key = crypto.generate_private_key()
+        self._peer_keys: dict[int, tuple[bytes, bytes]] = {}  # v -> (enc_public, mask_public)
+        self._held: dict[int, tuple[bytes, bytes]] = {}  # v -> (seed share, key share) at x = client_id + 1
+        self._self_seed = b""
+        self._pairwise: frozenset[int] = frozenset()
+        self._revealed: dict[int, ShareKind] = {}
+
+    # -- stage 1 ----------------------------------------------------------------------------------
+    def advertise_keys(self) -> bytes:
+        """Stage 1: the two public keys, bound to this round and client."""
+        self._expect(Stage.ADVERTISE_KEYS, "advertise keys")
+        msg = AdvertiseKeys(crypto.public_bytes(self._enc_key), crypto.public_bytes(self._mask_key))
+        self.stage = Stage.SHARE_KEYS
+        return self.codec.encode_advertise(self.round_id, self.client_id, msg)
+
+    # -- stage 2 ----------------------------------------------------------------------------------
+    def share_keys(self, key_list: bytes) -> bytes:
+        """Stage 2: check the server's key list, then send encrypted shares of ``b`` and ``s_sk``."""
+        self._expect(Stage.SHARE_KEYS, "share keys")
+        return self._guard(lambda: self._share_keys(key_list))
+
+    def _share_keys(self, data: bytes) -> bytes:
+        msg = self.codec.decode_key_list(data, self.round_id)
+        self._check_recipient(msg.recipient)
+        entries = {e.client_id: (e.enc_public, e.mask_public) for e in msg.entries}
+        own = (crypto.public_bytes(self._enc_key), crypto.public_bytes(self._mask_key))
+        if entries.get(self.client_id) != own:
+            raise PayloadError("the server's key list omits or alters this client's own public keys")
+        strangers = set(entries) - self.plan.neighbourhood(self.client_id)
+        if strangers:
+            raise PayloadError(f"key list names clients {sorted(strangers)} that are not neighbours")
+        all_keys = [k for pair in entries.values() for k in pair]
+        if len(set(all_keys)) != len(all_keys):
+            raise PayloadError("key list repeats a public key")
+        t = self.plan.threshold
+        if len(entries) < t:
+            raise RoundAbortedError(f"only {len(entries)} of this client's neighbourhood advertised keys, need {t}")
+        self._peer_keys = {v: keys for v, keys in entries.items() if v != self.client_id}
+        self._self_seed = os.urandom(crypto.SEED_BYTES)
+        xs = [v + 1 for v in sorted(entries)]
+        seed_shares = split(int.from_bytes(self._self_seed, "big"), t, xs)
+        key_shares = split(int.from_bytes(crypto.private_bytes(self._mask_key), "big"), t, xs)
+        cts = []
+        for v, (enc_public, _) in sorted(self._peer_keys.items()):
+            key = crypto.derive_key(crypto.agree(self._enc_key, enc_public), "share-key", self.round_id,
+                                    self.client_id, v)
+            pair = encode_share(seed_shares[v + 1]) + encode_share(key_shares[v + 1])
+            cts.append((v, crypto.seal(key, pair, crypto.associated_data(self.round_id, self.client_id, v))))
+        me = self.client_id + 1
+        self._held[self.client_id] = (encode_share(seed_shares[me]), encode_share(key_shares[me]))
+        self.stage = Stage.MASKED_INPUT
+        return self.codec.encode_share_keys(self.round_id, self.client_id, ShareKeys(tuple(cts)))
+
+    # -- stage 3 ----------------------------------------------------------------------------------
+    def masked_input(
+        self, forwarded: bytes, update: np.ndarray, weight: float, rng: np.random.Generator | None = None
+    ) -> bytes:
+        """Stage 3: decrypt the shares addressed to this client, then send the masked, quantized input.
+
+        ``rng`` (a seeded generator) selects stochastic rounding; without it rounding is to nearest.
+        A bad ``update``/``weight`` raises :class:`ValueError` and leaves the stage unchanged.
+        """
+        self._expect(Stage.MASKED_INPUT, "send its masked input")
+        encoded = self.quantizer.encode(update, weight, rng)
+        return self._guard(lambda: self._masked_input(forwarded, encoded))
+
+    def _masked_input(self, data: bytes, encoded: np.ndarray) -> bytes:
+        msg = self.codec.decode_forwarded(data, self.round_id)
+        self._check_recipient(msg.recipient)
+        held: dict[int, tuple[bytes, bytes]] = {}
+        for v, ct in msg.ciphertexts:
+            if v not in self._peer_keys:
+                raise PayloadError(f"forwarded shares name sender {v}, who is not in this client's key list")
+            key = crypto.derive_key(crypto.agree(self._enc_key, self._peer_keys[v][0]), "share-key", self.round_id,
+                                    v, self.client_id)
+            pair = crypto.unseal(key, ct, crypto.associated_data(self.round_id, v, self.client_id))
+            if len(pair) != SHARE_PAIR_BYTES:
+                raise PayloadError(f"decrypted share pair from {v} holds {len(pair)} bytes")
+            seed_share, key_share = pair[:SHARE_BYTES], pair[SHARE_BYTES:]
+            decode_share(seed_share)
+            decode_share(key_share)
+            held[v] = (seed_share, key_share)
+        t = self.plan.threshold
+        if len(held) + 1 < t:
+            raise RoundAbortedError(f"only {len(held) + 1} of this client's neighbourhood shared keys, need {t}")
+        acc = encoded.copy()
+        expander = crypto.MaskExpander(self.params.vector_length, self.params.dtype)
+        expander.add(acc, self_mask_key(self._self_seed, self.round_id, self.client_id), +1)
+        for v in sorted(held):
+            seed = pairwise_mask_key(self._mask_key, self._peer_keys[v][1], self.round_id, self.client_id, v)
+            expander.add(acc, seed, pairwise_sign(self.client_id, v))
+        self._held.update(held)
+        self._pairwise = frozenset(held)
+        self.stage = Stage.UNMASK
+        return self.codec.encode_masked(self.round_id, self.client_id, acc)
+
+    # -- stage 4 ----------------------------------------------------------------------------------
+    def unmask(self, request: bytes) -> bytes:
+        """Stage 4: reveal one share per listed neighbour -- seed share if it survived, key share if not."""
+        self._expect(Stage.UNMASK, "unmask")
+        return self._guard(lambda: self._unmask(request))
+
+    def _unmask(self, data: bytes) -> bytes:
+        msg = self.codec.decode_unmask_request(data, self.round_id)
+        self._check_recipient(msg.recipient)
+        survivors, dropped = set(msg.survivors), set(msg.dropped)
+        both = survivors & dropped
+        if both:
+            raise DoubleRevealError(f"server lists peers {sorted(both)} as both surviving and dropped")
+        wanted = {v: ShareKind.SELF_MASK_SEED for v in survivors} | {v: ShareKind.MASK_KEY for v in dropped}
+        conflict = [v for v, kind in wanted.items() if self._revealed.get(v, kind) != kind]
+        if conflict:
+            raise DoubleRevealError(f"the other share of peers {sorted(conflict)} was already revealed")
+        unknown = set(wanted) - self._pairwise - {self.client_id}
+        if unknown:
+            raise PayloadError(f"unmask request names peers {sorted(unknown)} whose shares this client does not hold")
+        if self.client_id not in survivors:
+            raise PayloadError("unmask request does not list this client, which sent its input, as a survivor")
+        t = self.plan.threshold
+        if len(survivors) < t:
+            raise RoundAbortedError(f"only {len(survivors)} neighbours survived, need {t}: revealing nothing")
+        shares = tuple((v, kind, self._held[v][int(kind)]) for v, kind in sorted(wanted.items()))
+        self._revealed.update(wanted)
+        self.stage = Stage.DONE
+        return self.codec.encode_unmask_shares(self.round_id, self.client_id, UnmaskShares(shares))
+
+    # -- helpers ----------------------------------------------------------------------------------
+    def _expect(self, stage: Stage, action: str) -> None:
+        if self.stage != stage:
+            raise StageError(f"client {self.client_id} cannot {action} in stage {self.stage.name}")
+
+    def _guard(self, step: Callable[[], _T]) -> _T:
+        """Run a stage; any protocol error aborts this client for the round."""
+        try:
+            return step()
+        except ProtocolError:
+            self.stage = Stage.ABORTED
+            raise
+
+    def _check_recipient(self, recipient: int) -> None:
+        if recipient != self.client_id:
+            raise WrongRoundError(f"message is addressed to client {recipient}, not {self.client_id}")
+
+
+def self_mask_key(seed: bytes, round_id: int, client_id: int) -> bytes:
+    """PRG key of a client's self mask, derived from its Shamir-shared seed ``b``."""
+    return crypto.derive_key(seed, "self-mask", round_id, client_id, client_id)
+
+
+def pairwise_mask_key(private: crypto.X25519PrivateKey, peer_public: bytes, round_id: int, u: int, v: int) -> bytes:
+    """PRG key of the mask shared by ``u`` and ``v`` (symmetric: both derive the same key)."""
+    return crypto.derive_key(crypto.agree(private, peer_public), "pairwise-mask", round_id, min(u, v), max(u, v))
+
+
+def pairwise_sign(u: int, v: int) -> int:
+    """``u`` adds the mask it shares with ``v`` if ``u < v`` and subtracts it otherwise, so pairs cancel."""
+    return 1 if u < v else -1

@@ -1,0 +1,215 @@
+"""Public parameters of a SecAgg+ deployment and the per-round plan every party derives from them.
+
+Everything here is public and deterministic: the server and every client compute the same modulus,
+quantization grid, threshold and neighbour graph from the same parameters, round number and roster,
+so nothing about them needs to be trusted from the server. Overflow is refused at construction: the
+sum of ``max_clients`` quantized values must fit in the modulus, otherwise the aggregate would wrap
+silently (Bonawitz et al. 2017, CCS, §3: inputs live in Z_R with R large enough for the sum).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from protocols.errors import ProtocolConfigError
+from protocols.wire import SERVER_ID
+
+_MODULI = {32: np.uint32, 64: np.uint64}
+
+
+def logarithmic_degree(n: int, factor: float = 2.0) -> int:
+    """An even neighbour count ``>= factor * log2(n)``: the O(log n) degree of SecAgg+.
+
+    Bell et al. 2020 (CCS, "Secure Single-Server Aggregation with (Poly)Logarithmic Overhead", §3)
+    show that a random graph of degree O(log n) keeps privacy and dropout robustness with high
+    probability; the constant depends on the tolerated corruption and dropout rates.
+    """
+    k = math.ceil(factor * math.log2(max(n, 2)))
+    return k + (k % 2)
+
+
+@dataclass(frozen=True)
+class SecAggParams:
+    """Parameters shared by the server and all clients of SecAgg+.
+
+    Parameters
+    ----------
+    dim:
+        Length of the float update vector (one more masked coordinate carries the weight).
+    max_clients:
+        Most clients that can take part in one round; bounds the sum for the overflow check.
+    threshold:
+        Shamir threshold t per neighbourhood (a client plus its neighbours): an ``int``, a fraction
+        in (1/2, 1] of the neighbourhood size, or ``None`` for ``floor(2m/3) + 1``. It must exceed half
+        the neighbourhood so no two disjoint groups can obtain both of a client's secrets.
+    neighbours:
+        ``None`` for the complete graph (SecAgg), an even degree k, or ``"log"`` for
+        :func:`logarithmic_degree` of the round's roster (SecAgg+).
+    clip:
+        Every update coordinate is clipped to ``[-clip, clip]`` before it is weighted.
+    max_weight:
+        Largest client weight; ``weight * update`` lies on a grid over ``[-clip, clip] * max_weight``.
+    value_bits:
+        Bits of each quantized value; ``None`` takes the most that cannot overflow.
+    modulus_bits:
+        Arithmetic is modulo 2^32 (uint32, the size of a float32 upload) or 2^64.
+    graph_seed:
+        Public seed of the neighbour graph, mixed with the round number.
+    """
+
+    dim: int
+    max_clients: int
+    threshold: int | float | None = None
+    neighbours: int | str | None = None
+    clip: float = 1.0
+    max_weight: float = 1.0
+    value_bits: int | None = None
+    modulus_bits: int = 32
+    graph_seed: int = 0
+    levels: int = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if not _is_int(self.dim) or self.dim < 1:
+            raise ProtocolConfigError(f"dim must be a positive integer, got {self.dim!r}")
+        if not _is_int(self.max_clients) or not 1 <= self.max_clients < SERVER_ID:
+            raise ProtocolConfigError(f"max_clients must be a positive integer, got {self.max_clients!r}")
+        if self.modulus_bits not in _MODULI:
+            raise ProtocolConfigError(f"modulus_bits must be 32 or 64, got {self.modulus_bits!r}")
+        if not (isinstance(self.clip, (int, float)) and math.isfinite(self.clip) and self.clip > 0):
+            raise ProtocolConfigError(f"clip must be a positive finite number, got {self.clip!r}")
+        if not (isinstance(self.max_weight, (int, float)) and math.isfinite(self.max_weight) and self.max_weight > 0):
+            raise ProtocolConfigError(f"max_weight must be a positive finite number, got {self.max_weight!r}")
+        if not _is_int(self.graph_seed) or self.graph_seed < 0:
+            raise ProtocolConfigError(f"graph_seed must be a non-negative integer, got {self.graph_seed!r}")
+        self._check_threshold()
+        self._check_neighbours()
+        # Largest sum is max_clients * (levels - 1); it must stay below the modulus.
+        headroom = math.ceil(math.log2(self.max_clients)) if self.max_clients > 1 else 0
+        bits = self.value_bits
+        if bits is None:
+            bits = min(self.modulus_bits - headroom, 52)
+            if bits < 2:
+                raise ProtocolConfigError(
+                    f"{self.max_clients} clients leave fewer than 2 value bits in a {self.modulus_bits}-bit modulus"
+                )
+        elif not _is_int(bits) or not 2 <= bits <= min(self.modulus_bits, 52):
+            raise ProtocolConfigError(f"value_bits must be in [2, {min(self.modulus_bits, 52)}], got {bits!r}")
+        levels = 1 << bits
+        if self.max_clients * (levels - 1) >= 1 << self.modulus_bits:
+            raise ProtocolConfigError(
+                f"overflow: {self.max_clients} clients x max quantized value {levels - 1} (value_bits={bits}) "
+                f"does not fit in the modulus 2^{self.modulus_bits}; use value_bits <= {self.modulus_bits - headroom} "
+                f"or modulus_bits=64"
+            )
+        object.__setattr__(self, "value_bits", bits)
+        object.__setattr__(self, "levels", levels)
+
+    def _check_threshold(self) -> None:
+        t = self.threshold
+        if t is None:
+            return
+        if isinstance(t, float):
+            if not 0.5 < t <= 1.0:
+                raise ProtocolConfigError(f"a fractional threshold must lie in (0.5, 1], got {t}")
+        elif not _is_int(t) or not 1 <= t <= self.max_clients:
+            raise ProtocolConfigError(f"threshold must be an integer in [1, max_clients={self.max_clients}], got {t!r}")
+
+    def _check_neighbours(self) -> None:
+        k = self.neighbours
+        if k is None or k == "log":
+            return
+        if not _is_int(k) or k < 2 or k % 2:
+            raise ProtocolConfigError(f"neighbours must be None, 'log' or an even integer >= 2, got {k!r}")
+
+    @property
+    def dtype(self) -> np.dtype:
+        """Little-endian unsigned integer type of the masked vector."""
+        return np.dtype(_MODULI[self.modulus_bits]).newbyteorder("<")
+
+    @property
+    def vector_length(self) -> int:
+        """Masked coordinates: the weighted update plus the weight."""
+        return self.dim + 1
+
+    def degree(self, n: int) -> int:
+        """Neighbours of each client in a round of ``n`` clients (``n - 1`` for the complete graph)."""
+        if self.neighbours is None:
+            return n - 1
+        k = logarithmic_degree(n) if self.neighbours == "log" else int(self.neighbours)
+        return min(k, n - 1)
+
+    def resolve_threshold(self, m: int) -> int:
+        """Threshold for neighbourhoods of ``m`` clients (self included); refused if insecure or impossible."""
+        t = self.threshold
+        if t is None:
+            t = min(2 * m // 3 + 1, m)
+        elif isinstance(t, float):
+            t = max(math.ceil(t * m), m // 2 + 1)
+        if not m / 2 < t <= m:
+            raise ProtocolConfigError(
+                f"threshold {t} is not in (m/2, m] for neighbourhoods of m={m} clients: below m/2 two disjoint "
+                f"groups could recover both secrets of a client, above m nothing can be recovered"
+            )
+        return int(t)
+
+    def plan(self, round_id: int, roster: Sequence[int]) -> RoundPlan:
+        """The public plan of round ``round_id`` among ``roster``: graph and threshold."""
+        if not _is_int(round_id) or not 0 <= round_id < 1 << 64:
+            raise ProtocolConfigError(f"round_id must be a non-negative 64-bit integer, got {round_id!r}")
+        ids = tuple(sorted(int(c) for c in roster))
+        if len(set(ids)) != len(ids):
+            raise ProtocolConfigError("roster lists a client twice")
+        if not ids:
+            raise ProtocolConfigError("roster is empty")
+        if ids[0] < 0 or ids[-1] >= SERVER_ID:
+            raise ProtocolConfigError(f"client ids must lie in [0, {SERVER_ID - 1}]")
+        if len(ids) > self.max_clients:
+            raise ProtocolConfigError(
+                f"round has {len(ids)} clients but the modulus was sized for max_clients={self.max_clients}"
+            )
+        k = self.degree(len(ids))
+        graph = neighbour_graph(ids, k, self.graph_seed, round_id)
+        return RoundPlan(round_id, ids, graph, self.resolve_threshold(k + 1))
+
+
+@dataclass(frozen=True)
+class RoundPlan:
+    """Who talks to whom in one round and how many shares recover a secret."""
+
+    round_id: int
+    roster: tuple[int, ...]
+    neighbours: dict[int, frozenset[int]]
+    threshold: int
+
+    def neighbourhood(self, client_id: int) -> frozenset[int]:
+        """The client and its neighbours: the holders of its shares (Bonawitz et al. include the owner)."""
+        return self.neighbours[client_id] | {client_id}
+
+
+def neighbour_graph(roster: Sequence[int], degree: int, seed: int, round_id: int) -> dict[int, frozenset[int]]:
+    """A k-regular Harary graph over a public random permutation of the roster (SecAgg+, Bell et al. 2020).
+
+    Position p is linked to positions p +- 1 .. p +- k/2 around a cycle; the permutation comes from a
+    numpy Generator seeded with the public ``(seed, round_id)``, so every party derives the same graph.
+    ``degree >= n - 1`` gives the complete graph of the original SecAgg.
+    """
+    ids = sorted(roster)
+    n = len(ids)
+    if degree >= n - 1:
+        everyone = frozenset(ids)
+        return {u: everyone - {u} for u in ids}
+    rng = np.random.default_rng([seed, round_id])
+    order = [ids[i] for i in rng.permutation(n)]
+    half = degree // 2
+    graph: dict[int, frozenset[int]] = {}
+    for p, u in enumerate(order):
+        graph[u] = frozenset(order[(p + j) % n] for j in range(-half, half + 1) if j != 0)
+    return graph
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)

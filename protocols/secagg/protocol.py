@@ -1,0 +1,184 @@
+"""``SecAggProtocol``: SecAgg+ behind the :class:`AggregationProtocol` interface of the round loop.
+
+The clients and the server run in-process but talk only through the real byte messages of
+:mod:`protocols.secagg.messages`, so sizes, binding checks and dropout handling are those of a
+deployment (Bonawitz et al. 2017, CCS; Bell et al. 2020, CCS, SecAgg+). The interface maps onto the
+four stages as follows:
+
+* ``begin_round`` -- advertise keys and share keys;
+* ``protect`` -- the client's masked-input message (``weight * update`` plus the weight, quantized);
+* ``combine`` -- collect masked inputs (malformed ones are rejected individually and their senders
+  become dropouts), run the unmask stage with the clients that sent input, and strip the masks;
+* ``open`` -- decode the sum and divide by the total weight.
+
+The server learns only the sum of the included clients' inputs. ``dropouts`` simulates clients that
+go silent at a given stage, for tests and dropout studies.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from protocols.base import Aggregate, AggregationProtocol, OpenedAggregate
+from protocols.errors import PayloadError, RoundAbortedError, StageError
+from protocols.secagg.client import SecAggClient
+from protocols.secagg.messages import MessageCodec, Stage
+from protocols.secagg.params import SecAggParams
+from protocols.secagg.quantize import Quantizer
+from protocols.secagg.server import SecAggServer
+
+
+@dataclass
+class _Round:
+    round_id: int
+    server: SecAggServer
+    clients: dict[int, SecAggClient]
+    forwarded: dict[int, bytes] = field(default_factory=dict)
+
+
+class SecAggProtocol(AggregationProtocol):
+    """Pairwise-masking secure aggregation (SecAgg, and SecAgg+ with a sparse neighbour graph).
+
+    Parameters
+    ----------
+    dim:
+        Length of the flat update vector.
+    n_clients:
+        Most clients in one round; sizes the overflow check of the modulus.
+    threshold, neighbours, clip, max_weight, value_bits, modulus_bits, graph_seed:
+        See :class:`~protocols.secagg.params.SecAggParams`. Defaults: complete graph, t =
+        floor(2n/3) + 1, updates clipped to [-1, 1] per coordinate, weights up to 1, arithmetic mod 2^32
+        with the most value bits that cannot overflow.
+    rng:
+        Seeded generator for stochastic rounding; ``None`` rounds to nearest.
+    dropouts:
+        Simulated dropouts: ``{stage: client ids}`` that go silent at that stage of every round.
+    """
+
+    name = "secagg"
+    reveals_individual_updates = False
+    server_can_open = True
+
+    def __init__(
+        self,
+        dim: int,
+        n_clients: int,
+        *,
+        threshold: int | float | None = None,
+        neighbours: int | str | None = None,
+        clip: float = 1.0,
+        max_weight: float = 1.0,
+        value_bits: int | None = None,
+        modulus_bits: int = 32,
+        graph_seed: int = 0,
+        rng: np.random.Generator | None = None,
+        dropouts: Mapping[Stage, Collection[int]] | None = None,
+    ) -> None:
+        self.params = SecAggParams(
+            dim=dim, max_clients=n_clients, threshold=threshold, neighbours=neighbours, clip=clip,
+            max_weight=max_weight, value_bits=value_bits, modulus_bits=modulus_bits, graph_seed=graph_seed,
+        )
+        self.dim = dim
+        self.codec = MessageCodec(self.params)
+        self.quantizer = Quantizer(self.params)
+        self.rng = rng
+        self.dropouts: dict[Stage, set[int]] = {Stage(s): set(ids) for s, ids in (dropouts or {}).items()}
+        #: Bytes each client sent in the current (or last) round, per stage.
+        self.traffic: dict[int, dict[Stage, int]] = {}
+        self._round: _Round | None = None
+
+    # -- AggregationProtocol ----------------------------------------------------------------------
+    def begin_round(self, round_id: int, client_ids: Sequence[int]) -> None:
+        """Run the advertise-keys and share-keys stages among ``client_ids``.
+
+        Raises :class:`ProtocolConfigError` if the roster cannot meet the threshold or exceeds
+        ``n_clients``, and :class:`RoundAbortedError` if too many clients drop out during key set-up.
+        """
+        self._round = None
+        server = SecAggServer(self.params, round_id, client_ids)
+        clients = {c: SecAggClient(self.params, round_id, c, client_ids) for c in server.plan.roster}
+        self.traffic = {c: {} for c in clients}
+        adverts = {c: clients[c].advertise_keys() for c in clients if c not in self._silent(Stage.ADVERTISE_KEYS)}
+        self._deliver(server, Stage.ADVERTISE_KEYS, adverts)
+        key_lists = server.broadcast_keys()
+        shares = self._respond(Stage.SHARE_KEYS, key_lists, lambda c, m: clients[c].share_keys(m))
+        self._deliver(server, Stage.SHARE_KEYS, shares)
+        forwarded = server.forward_shares()
+        self._round = _Round(round_id, server, clients, forwarded)
+
+    def protect(self, client_id: int, round_id: int, update: np.ndarray, weight: float) -> bytes:
+        """The client's masked-input message for ``weight * update`` (and ``weight``)."""
+        rnd = self._current(round_id)
+        if client_id not in rnd.forwarded:
+            raise StageError(f"client {client_id} is not in the masked-input stage of round {round_id} "
+                             "(not sampled, or dropped out during key set-up)")
+        data = rnd.clients[client_id].masked_input(rnd.forwarded[client_id], update, weight, self.rng)
+        self.traffic[client_id][Stage.MASKED_INPUT] = len(data)
+        return data
+
+    def combine(self, round_id: int, payloads: Mapping[int, bytes]) -> Aggregate:
+        """Collect masked inputs, run the unmask stage with their senders, and return the masked-free sum.
+
+        Raises :class:`RoundAbortedError` (releasing nothing) if fewer than t clients remain.
+        """
+        rnd = self._current(round_id)
+        self._round = None  # one combine per round; the clients' secrets go with it
+        server = rnd.server
+        rejected: dict[int, str] = {}
+        silent = self._silent(Stage.MASKED_INPUT)
+        for cid in sorted(payloads):
+            if cid in silent:
+                continue
+            try:
+                server.receive(cid, payloads[cid])
+            except PayloadError as err:
+                rejected[cid] = f"{type(err).__name__}: {err}"
+        requests = server.request_unmask()
+        reveals = self._respond(Stage.UNMASK, requests, lambda c, m: rnd.clients[c].unmask(m))
+        self._deliver(server, Stage.UNMASK, reveals)
+        result = server.finalize()
+        payload = self.codec.encode_aggregate(round_id, len(result.included), result.total)
+        return Aggregate(round_id, payload, result.included, rejected)
+
+    def open(self, aggregate: Aggregate) -> OpenedAggregate:
+        """Decode the summed grid indices and divide by the summed weight."""
+        count, total = self.codec.decode_aggregate(aggregate.payload, aggregate.round_id)
+        if count != len(aggregate.included):
+            raise PayloadError(f"aggregate sums {count} clients but lists {len(aggregate.included)} as included")
+        values, total_weight = self.quantizer.decode(total, count)
+        mean = values / total_weight if total_weight > 0 else np.zeros(self.dim)
+        return OpenedAggregate(mean, total_weight, list(aggregate.included))
+
+    # -- helpers ----------------------------------------------------------------------------------
+    def _current(self, round_id: int) -> _Round:
+        if self._round is None or self._round.round_id != round_id:
+            raise StageError(f"round {round_id} has not begun (call begin_round first) or was already combined")
+        return self._round
+
+    def _silent(self, stage: Stage) -> set[int]:
+        return self.dropouts.get(stage, set())
+
+    def _respond(
+        self, stage: Stage, inbox: dict[int, bytes], step: Callable[[int, bytes], bytes]
+    ) -> dict[int, bytes]:
+        """Each addressed client answers unless it is simulated silent or refuses (then it drops out)."""
+        out: dict[int, bytes] = {}
+        for cid, msg in inbox.items():
+            if cid in self._silent(stage):
+                continue
+            try:
+                out[cid] = step(cid, msg)
+            except (PayloadError, RoundAbortedError):
+                continue  # an honest client that refuses the server's message aborts for this round
+        return out
+
+    def _deliver(self, server: SecAggServer, stage: Stage, messages: dict[int, bytes]) -> None:
+        for cid, data in messages.items():
+            self.traffic[cid][stage] = len(data)
+            try:
+                server.receive(cid, data)
+            except PayloadError:
+                continue  # recorded in server.rejected; the client is a dropout

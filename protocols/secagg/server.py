@@ -1,0 +1,248 @@
+"""The server side of SecAgg+: collect each stage, drop bad or missing clients, unmask the sum.
+
+Bonawitz et al. 2017 (CCS, "Practical Secure Aggregation for Privacy-Preserving Machine Learning",
+Fig. 4) over the neighbour graph of Bell et al. 2020 (CCS, SecAgg+). The surviving sets shrink stage by
+stage, U1 ⊇ U2 ⊇ U3 ⊇ U4 (advertised, shared, sent input, revealed). From U4's shares the server
+rebuilds the self-mask seed of every client in U3 and the mask key of every client in U2 \\ U3, so the
+pairwise masks that the dropped clients' neighbours added can be taken out. If any neighbourhood falls
+below the threshold the round aborts with :class:`RoundAbortedError` and nothing is released.
+
+Messages are accepted one at a time with :meth:`SecAggServer.receive` (masked inputs are summed on
+arrival, so memory stays at one vector); a bad message raises a :class:`PayloadError` naming the sender,
+is recorded in ``rejected``, and leaves that client out as a dropout. Closing a stage out of order
+raises :class:`StageError`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from protocols.errors import PayloadError, RoundAbortedError, StageError
+from protocols.secagg import crypto
+from protocols.secagg.client import pairwise_mask_key, pairwise_sign, self_mask_key
+from protocols.secagg.messages import (
+    AdvertiseKeys,
+    ForwardedShares,
+    KeyEntry,
+    KeyList,
+    MessageCodec,
+    ShareKeys,
+    ShareKind,
+    Stage,
+    UnmaskRequest,
+    UnmaskShares,
+)
+from protocols.secagg.params import SecAggParams
+from protocols.shamir import decode_share, reconstruct
+
+_STAGES = (Stage.ADVERTISE_KEYS, Stage.SHARE_KEYS, Stage.MASKED_INPUT, Stage.UNMASK)
+
+
+@dataclass
+class SecAggResult:
+    """The unmasked modular sum of the included clients' encoded inputs, and who took part when."""
+
+    round_id: int
+    total: np.ndarray
+    included: list[int]
+    dropouts: dict[Stage, list[int]] = field(default_factory=dict)
+    rejected: dict[int, str] = field(default_factory=dict)
+
+
+class SecAggServer:
+    """The server of one SecAgg+ round. Drive it with :meth:`receive` and the four stage closers."""
+
+    def __init__(self, params: SecAggParams, round_id: int, roster: Sequence[int]) -> None:
+        self.params = params
+        self.plan = params.plan(round_id, roster)
+        self.round_id = round_id
+        self.codec = MessageCodec(params)
+        self.stage = Stage.ADVERTISE_KEYS
+        self.rejected: dict[int, str] = {}
+        #: Survivors of each completed stage (U1..U4).
+        self.alive: dict[Stage, frozenset[int]] = {}
+        #: Wall-clock seconds spent per stage (receiving plus closing).
+        self.timings: dict[Stage, float] = dict.fromkeys(_STAGES, 0.0)
+        self._keys: dict[int, AdvertiseKeys] = {}
+        self._shares: dict[int, ShareKeys] = {}
+        self._masked: set[int] = set()
+        self._total = np.zeros(params.vector_length, dtype=params.dtype)
+        self._requests: dict[int, UnmaskRequest] = {}
+        self._revealed: dict[int, dict[int, tuple[ShareKind, int]]] = {}
+
+    # -- receiving --------------------------------------------------------------------------------
+    def receive(self, client_id: int, data: bytes) -> None:
+        """Accept one client's message for the current stage; bad ones raise and are recorded."""
+        if self.stage not in _STAGES:
+            raise StageError(f"server accepts no messages in stage {self.stage.name}")
+        start = time.perf_counter()
+        try:
+            self._receive(client_id, data)
+        except PayloadError as err:
+            self.rejected[client_id] = f"{self.stage.name}: {type(err).__name__}: {err}"
+            raise
+        finally:
+            self.timings[self.stage] += time.perf_counter() - start
+
+    def _receive(self, cid: int, data: bytes) -> None:
+        expected = self.plan.roster if self.stage == Stage.ADVERTISE_KEYS else self.alive[Stage(self.stage - 1)]
+        if cid not in expected:
+            raise PayloadError(f"client {cid} is not expected in stage {self.stage.name}")
+        seen = {
+            Stage.ADVERTISE_KEYS: self._keys,
+            Stage.SHARE_KEYS: self._shares,
+            Stage.MASKED_INPUT: self._masked,
+            Stage.UNMASK: self._revealed,
+        }[self.stage]
+        if cid in seen:
+            raise PayloadError(f"client {cid} already sent its {self.stage.name} message")
+        if self.stage == Stage.ADVERTISE_KEYS:
+            msg = self.codec.decode_advertise(data, self.round_id, cid)
+            crypto.check_public_key(msg.enc_public)
+            crypto.check_public_key(msg.mask_public)
+            taken = {k for m in self._keys.values() for k in (m.enc_public, m.mask_public)}
+            if msg.enc_public == msg.mask_public or {msg.enc_public, msg.mask_public} & taken:
+                raise PayloadError(f"client {cid} reuses a public key")
+            self._keys[cid] = msg
+        elif self.stage == Stage.SHARE_KEYS:
+            shares = self.codec.decode_share_keys(data, self.round_id, cid)
+            want = sorted(self.plan.neighbours[cid] & self.alive[Stage.ADVERTISE_KEYS])
+            got = [v for v, _ in shares.ciphertexts]
+            if got != want:
+                raise PayloadError(f"client {cid} sent shares for {got}, expected {want}")
+            self._shares[cid] = shares
+        elif self.stage == Stage.MASKED_INPUT:
+            vec = self.codec.decode_masked(data, self.round_id, cid)
+            np.add(self._total, vec, out=self._total)
+            self._masked.add(cid)
+        else:
+            self._revealed[cid] = self._check_reveal(cid, self.codec.decode_unmask_shares(data, self.round_id, cid))
+
+    def _check_reveal(self, cid: int, msg: UnmaskShares) -> dict[int, tuple[ShareKind, int]]:
+        req = self._requests[cid]
+        want = {v: ShareKind.SELF_MASK_SEED for v in req.survivors} | {v: ShareKind.MASK_KEY for v in req.dropped}
+        got = {v: kind for v, kind, _ in msg.shares}
+        if got != want:
+            raise PayloadError(f"client {cid} revealed shares that do not match the unmask request")
+        return {v: (kind, decode_share(share)) for v, kind, share in msg.shares}
+
+    # -- closing stages ---------------------------------------------------------------------------
+    def broadcast_keys(self) -> dict[int, bytes]:
+        """Close stage 1: send every advertiser the keys of its advertising neighbours."""
+        start = time.perf_counter()
+        u1 = self._close(Stage.ADVERTISE_KEYS, frozenset(self._keys))
+        out = {}
+        for u in sorted(u1):
+            entries = tuple(
+                KeyEntry(v, self._keys[v].enc_public, self._keys[v].mask_public)
+                for v in sorted(self.plan.neighbourhood(u) & u1)
+            )
+            out[u] = self.codec.encode_key_list(self.round_id, KeyList(u, entries))
+        self.timings[Stage.ADVERTISE_KEYS] += time.perf_counter() - start
+        return out
+
+    def forward_shares(self) -> dict[int, bytes]:
+        """Close stage 2: route each encrypted share pair to its recipient (senders that completed stage 2)."""
+        start = time.perf_counter()
+        u2 = self._close(Stage.SHARE_KEYS, frozenset(self._shares))
+        inbox: dict[int, list[tuple[int, bytes]]] = {u: [] for u in u2}
+        for v in sorted(u2):
+            for u, ct in self._shares[v].ciphertexts:
+                if u in u2:
+                    inbox[u].append((v, ct))
+        out = {u: self.codec.encode_forwarded(self.round_id, ForwardedShares(u, tuple(inbox[u]))) for u in sorted(u2)}
+        self.timings[Stage.SHARE_KEYS] += time.perf_counter() - start
+        return out
+
+    def request_unmask(self) -> dict[int, bytes]:
+        """Close stage 3: tell each client which of its neighbours survived and which dropped."""
+        start = time.perf_counter()
+        u3 = self._close(Stage.MASKED_INPUT, frozenset(self._masked))
+        u2 = self.alive[Stage.SHARE_KEYS]
+        out = {}
+        for u in sorted(u3):
+            survivors = tuple(sorted(self.plan.neighbourhood(u) & u3))
+            dropped = tuple(sorted((self.plan.neighbours[u] & u2) - u3))
+            self._requests[u] = UnmaskRequest(u, survivors, dropped)
+            out[u] = self.codec.encode_unmask_request(self.round_id, self._requests[u])
+        self.timings[Stage.MASKED_INPUT] += time.perf_counter() - start
+        return out
+
+    def finalize(self) -> SecAggResult:
+        """Close stage 4: rebuild the needed secrets from t shares each and strip every mask."""
+        start = time.perf_counter()
+        if self.stage != Stage.UNMASK:
+            raise StageError(f"server cannot finalize in stage {self.stage.name}")
+        u4 = frozenset(self._revealed)
+        self.alive[Stage.UNMASK] = u4
+        u2, u3 = self.alive[Stage.SHARE_KEYS], self.alive[Stage.MASKED_INPUT]
+        t = self.plan.threshold
+        seeds: dict[int, dict[int, int]] = {v: {} for v in u3}
+        keys: dict[int, dict[int, int]] = {v: {} for v in u2 - u3}
+        for u, revealed in self._revealed.items():
+            for v, (kind, value) in revealed.items():
+                (seeds if kind == ShareKind.SELF_MASK_SEED else keys)[v][u + 1] = value
+        try:
+            self_keys = {v: self_mask_key(self._secret(seeds[v], t, v, "self-mask seed"), self.round_id, v)
+                         for v in sorted(u3)}
+            dropped_keys = {}
+            for v in sorted(u2 - u3):
+                if self.plan.neighbours[v] & u3:
+                    raw = self._secret(keys[v], t, v, "mask key")
+                    private = crypto.load_private(raw)
+                    if crypto.public_bytes(private) != self._keys[v].mask_public:
+                        raise RoundAbortedError(f"shares of client {v}'s mask key are inconsistent (a forged share)")
+                    dropped_keys[v] = private
+        except RoundAbortedError:
+            self.stage = Stage.ABORTED
+            raise
+        total = self._total.copy()
+        expander = crypto.MaskExpander(self.params.vector_length, self.params.dtype)
+        for key in self_keys.values():
+            expander.add(total, key, -1)
+        for v, private in dropped_keys.items():
+            for u in sorted(self.plan.neighbours[v] & u3):
+                seed = pairwise_mask_key(private, self._keys[u].mask_public, self.round_id, v, u)
+                expander.add(total, seed, -pairwise_sign(u, v))
+        self.stage = Stage.DONE
+        self.timings[Stage.UNMASK] += time.perf_counter() - start
+        return SecAggResult(self.round_id, total, sorted(u3), self.dropouts(), dict(self.rejected))
+
+    def dropouts(self) -> dict[Stage, list[int]]:
+        """Clients lost at each completed stage (missing or rejected)."""
+        out, before = {}, frozenset(self.plan.roster)
+        for stage in _STAGES:
+            if stage in self.alive:
+                out[stage] = sorted(before - self.alive[stage])
+                before = self.alive[stage]
+        return out
+
+    # -- helpers ----------------------------------------------------------------------------------
+    def _close(self, stage: Stage, alive: frozenset[int]) -> frozenset[int]:
+        """End ``stage`` with survivors ``alive``; abort if any survivor's neighbourhood fell below t."""
+        if self.stage != stage:
+            raise StageError(f"server cannot close stage {stage.name} while in stage {self.stage.name}")
+        self.alive[stage] = alive
+        t = self.plan.threshold
+        short = [u for u in sorted(alive) if len(self.plan.neighbourhood(u) & alive) < t]
+        if not alive or short:
+            self.stage = Stage.ABORTED
+            who = f"client {short[0]}'s neighbourhood" if short else "the round"
+            raise RoundAbortedError(
+                f"stage {stage.name}: {who} kept fewer than t={t} clients ({len(alive)} of "
+                f"{len(self.plan.roster)} survived); nothing is released"
+            )
+        self.stage = Stage(stage + 1)
+        return alive
+
+    def _secret(self, shares: dict[int, int], t: int, owner: int, what: str) -> bytes:
+        if len(shares) < t:
+            raise RoundAbortedError(f"only {len(shares)} shares of client {owner}'s {what} arrived, need t={t}")
+        value = reconstruct(shares, t)
+        if value >> (8 * crypto.KEY_BYTES):
+            raise RoundAbortedError(f"shares of client {owner}'s {what} are inconsistent (a forged share)")
+        return value.to_bytes(crypto.KEY_BYTES, "big")

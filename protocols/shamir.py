@@ -1,0 +1,109 @@
+"""Shamir t-of-n secret sharing over the prime field GF(2^521 - 1).
+
+SecAgg (Bonawitz et al. 2017, CCS, "Practical Secure Aggregation for Privacy-Preserving Machine
+Learning", §4) shares each client's self-mask seed and pairwise-mask secret key so the server can
+recover exactly one of the two for every client once ``t`` others cooperate; SecAgg+ (Bell et al.
+2020, CCS, "Secure Single-Server Aggregation with (Poly)Logarithmic Overhead") does the same among a
+client's neighbours only. The field is the Mersenne prime 2^521 - 1, large enough to hold a 256-bit
+secret (an X25519 key or a 32-byte seed) in one element, so one polynomial shares one secret.
+
+Security rests on the polynomial coefficients being uniform and secret, so they come from
+:mod:`secrets` (never a seeded generator): any ``t - 1`` shares are then uniformly distributed
+whatever the secret is, i.e. they carry no information about it.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Mapping, Sequence
+from functools import lru_cache
+
+from protocols.errors import PayloadError, ProtocolError
+
+#: The Mersenne prime 2^521 - 1.
+PRIME = (1 << 521) - 1
+#: Fixed-width big-endian encoding of one field element.
+SHARE_BYTES = (PRIME.bit_length() + 7) // 8
+
+
+class InsufficientSharesError(ProtocolError, ValueError):
+    """Fewer than ``threshold`` shares were offered: Shamir sharing reveals nothing from them."""
+
+
+class ShareFormatError(PayloadError):
+    """A share received from a peer is not a valid field element."""
+
+
+def evaluate(coefficients: Sequence[int], x: int, prime: int = PRIME) -> int:
+    """Evaluate ``sum(c_k x^k) mod prime`` by Horner's rule (``coefficients[0]`` is the secret)."""
+    acc = 0
+    for c in reversed(coefficients):
+        acc = (acc * x + c) % prime
+    return acc
+
+
+def split(secret: int, threshold: int, xs: Sequence[int], prime: int = PRIME) -> dict[int, int]:
+    """Share ``secret`` at the points ``xs`` so that any ``threshold`` of them recover it.
+
+    The ``threshold - 1`` higher coefficients are drawn with :func:`secrets.randbelow`.
+    """
+    _check_points(xs, prime)
+    if not 1 <= threshold <= len(xs):
+        raise ValueError(f"threshold must be in [1, {len(xs)}] for {len(xs)} shares, got {threshold}")
+    if not 0 <= secret < prime:
+        raise ValueError("secret must be a non-negative integer below the field prime")
+    coefficients = [secret] + [secrets.randbelow(prime) for _ in range(threshold - 1)]
+    return {x: evaluate(coefficients, x, prime) for x in xs}
+
+
+def reconstruct(shares: Mapping[int, int], threshold: int, prime: int = PRIME) -> int:
+    """Recover the secret from at least ``threshold`` shares ``{x: y}``.
+
+    Uses the ``threshold`` smallest points (a canonical choice, so Lagrange coefficients are cached
+    and shared across secrets held by the same survivors). Raises :class:`InsufficientSharesError`
+    below the threshold rather than returning a meaningless value.
+    """
+    if threshold < 1:
+        raise ValueError(f"threshold must be at least 1, got {threshold}")
+    if len(shares) < threshold:
+        raise InsufficientSharesError(f"{len(shares)} shares offered, {threshold} needed to reconstruct")
+    xs = tuple(sorted(shares)[:threshold])
+    _check_points(xs, prime)
+    lambdas = lagrange_at_zero(xs, prime)
+    return sum(lam * shares[x] for lam, x in zip(lambdas, xs, strict=True)) % prime
+
+
+@lru_cache(maxsize=256)
+def lagrange_at_zero(xs: tuple[int, ...], prime: int = PRIME) -> tuple[int, ...]:
+    """Lagrange basis coefficients ``l_i(0) = prod_{j != i} x_j / (x_j - x_i)`` modulo ``prime``."""
+    out = []
+    for i, xi in enumerate(xs):
+        num, den = 1, 1
+        for j, xj in enumerate(xs):
+            if j != i:
+                num = num * xj % prime
+                den = den * (xj - xi) % prime
+        out.append(num * pow(den, -1, prime) % prime)
+    return tuple(out)
+
+
+def encode_share(value: int) -> bytes:
+    """Fixed-width encoding of a share value, so messages have exact, checkable lengths."""
+    return value.to_bytes(SHARE_BYTES, "big")
+
+
+def decode_share(data: bytes) -> int:
+    """Parse a share received from a peer; values outside the field are refused."""
+    if len(data) != SHARE_BYTES:
+        raise ShareFormatError(f"share holds {len(data)} bytes, expected {SHARE_BYTES}")
+    value = int.from_bytes(data, "big")
+    if value >= PRIME:
+        raise ShareFormatError("share value is not a field element (>= 2^521 - 1)")
+    return value
+
+
+def _check_points(xs: Sequence[int], prime: int) -> None:
+    if len(set(xs)) != len(xs):
+        raise ValueError("share points must be distinct")
+    if any(not 0 < x < prime for x in xs):
+        raise ValueError("share points must lie in [1, prime - 1]; x = 0 would be the secret itself")
