@@ -62,6 +62,10 @@ class AggregationProtocol(ABC):
     def open(self, aggregate: Aggregate) -> OpenedAggregate:
         """Key-holder side: reveal the weighted mean of the included updates."""
 
+    def extra_client_bytes(self) -> dict[int, int]:
+        """Bytes each client sent in the last round besides its ``protect`` payload (key set-up, unmasking)."""
+        return {}
+
     def individual_updates(self, round_id: int, payloads: Mapping[int, bytes]) -> dict[int, np.ndarray]:
         """Server side: the individual updates, only for protocols that reveal them."""
         raise NotImplementedError(f"protocol {self.name!r} does not reveal individual updates")

@@ -109,6 +109,49 @@ class FederationConfig:
 
 
 @dataclass
+class PrivacySection:
+    """Client-level differential privacy of the federation (DP-FedAvg)."""
+
+    placement: Literal["none", "central", "distributed", "local"] = "none"
+    """Where the Gaussian noise is added: none, central (aggregator), distributed (shares), local (each client)."""
+    clip_norm: float = 1.0
+    """L2 bound C on each client's update (the initial bound with adaptive clipping)."""
+    noise_multiplier: float = 1.0
+    """z: the noise on the sum has std z * C. Ignored when target_epsilon > 0."""
+    target_epsilon: float = 0.0
+    """If > 0, z is computed so that all configured rounds spend exactly this epsilon at delta."""
+    delta: float = 1e-5
+    """delta of the reported (epsilon, delta) guarantee."""
+    epsilon_budget: float = 0.0
+    """If > 0, training stops before a round would take epsilon past this budget."""
+    accountant: Literal["rdp", "prv"] = "rdp"
+    """Opacus accountant: rdp (Mironov 2017) or prv (Gopi et al. 2021, tighter)."""
+    min_survivors: int = 0
+    """Distributed noise: shares are calibrated for at least this many surviving clients (0 = all sampled)."""
+    secure_noise: bool = False
+    """Draw noise from the OS CSPRNG (deployment); false = seeded noise for reproducible experiments."""
+    adaptive_clipping: bool = False
+    """Track a quantile of update norms with the clip bound (Andrew et al. 2021); central placement only."""
+    target_quantile: float = 0.5
+    """Adaptive clipping: the fraction of updates that should be unclipped."""
+    clip_learning_rate: float = 0.2
+    """Adaptive clipping: geometric step of the clip bound per round."""
+
+    def validate(self, path: str) -> None:
+        check_range(f"{path}.clip_norm", self.clip_norm, 0.0, lo_open=True)
+        check_range(f"{path}.noise_multiplier", self.noise_multiplier, 0.0)
+        check_range(f"{path}.target_epsilon", self.target_epsilon, 0.0)
+        check_range(f"{path}.delta", self.delta, 0.0, 1.0, lo_open=True, hi_open=True)
+        check_range(f"{path}.epsilon_budget", self.epsilon_budget, 0.0)
+        check_range(f"{path}.min_survivors", self.min_survivors, 0)
+        check_range(f"{path}.target_quantile", self.target_quantile, 0.0, 1.0, lo_open=True, hi_open=True)
+        check_range(f"{path}.clip_learning_rate", self.clip_learning_rate, 0.0, lo_open=True)
+        if self.adaptive_clipping and self.placement != "central":
+            raise ConfigError(f"{path}.adaptive_clipping", "adaptive clipping is implemented for placement=central "
+                              "only (the server needs the noised count of unclipped clients)")
+
+
+@dataclass
 class AttackSection:
     """Malicious clients and what they do (attacks are plug-ins; see `securefrl attacks`)."""
 
@@ -138,6 +181,8 @@ class ExperimentConfig:
     """Federation."""
     protocol: ProtocolSection = field(default_factory=ProtocolSection)
     """Secure aggregation protocol."""
+    privacy: PrivacySection = field(default_factory=PrivacySection)
+    """Client-level differential privacy."""
     attack: AttackSection = field(default_factory=AttackSection)
     """Adversaries among the clients."""
 

@@ -28,14 +28,17 @@ class RunResult:
     federation: Federation
 
 
-def _header() -> str:
-    return f"{'round':>5} {'mean':>8} {'min':>8} {'local':>8} {'steps/cl':>9} {'KB up':>8} {'time s':>7}"
+def _header(dp: bool) -> str:
+    eps = f" {'epsilon':>8}" if dp else ""
+    return f"{'round':>5} {'mean':>8} {'min':>8} {'local':>8} {'steps/cl':>9} {'KB up':>8}{eps} {'time s':>7}"
 
 
-def _row(s: dict[str, Any]) -> str:
+def _row(s: dict[str, Any], dp: bool) -> str:
     local = "-" if s["mean_local_return"] is None else f"{s['mean_local_return']:8.1f}"
+    eps = f" {s.get('epsilon', float('nan')):8.3f}" if dp else ""
+    note = f"  aborted: {s['aborted']}" if s.get("aborted") else ""
     return (f"{s['round']:>5} {s['mean_return']:8.1f} {s['min_return']:8.1f} {local:>8} "
-            f"{s['env_steps_per_client']:>9} {s['bytes_up'] / 1024:8.1f} {s['round_time']:7.2f}")
+            f"{s['env_steps_per_client']:>9} {s['bytes_up'] / 1024:8.1f}{eps} {s['round_time']:7.2f}{note}")
 
 
 def run_experiment(config: ExperimentConfig, resume: bool = False, progress: bool = True,
@@ -73,9 +76,14 @@ def run_experiment(config: ExperimentConfig, resume: bool = False, progress: boo
               f" agent {config.agent.name}, protocol {config.protocol.name}, {fed.dim} parameters -> {out.path}",
               file=sys.stderr)
         bar = tqdm(total=total, initial=fed.round, desc="rounds", unit="round", file=sys.stderr, leave=False)
-        tqdm.write(_header(), file=sys.stderr)
+        tqdm.write(_header(fed.dp is not None), file=sys.stderr)
     t_start = time.perf_counter()
+    stopped = None
     while fed.round < last:
+        if fed.budget_exhausted():
+            stopped = (f"privacy budget: round {fed.round} would take epsilon past "
+                       f"{config.privacy.epsilon_budget} at delta {config.privacy.delta}")
+            break
         record = fed.run_round()
         client_rows.extend(record.clients)
         round_rows.append(record.summary)
@@ -84,18 +92,21 @@ def run_experiment(config: ExperimentConfig, resume: bool = False, progress: boo
         if bar is not None:
             from tqdm.auto import tqdm
 
-            tqdm.write(_row(record.summary), file=sys.stderr)
+            tqdm.write(_row(record.summary, fed.dp is not None), file=sys.stderr)
             bar.set_postfix(mean_return=f"{record.summary['mean_return']:.1f}")
             bar.update(1)
     if bar is not None:
         bar.close()
     summary = summarize(config, fed, round_rows, time.perf_counter() - t_start)
+    summary["stopped_reason"] = stopped
     out.write_json("summary.json", summary)
     if round_rows:
         plot_returns(client_rows, round_rows, out.path / "returns.png",
                      title=f"{config.agent.name} on {config.env.name}, {len(fed.clients)} clients, "
                            f"{config.protocol.name}")
-    if progress:
+    if progress and stopped:
+        print(f"stopped early: {stopped}", file=sys.stderr)
+    if progress and round_rows:
         print(f"done: final mean return {summary['final_mean_return']:.1f} (first round "
               f"{summary['first_mean_return']:.1f}); results in {out.path}", file=sys.stderr)
     return RunResult(out.path, client_rows, round_rows, summary, fed)
@@ -118,6 +129,9 @@ def summarize(config: ExperimentConfig, fed: Federation, rounds: list[dict[str, 
         "parameters": fed.dim,
         "protocol": config.protocol.name,
         "bytes_up_total": sum(r["bytes_up"] for r in rounds),
+        "epsilon": rounds[-1].get("epsilon"),
+        "delta": config.privacy.delta if config.privacy.placement != "none" else None,
+        "malicious_clients": fed.malicious_ids,
         "wall_seconds_this_session": seconds,
         "time_per_phase": {k: sum(r[f"time_{k}"] for r in rounds)
                            for k in ("train", "protect", "combine", "open", "eval")},

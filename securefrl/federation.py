@@ -19,12 +19,13 @@ import numpy as np
 import torch
 
 from protocols.base import AggregationProtocol
+from protocols.errors import RoundAbortedError
 from securefrl.agents import make_agent
 from securefrl.agents.base import Agent
 from securefrl.behaviour import ServerView, make_behaviour, wrap_training_env
 from securefrl.config import ExperimentConfig
 from securefrl.envs import EnvSpec, draw_client_envs
-from securefrl.errors import UpdateRejectedError
+from securefrl.errors import ConfigError, UpdateRejectedError
 from securefrl.protocol_factory import make_protocol
 from securefrl.seeding import derive_rng, derive_seed
 from securefrl.server_opt import ServerOptimizer
@@ -95,15 +96,27 @@ class Federation:
         init_agent = make_agent(cfg.agent.name, specs[0].make, agent_cfg, seed=derive_seed(cfg.seed, "global-init"))
         self.global_params = init_agent.get_flat()
         self.dim = int(self.global_params.shape[0])
+        fed = cfg.federation
+        self.dp = None
+        if cfg.privacy.placement != "none":
+            from securefrl.privacy.federated import ClientLevelDP  # deferred: pulls in opacus
+
+            if fed.clip_norm > 0:
+                raise ConfigError("federation.clip_norm", "with differential privacy the clip bound is "
+                                  "privacy.clip_norm; leave federation.clip_norm at 0")
+            self.dp = ClientLevelDP(cfg.privacy, cfg.protocol.name, fed.n_clients, len(self.sample_clients(0)),
+                                    fed.rounds)
         if self.protocol is None:
-            self.protocol = make_protocol(cfg.protocol.name, self.dim, len(self.clients), cfg.protocol.params)
+            self.protocol = make_protocol(cfg.protocol.name, self.dim, len(self.clients), cfg.protocol.params,
+                                          max_weight=self._weight())
         if self.pipeline is None:
-            fed = cfg.federation
-            self.pipeline = chain(clip_by_l2_norm(fed.clip_norm)) if fed.clip_norm > 0 else identity()
+            if self.dp is not None:
+                self.pipeline = self.dp.pipeline()
+            else:
+                self.pipeline = chain(clip_by_l2_norm(fed.clip_norm)) if fed.clip_norm > 0 else identity()
         for c in self.clients:
             c.pipeline_state = self.pipeline.init(self.dim)
             c.agent.set_flat(self.global_params)
-        fed = cfg.federation
         self.server_opt = ServerOptimizer(fed.server_optimizer, fed.server_lr, fed.server_momentum,
                                           fed.server_beta2, fed.server_eps)
 
@@ -116,6 +129,16 @@ class Federation:
                                                                              next(counter)))
 
         return make
+
+    def _weight(self) -> float:
+        """Aggregation weight of every client: its environment steps, or 1 (uniform, and always under DP)."""
+        fed = self.config.federation
+        uniform = fed.weighting == "uniform" or self.config.privacy.placement != "none"
+        return 1.0 if uniform else float(fed.local_steps)
+
+    def budget_exhausted(self) -> bool:
+        """True when the next round would take epsilon past ``privacy.epsilon_budget``."""
+        return self.dp is not None and self.dp.would_exceed_budget()
 
     # ------------------------------------------------------------------------------------
     def sample_clients(self, round_id: int) -> list[int]:
@@ -144,16 +167,22 @@ class Federation:
         """Run the next round and return its record."""
         assert self.protocol is not None and self.pipeline is not None
         r = self.round
-        fed = self.config.federation
         t_round = time.perf_counter()
         times = {"train": 0.0, "protect": 0.0, "combine": 0.0, "open": 0.0, "eval": 0.0}
         sampled = self.sample_clients(r)
-        self.protocol.begin_round(r, sampled)
+        if self.dp is not None and self.dp.clip_state is not None:
+            self.pipeline = self.dp.pipeline()  # the adaptive clip bound moved
+        aborted = None
+        try:
+            self.protocol.begin_round(r, sampled)
+        except RoundAbortedError as err:
+            aborted = str(err)
         payloads: dict[int, bytes] = {}
         rows: dict[int, dict[str, Any]] = {c.client_id: {"round": r, "client": c.client_id,
                                                           "sampled": c.client_id in sampled,
                                                           "malicious": c.malicious} for c in self.clients}
         deltas: dict[int, np.ndarray] = {}
+        dp_metrics: dict[str, Any] = {}
         for cid in sampled:
             client = self.clients[cid]
             t0 = time.perf_counter()
@@ -164,8 +193,12 @@ class Federation:
             times["eval"] += time.perf_counter() - t0
             rows[cid].update(stats)
         self._poison(r, deltas)
-        weight = float(fed.local_steps) if fed.weighting == "samples" else 1.0
+        weight = self._weight()
+        bits = {c: (0.5 if np.linalg.norm(d) <= self.dp.clip_norm else -0.5) for c, d in deltas.items()} \
+            if self.dp is not None else {}
         for cid, delta in deltas.items():
+            if aborted:
+                break
             client = self.clients[cid]
             t0 = time.perf_counter()
             pipe_rng = derive_rng(self.config.seed, "pipeline", r, cid)
@@ -180,10 +213,18 @@ class Federation:
             rows[cid]["update_norm"] = float(np.linalg.norm(update))
             rows[cid]["bytes_up"] = len(payloads[cid])
         t0 = time.perf_counter()
-        aggregate = self.protocol.combine(r, payloads)
+        try:
+            aggregate = self.protocol.combine(r, payloads) if not aborted else None
+        except RoundAbortedError as err:
+            aborted, aggregate = str(err), None
         times["combine"] = time.perf_counter() - t0
+        if aggregate is None:  # below the protocol's threshold: nothing is released, the model stays
+            return self._finish_round(r, sampled, rows, {}, times, t_round, payloads, aborted=aborted)
         for cid, reason in aggregate.rejected.items():
             rows[cid]["rejected"] = reason
+        for cid, extra_bytes in self.protocol.extra_client_bytes().items():
+            if cid in rows:
+                rows[cid]["bytes_up"] = rows[cid].get("bytes_up", 0) + extra_bytes
         t0 = time.perf_counter()
         individual = None
         if self.protocol.reveals_individual_updates:
@@ -199,6 +240,10 @@ class Federation:
                     rows[ids[i]]["rejected"] = f"aggregator: {reason}"
             else:
                 mean = self.protocol.open(aggregate).mean
+            if self.dp is not None:
+                dp_bits = [bits[c] for c in aggregate.included]
+                mean, dp_metrics = self.dp.finish_round(mean, len(aggregate.included), dp_bits,
+                                                        derive_rng(self.config.seed, "central-noise", r))
             self.global_params = self.server_opt.step(self.global_params, mean)
         times["open"] = time.perf_counter() - t0
         if self.observers:
@@ -206,6 +251,13 @@ class Federation:
                               individual, mean if self.protocol.server_can_open else None)
             for observe in self.observers:
                 observe(view)
+        extra = {"n_included": len(aggregate.included), "bytes_down_aggregate": len(aggregate.payload), **dp_metrics}
+        return self._finish_round(r, sampled, rows, extra, times, t_round, payloads)
+
+    def _finish_round(self, r: int, sampled: list[int], rows: dict[int, dict[str, Any]], extra: dict[str, Any],
+                      times: dict[str, float], t_round: float, payloads: dict[int, bytes],
+                      aborted: str | None = None) -> RoundRecord:
+        """Evaluate every client with the (new) global model and assemble the round record."""
         t0 = time.perf_counter()
         for client in self.clients:
             client.agent.set_flat(self.global_params)
@@ -221,9 +273,10 @@ class Federation:
             "max_return": float(np.max(returns)),
             "mean_local_return": float(np.mean(local)) if local else None,
             "n_sampled": len(sampled),
-            "n_included": len(aggregate.included),
-            "bytes_up": int(sum(len(p) for p in payloads.values())),
-            "bytes_down_aggregate": len(aggregate.payload),
+            "n_included": 0,
+            "bytes_up": int(sum(rows[c].get("bytes_up", 0) for c in sampled)),
+            "aborted": aborted,
+            **extra,
             "env_steps_per_client": int(np.mean([c.env_steps for c in self.clients])),
             "round_time": time.perf_counter() - t_round,
             **{f"time_{k}": v for k, v in times.items()},
@@ -253,6 +306,7 @@ class Federation:
             "global_params": torch.from_numpy(self.global_params.copy()),
             "server_opt": {k: torch.from_numpy(v.copy()) for k, v in self.server_opt.state.items()},
             "rule_state": _to_torch(self.rule_state),
+            "dp": self.dp.state_dict() if self.dp is not None else None,
             "clients": [
                 {"agent": c.agent.state_dict(), "env_steps": c.env_steps, "pipeline": _to_torch(c.pipeline_state)}
                 for c in self.clients
@@ -264,6 +318,8 @@ class Federation:
         self.global_params = state["global_params"].numpy().astype(np.float32)
         self.server_opt.state = {k: v.numpy() for k, v in state["server_opt"].items()}
         self.rule_state = _to_numpy(state["rule_state"])
+        if self.dp is not None:
+            self.dp.load_state_dict(state["dp"])
         for c, cs in zip(self.clients, state["clients"], strict=True):
             c.agent.load_state_dict(cs["agent"])
             c.env_steps = int(cs["env_steps"])

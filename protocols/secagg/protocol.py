@@ -109,6 +109,9 @@ class SecAggProtocol(AggregationProtocol):
         forwarded = server.forward_shares()
         self._round = _Round(round_id, server, clients, forwarded)
 
+    def extra_client_bytes(self) -> dict[int, int]:
+        return {c: sum(n for st, n in stages.items() if st != Stage.MASKED_INPUT) for c, stages in self.traffic.items()}
+
     def protect(self, client_id: int, round_id: int, update: np.ndarray, weight: float) -> bytes:
         """The client's masked-input message for ``weight * update`` (and ``weight``)."""
         rnd = self._current(round_id)

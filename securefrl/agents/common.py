@@ -1,0 +1,80 @@
+"""Agent plumbing shared by DQN, PPO and SAC: random streams, config checks, episode statistics."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+from securefrl.errors import ConfigError
+
+
+def check_seed(seed: int) -> int:
+    """Seeds are non-negative integers (what SeedSequence accepts); refuse anything else up front."""
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ConfigError("seed", f"seed must be a non-negative integer, got {seed!r}")
+    return int(seed)
+
+
+class Streams:
+    """Every random stream of an agent, derived from one integer seed.
+
+    ``numpy`` drives exploration, replay sampling and minibatch shuffles; ``torch`` drives
+    policy noise (SAC); ``env_seeds`` seed each environment copy at reset. Derivation goes
+    through :class:`numpy.random.SeedSequence` so streams are independent.
+    """
+
+    def __init__(self, seed: int, n_envs: int) -> None:
+        ss = np.random.SeedSequence(check_seed(seed))
+        child_np, child_torch, child_env = ss.spawn(3)
+        self.numpy = np.random.Generator(np.random.PCG64(child_np))
+        self.torch = torch.Generator().manual_seed(int(child_torch.generate_state(1, dtype=np.uint64)[0] >> 1))
+        self.env_seeds = [int(s) for s in child_env.generate_state(n_envs, dtype=np.uint32)]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"numpy": self.numpy.bit_generator.state, "torch": self.torch.get_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.numpy.bit_generator.state = state["numpy"]
+        self.torch.set_state(state["torch"])
+
+
+def init_generator(seed: int) -> torch.Generator:
+    """Generator for weight initialisation only, separate from the training streams."""
+    ss = np.random.SeedSequence([check_seed(seed), 0x5EED])
+    return torch.Generator().manual_seed(int(ss.generate_state(1, dtype=np.uint64)[0] >> 1))
+
+
+def obs_dim_of(space: gym.Space, agent: str) -> int:
+    """Flat observation size; agents here take 1-D float vectors (classic control)."""
+    if not isinstance(space, gym.spaces.Box) or len(space.shape) != 1:
+        raise ConfigError("env", f"{agent} needs a 1-D Box observation space, got {space}")
+    return int(space.shape[0])
+
+
+def episode_stats(finished: list[tuple[float, int]]) -> dict[str, float]:
+    """Mean return / length of the episodes completed during a :meth:`learn` call (NaN if none)."""
+    if not finished:
+        return {"episodes": 0.0, "mean_return": float("nan"), "mean_length": float("nan")}
+    rets = np.array([r for r, _ in finished])
+    lens = np.array([n for _, n in finished])
+    return {"episodes": float(len(finished)), "mean_return": float(rets.mean()), "mean_length": float(lens.mean())}
+
+
+def config_state(config: Any) -> dict[str, Any]:
+    """Config as plain values for a checkpoint (tuples become lists so JSON/YAML tools can read it)."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(config).items()}
+
+
+def check_checkpoint(state: dict[str, Any], algo: str, config: Any) -> None:
+    """Refuse a checkpoint of another algorithm or hyperparameters: continuing it would be a different run."""
+    if state.get("algo") != algo:
+        raise ValueError(f"checkpoint is for agent {state.get('algo')!r}, this agent is {algo!r}")
+    mine = config_state(config)
+    theirs = state.get("config", {})
+    diff = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
+    if diff:
+        raise ValueError(f"checkpoint config differs from the agent's in {diff}; build the agent with the same config")

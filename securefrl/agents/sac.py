@@ -1,0 +1,261 @@
+"""Soft Actor-Critic (Haarnoja et al. 2018, "SAC: Off-Policy Maximum Entropy Deep RL"; and
+"SAC Algorithms and Applications", 2018, for the learned temperature).
+
+Off-policy actor-critic for continuous (Box) actions: a tanh-squashed Gaussian policy, twin
+Q-networks with clipped double-Q targets (Fujimoto et al. 2018), Polyak-averaged target
+critics, and automatic entropy tuning towards ``-dim(A)``. Actions are stored in the
+squashed [-1, 1] space and rescaled to the environment's bounds when stepping.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from securefrl.agents.base import Agent, EnvFn
+from securefrl.agents.common import Streams, check_checkpoint, config_state, episode_stats, init_generator, obs_dim_of
+from securefrl.agents.networks import frozen_copy, hard_update, mlp, soft_update
+from securefrl.agents.replay import ReplayBuffer
+from securefrl.agents.vecenv import EnvPool
+from securefrl.configtools import check_range
+from securefrl.errors import ConfigError
+
+LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
+
+
+@dataclass
+class SACConfig:
+    """SAC hyperparameters; defaults reach a mean return above -400 on Pendulum-v1 within ~15k steps."""
+
+    hidden: tuple[int, ...] = (128, 128)
+    """Hidden layer widths of the actor and of each critic (ReLU MLPs)."""
+    lr: float = 1e-3
+    """Adam learning rate of actor, critics and temperature."""
+    gamma: float = 0.99
+    """Discount factor."""
+    tau: float = 0.005
+    """Polyak coefficient of the target critics."""
+    buffer_size: int = 100_000
+    """Replay buffer capacity in transitions."""
+    batch_size: int = 256
+    """Transitions per gradient step."""
+    learning_starts: int = 1_000
+    """Environment steps of uniformly random actions before the first gradient step."""
+    train_freq: int = 1
+    """Environment steps between training phases."""
+    gradient_steps: int = 1
+    """Gradient steps per training phase."""
+    init_alpha: float = 1.0
+    """Initial entropy temperature."""
+    autotune_alpha: bool = True
+    """Learn the temperature so the policy entropy tracks ``target_entropy``."""
+    target_entropy: float | None = None
+    """Entropy target; None means -dim(action space)."""
+    n_envs: int = 1
+    """Environment copies stepped together (steps are counted summed over copies)."""
+
+    def validate(self, path: str = "SACConfig") -> None:
+        """Refuse out-of-range values with the field name and the allowed range."""
+        check_range(f"{path}.lr", self.lr, 0.0, None, lo_open=True)
+        check_range(f"{path}.gamma", self.gamma, 0.0, 1.0)
+        check_range(f"{path}.tau", self.tau, 0.0, 1.0, lo_open=True)
+        check_range(f"{path}.init_alpha", self.init_alpha, 0.0, None, lo_open=True)
+        for name in ("buffer_size", "batch_size", "train_freq", "gradient_steps", "n_envs"):
+            check_range(f"{path}.{name}", getattr(self, name), 1, None)
+        check_range(f"{path}.learning_starts", self.learning_starts, 0, None)
+        if not self.hidden or any(h < 1 for h in self.hidden):
+            raise ConfigError(f"{path}.hidden", f"need at least one positive layer width, got {self.hidden}")
+
+
+class SACAgent(Agent):
+    """SAC for Box action spaces; ``federated_parameters`` are the actor and both critics.
+
+    The temperature stays local: it adapts to each client's own policy entropy.
+    """
+
+    name = "sac"
+
+    def __init__(self, env_fn: EnvFn, config: SACConfig | None = None, seed: int = 0) -> None:
+        self.config = cfg = config if config is not None else SACConfig()
+        cfg.validate()
+        self.pool = EnvPool(env_fn, cfg.n_envs)
+        space = self.pool.action_space
+        if not isinstance(space, gym.spaces.Box) or len(space.shape) != 1 or not np.all(np.isfinite(space.low)) \
+                or not np.all(np.isfinite(space.high)):
+            raise ConfigError("env", f"SAC needs a bounded 1-D Box action space, got {space}")
+        self.obs_dim = obs_dim_of(self.pool.observation_space, "SAC")
+        self.act_dim = int(space.shape[0])
+        self._act_low = space.low.astype(np.float32)
+        self._act_scale = ((space.high - space.low) / 2.0).astype(np.float32)
+        gen = init_generator(seed)
+        self.actor = mlp(self.obs_dim, 2 * self.act_dim, cfg.hidden, gen)
+        self.q1 = mlp(self.obs_dim + self.act_dim, 1, cfg.hidden, gen)
+        self.q2 = mlp(self.obs_dim + self.act_dim, 1, cfg.hidden, gen)
+        self.q1_target, self.q2_target = frozen_copy(self.q1), frozen_copy(self.q2)
+        self.log_alpha = torch.nn.Parameter(torch.tensor(math.log(cfg.init_alpha), dtype=torch.float32))
+        self.target_entropy = float(-self.act_dim if cfg.target_entropy is None else cfg.target_entropy)
+        self.actor_optimizer = torch.optim.Adam(self.actor.parameters(), lr=cfg.lr)
+        self.critic_optimizer = torch.optim.Adam([*self.q1.parameters(), *self.q2.parameters()], lr=cfg.lr)
+        self.alpha_optimizer = torch.optim.Adam([self.log_alpha], lr=cfg.lr)
+        self.replay = ReplayBuffer(cfg.buffer_size, self.obs_dim, (self.act_dim,), np.float32)
+        self.num_timesteps = 0
+        self.num_updates = 0
+        self._since_train = 0
+        self.reseed(seed)
+
+    # --- federation hooks ---------------------------------------------------------------
+    def federated_parameters(self) -> list[tuple[str, torch.nn.Parameter]]:
+        return [*((f"actor.{n}", p) for n, p in self.actor.named_parameters()),
+                *((f"q1.{n}", p) for n, p in self.q1.named_parameters()),
+                *((f"q2.{n}", p) for n, p in self.q2.named_parameters())]
+
+    def after_set_parameters(self) -> None:
+        """New global critics: restart the Polyak targets from them, not from stale local ones."""
+        hard_update(self.q1_target, self.q1)
+        hard_update(self.q2_target, self.q2)
+
+    def reseed(self, seed: int) -> None:
+        self.streams = Streams(seed, self.config.n_envs)
+        self.pool.reset(self.streams.env_seeds)
+
+    # --- policy ---------------------------------------------------------------------------
+    @property
+    def alpha(self) -> float:
+        return float(self.log_alpha.detach().exp())
+
+    def _policy(self, obs: torch.Tensor, deterministic: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """Squashed action in [-1, 1] and its log-density (reparameterised, noise from the torch stream)."""
+        mean, log_std = self.actor(obs).chunk(2, dim=-1)
+        if deterministic:
+            return torch.tanh(mean), torch.zeros(len(obs))
+        log_std = LOG_STD_MIN + 0.5 * (LOG_STD_MAX - LOG_STD_MIN) * (torch.tanh(log_std) + 1.0)
+        eps = torch.randn(mean.shape, generator=self.streams.torch)
+        u = mean + log_std.exp() * eps
+        # log N(u) - log|d tanh(u)/du|, with log(1 - tanh(u)^2) = 2 (log 2 - u - softplus(-2u)).
+        logp = (-0.5 * eps.pow(2) - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
+        logp = logp - (2.0 * (math.log(2.0) - u - F.softplus(-2.0 * u))).sum(-1)
+        return torch.tanh(u), logp
+
+    def _to_env(self, squashed: np.ndarray) -> np.ndarray:
+        return self._act_low + (squashed + 1.0) * self._act_scale
+
+    @torch.no_grad()
+    def act(self, obs: np.ndarray, deterministic: bool = True) -> np.ndarray:
+        """Mean action (deterministic) or a policy sample (agent's torch stream), in env bounds."""
+        a, _ = self._policy(torch.as_tensor(np.asarray(obs, dtype=np.float32).reshape(1, -1)), deterministic)
+        return self._to_env(a.numpy()[0])
+
+    # --- learning -------------------------------------------------------------------------
+    def critic_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Soft Bellman residual of both critics against the clipped double-Q soft target."""
+        with torch.no_grad():
+            next_a, next_logp = self._policy(batch["next_obs"])
+            next_in = torch.cat([batch["next_obs"], next_a], dim=1)
+            next_q = torch.min(self.q1_target(next_in), self.q2_target(next_in)).squeeze(1)
+            target = batch["rewards"] + self.config.gamma * (1.0 - batch["terminated"]) * (
+                next_q - self.alpha * next_logp)
+        q_in = torch.cat([batch["obs"], batch["actions"]], dim=1)
+        return F.mse_loss(self.q1(q_in).squeeze(1), target) + F.mse_loss(self.q2(q_in).squeeze(1), target)
+
+    def actor_loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """KL to the Boltzmann policy of the soft Q-function; also returns log-probs for the temperature."""
+        a, logp = self._policy(batch["obs"])
+        q_in = torch.cat([batch["obs"], a], dim=1)
+        q = torch.min(self.q1(q_in), self.q2(q_in)).squeeze(1)
+        return (self.alpha * logp - q).mean(), logp
+
+    def _update_batch(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
+        """One gradient step of critics, actor and temperature on one minibatch (the unit DP-SGD wraps)."""
+        c_loss = self.critic_loss(batch)
+        self.critic_optimizer.zero_grad(set_to_none=True)
+        c_loss.backward()
+        self.critic_optimizer.step()
+
+        critic_params = [*self.q1.parameters(), *self.q2.parameters()]
+        for p in critic_params:  # the actor's gradient flows through the critics without touching them
+            p.requires_grad_(False)
+        a_loss, logp = self.actor_loss(batch)
+        self.actor_optimizer.zero_grad(set_to_none=True)
+        a_loss.backward()
+        self.actor_optimizer.step()
+        for p in critic_params:
+            p.requires_grad_(True)
+
+        if self.config.autotune_alpha:
+            alpha_loss = -(self.log_alpha * (logp.detach() + self.target_entropy)).mean()
+            self.alpha_optimizer.zero_grad(set_to_none=True)
+            alpha_loss.backward()
+            self.alpha_optimizer.step()
+        soft_update(self.q1_target, self.q1, self.config.tau)
+        soft_update(self.q2_target, self.q2, self.config.tau)
+        return {"critic_loss": float(c_loss.detach()), "actor_loss": float(a_loss.detach()),
+                "entropy": float(-logp.detach().mean())}
+
+    def learn(self, env_steps: int) -> dict[str, float]:
+        """Collect ``env_steps`` transitions (rounded up to whole vector steps), training as it goes."""
+        cfg, pool = self.config, self.pool
+        n = cfg.n_envs
+        done = 0
+        infos: list[dict[str, float]] = []
+        while done < env_steps:
+            obs = pool.obs.copy()
+            if self.num_timesteps < cfg.learning_starts:
+                squashed = self.streams.numpy.uniform(-1.0, 1.0, size=(n, self.act_dim)).astype(np.float32)
+            else:
+                with torch.no_grad():
+                    squashed = self._policy(torch.from_numpy(obs))[0].numpy()
+            step = pool.step(self._to_env(squashed))
+            self.replay.add(obs, squashed, step.rewards, step.next_obs, step.terminated)
+            done += n
+            self.num_timesteps += n
+            self._since_train += n
+            if self.num_timesteps >= cfg.learning_starts and self._since_train >= cfg.train_freq:
+                self._since_train = 0
+                for _ in range(cfg.gradient_steps):
+                    infos.append(self._update_batch(self.replay.sample(cfg.batch_size, self.streams.numpy)))
+                    self.num_updates += 1
+        stats = episode_stats(pool.drain())
+        stats.update(env_steps=float(done), total_env_steps=float(self.num_timesteps), updates=float(self.num_updates),
+                     alpha=self.alpha)
+        if infos:
+            stats.update({k: float(np.mean([i[k] for i in infos])) for k in infos[-1]})
+        return stats
+
+    # --- checkpoints ----------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "algo": self.name,
+            "config": config_state(self.config),
+            "actor": self.actor.state_dict(),
+            "q1": self.q1.state_dict(), "q2": self.q2.state_dict(),
+            "q1_target": self.q1_target.state_dict(), "q2_target": self.q2_target.state_dict(),
+            "log_alpha": self.log_alpha.detach().clone(),
+            "actor_optimizer": self.actor_optimizer.state_dict(),
+            "critic_optimizer": self.critic_optimizer.state_dict(),
+            "alpha_optimizer": self.alpha_optimizer.state_dict(),
+            "replay": self.replay.state_dict(),
+            "counters": {"num_timesteps": self.num_timesteps, "num_updates": self.num_updates,
+                         "since_train": self._since_train},
+            "rng": self.streams.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        check_checkpoint(state, self.name, self.config)
+        for key in ("actor", "q1", "q2", "q1_target", "q2_target"):
+            getattr(self, key).load_state_dict(state[key])
+        with torch.no_grad():
+            self.log_alpha.copy_(state["log_alpha"])
+        self.actor_optimizer.load_state_dict(state["actor_optimizer"])
+        self.critic_optimizer.load_state_dict(state["critic_optimizer"])
+        self.alpha_optimizer.load_state_dict(state["alpha_optimizer"])
+        self.replay.load_state_dict(state["replay"])
+        c = state["counters"]
+        self.num_timesteps, self.num_updates, self._since_train = (
+            int(c["num_timesteps"]), int(c["num_updates"]), int(c["since_train"]))
+        self.streams.load_state_dict(state["rng"])

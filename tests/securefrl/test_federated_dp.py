@@ -1,0 +1,82 @@
+"""Client-level DP inside the round loop: placements, epsilon per round, budget stop, resume."""
+
+import numpy as np
+import pytest
+
+from securefrl.config import load_config
+from securefrl.errors import ConfigError
+from securefrl.experiment import run_experiment
+from securefrl.federation import Federation
+from securefrl.privacy.accounting import PrivacyAccountant
+
+TINY = ["federation.n_clients=4", "federation.rounds=3", "federation.local_steps=64", "federation.eval_episodes=1",
+        "federation.client_fraction=0.5", "privacy.clip_norm=1.0"]
+
+
+def cfg(tmp_path, *extra, name="dp"):
+    return load_config(overrides=[*TINY, f"output_dir={tmp_path}", f"name={name}", *extra])
+
+
+@pytest.mark.parametrize("placement", ["central", "distributed", "local"])
+def test_epsilon_reported_every_round_matches_the_accountant(tmp_path, placement):
+    res = run_experiment(cfg(tmp_path, f"privacy.placement={placement}", "privacy.noise_multiplier=1.1"),
+                         progress=False)
+    eps = [r["epsilon"] for r in res.rounds]
+    assert all(np.isfinite(eps)) and eps == sorted(eps) and eps[0] > 0
+    ref = PrivacyAccountant("rdp")
+    for _ in range(3):
+        ref.step(1.1, 0.5)  # 2 of 4 clients per round, no dropouts
+    assert eps[-1] == pytest.approx(ref.epsilon(1e-5), rel=1e-9)
+    assert res.summary["epsilon"] == eps[-1]
+
+
+def test_updates_are_clipped_to_the_dp_bound(tmp_path):
+    res = run_experiment(cfg(tmp_path, "privacy.placement=central", "privacy.noise_multiplier=0.5"), progress=False)
+    norms = [r["update_norm"] for r in res.clients if "update_norm" in r]
+    assert norms and max(norms) <= 1.0 * (1 + 1e-6)
+
+
+def test_budget_stops_training_before_it_is_exceeded(tmp_path):
+    res = run_experiment(cfg(tmp_path, "privacy.placement=central", "privacy.noise_multiplier=2.0",
+                             "privacy.epsilon_budget=3.0", "federation.rounds=50"), progress=False)
+    assert res.summary["stopped_reason"].startswith("privacy budget")
+    assert 0 < len(res.rounds) and res.rounds[-1]["epsilon"] <= 3.0
+    assert len(res.rounds) < 50
+
+
+def test_target_epsilon_sets_the_noise(tmp_path):
+    res = run_experiment(cfg(tmp_path, "privacy.placement=central", "privacy.target_epsilon=3.0"), progress=False)
+    assert 2.9 <= res.rounds[-1]["epsilon"] <= 3.0
+
+
+def test_resume_reports_the_same_epsilon(tmp_path):
+    full = run_experiment(cfg(tmp_path, "privacy.placement=distributed", name="full"), progress=False)
+    c = cfg(tmp_path, "privacy.placement=distributed", name="part")
+    run_experiment(c, progress=False, stop_after=1)
+    resumed = run_experiment(c, resume=True, progress=False)
+    assert [r["epsilon"] for r in resumed.rounds] == [r["epsilon"] for r in full.rounds]
+    assert resumed.federation.global_params.tobytes() == full.federation.global_params.tobytes()
+
+
+def test_central_noise_under_ckks_is_refused_with_alternatives(tmp_path):
+    with pytest.raises(ConfigError, match="distributed") as info:
+        Federation(cfg(tmp_path, "privacy.placement=central", "protocol.name=ckks"))
+    assert info.value.field == "privacy.placement"
+
+
+def test_dp_and_federation_clip_are_not_both_set(tmp_path):
+    with pytest.raises(ConfigError, match=r"privacy\.clip_norm"):
+        Federation(cfg(tmp_path, "privacy.placement=local", "federation.clip_norm=2.0"))
+
+
+def test_distributed_noise_under_secagg(tmp_path):
+    res = run_experiment(cfg(tmp_path, "privacy.placement=distributed", "protocol.name=secagg"), progress=False)
+    assert all(np.isfinite(r["epsilon"]) for r in res.rounds)
+    assert all(r["n_included"] == 2 for r in res.rounds)
+
+
+def test_adaptive_clipping_moves_the_bound(tmp_path):
+    res = run_experiment(cfg(tmp_path, "privacy.placement=central", "privacy.adaptive_clipping=true",
+                             "privacy.clip_norm=100.0", "privacy.noise_multiplier=1.0"), progress=False)
+    bounds = [r["clip_norm"] for r in res.rounds]
+    assert bounds[-1] < bounds[0] <= 100.0  # every update is far below 100: the bound shrinks
