@@ -19,6 +19,18 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from securefrl.config import load_config
+    from securefrl.sweep import run_sweep
+
+    cfg = load_config(args.config, args.set)
+    points = run_sweep(cfg, args.placement, args.seeds, args.noise, args.epsilon, args.out)
+    for p in points:
+        eps = "-" if p.epsilon is None else f"{p.epsilon:.3g}"
+        print(f"{p.label:>10}  epsilon {eps:>8}  final return {p.mean:7.1f} +- {p.ci95:.1f}")
+    return 0
+
+
 def _cmd_config(args: argparse.Namespace) -> int:
     from securefrl.configtools import describe
 
@@ -59,6 +71,16 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--stop-after", type=int, default=None, metavar="ROUNDS",
                      help="stop after this many rounds in total (resume later with --resume)")
     run.set_defaults(func=_cmd_run)
+    sweep = sub.add_parser("sweep", help="privacy-utility sweep: final return against epsilon")
+    sweep.add_argument("--config", "-c", help="TOML or YAML config file of the base experiment")
+    sweep.add_argument("--set", "-s", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    sweep.add_argument("--placement", default="central", choices=["central", "distributed", "local"])
+    grid = sweep.add_mutually_exclusive_group(required=True)
+    grid.add_argument("--noise", type=float, nargs="+", help="noise multipliers to sweep")
+    grid.add_argument("--epsilon", type=float, nargs="+", help="target epsilons to sweep")
+    sweep.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    sweep.add_argument("--out", help="output folder (default <output_dir>/<name>-sweep)")
+    sweep.set_defaults(func=_cmd_sweep)
     conf = sub.add_parser("config", help="print every config field with its default and meaning")
     conf.add_argument("--agent", help="print the hyperparameters of this agent instead")
     conf.set_defaults(func=_cmd_config)
