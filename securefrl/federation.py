@@ -107,8 +107,7 @@ class Federation:
             self.dp = ClientLevelDP(cfg.privacy, cfg.protocol.name, fed.n_clients, len(self.sample_clients(0)),
                                     fed.rounds)
         if self.protocol is None:
-            self.protocol = make_protocol(cfg.protocol.name, self.dim, len(self.clients), cfg.protocol.params,
-                                          max_weight=self._weight())
+            self.protocol = make_protocol(cfg.protocol.name, self.dim, len(self.clients), cfg.protocol.params)
         if self.pipeline is None:
             if self.dp is not None:
                 self.pipeline = self.dp.pipeline()
@@ -131,10 +130,13 @@ class Federation:
         return make
 
     def _weight(self) -> float:
-        """Aggregation weight of every client: its environment steps, or 1 (uniform, and always under DP)."""
-        fed = self.config.federation
-        uniform = fed.weighting == "uniform" or self.config.privacy.placement != "none"
-        return 1.0 if uniform else float(fed.local_steps)
+        """Aggregation weight: environment steps trained, in units of the configured budget (FedAvg).
+
+        Every client trains ``local_steps`` steps, so "samples" weights are all 1; expressing them in
+        budget units keeps them small, which CKKS's value bound and SecAgg's fixed-point range need.
+        Uniform weighting, and DP (sensitivity per client), use 1 by definition.
+        """
+        return 1.0
 
     def budget_exhausted(self) -> bool:
         """True when the next round would take epsilon past ``privacy.epsilon_budget``."""

@@ -9,13 +9,8 @@ from protocols.errors import ProtocolConfigError
 from securefrl.errors import ConfigError
 
 
-def make_protocol(name: str, dim: int, n_clients: int, params: dict[str, Any] | None = None,
-                  max_weight: float = 1.0) -> AggregationProtocol:
-    """The protocol ``name`` for flat vectors of length ``dim`` among ``n_clients`` clients.
-
-    ``max_weight`` is the largest aggregation weight a client will use (SecAgg sizes its fixed-point
-    range with it).
-    """
+def make_protocol(name: str, dim: int, n_clients: int, params: dict[str, Any] | None = None) -> AggregationProtocol:
+    """The protocol ``name`` for flat vectors of length ``dim`` among ``n_clients`` clients."""
     params = dict(params or {})
     try:
         if name == "plaintext":
@@ -29,7 +24,6 @@ def make_protocol(name: str, dim: int, n_clients: int, params: dict[str, Any] | 
         if name == "secagg":
             from protocols.secagg import SecAggProtocol
 
-            params.setdefault("max_weight", max_weight)
             return SecAggProtocol(dim, n_clients=n_clients, **params)
     except TypeError as err:  # unknown keyword in protocol.params
         raise ConfigError("protocol.params", f"{err}") from None
