@@ -134,5 +134,5 @@ def summarize(config: ExperimentConfig, fed: Federation, rounds: list[dict[str, 
         "malicious_clients": fed.malicious_ids,
         "wall_seconds_this_session": seconds,
         "time_per_phase": {k: sum(r[f"time_{k}"] for r in rounds)
-                           for k in ("train", "protect", "combine", "open", "eval")},
+                           for k in ("setup", "train", "protect", "combine", "open", "eval")},
     }

@@ -170,15 +170,17 @@ class Federation:
         assert self.protocol is not None and self.pipeline is not None
         r = self.round
         t_round = time.perf_counter()
-        times = {"train": 0.0, "protect": 0.0, "combine": 0.0, "open": 0.0, "eval": 0.0}
+        times = {"setup": 0.0, "train": 0.0, "protect": 0.0, "combine": 0.0, "open": 0.0, "eval": 0.0}
         sampled = self.sample_clients(r)
         if self.dp is not None and self.dp.clip_state is not None:
             self.pipeline = self.dp.pipeline()  # the adaptive clip bound moved
         aborted = None
+        t0 = time.perf_counter()
         try:
             self.protocol.begin_round(r, sampled)
         except RoundAbortedError as err:
             aborted = str(err)
+        times["setup"] = time.perf_counter() - t0
         payloads: dict[int, bytes] = {}
         rows: dict[int, dict[str, Any]] = {c.client_id: {"round": r, "client": c.client_id,
                                                           "sampled": c.client_id in sampled,
