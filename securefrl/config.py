@@ -94,6 +94,15 @@ class FederationConfig:
     multi_krum, bulyan, geometric_median, norm_bounding, centered_clipping."""
     aggregator_params: dict[str, Any] = field(default_factory=dict)
     """Parameters of the robust rule (e.g. beta of trimmed_mean); n_malicious defaults to attack.n_malicious."""
+    simulation: Literal["loop", "vectorized"] = "loop"
+    """loop: one agent per client, trained one after another (the reference); vectorized: all sampled clients'
+    CartPole + PPO as one batched computation, same results up to float rounding (env cartpole, agent ppo only)."""
+    backend: Literal["local", "ray"] = "local"
+    """Where clients train: local (this process) or ray (Ray tasks; needs the ray package, see ray_address)."""
+    ray_address: str = ""
+    """Ray cluster to join with backend=ray; empty = the RAY_ADDRESS environment variable, else start a local Ray."""
+    ray_num_cpus: int = 2
+    """CPUs of the local Ray instance started when no cluster address is given."""
 
     def validate(self, path: str) -> None:
         check_range(f"{path}.n_clients", self.n_clients, 1)
@@ -106,6 +115,7 @@ class FederationConfig:
         check_range(f"{path}.server_beta2", self.server_beta2, 0.0, 1.0, hi_open=True)
         check_range(f"{path}.server_eps", self.server_eps, 0.0, lo_open=True)
         check_range(f"{path}.eval_episodes", self.eval_episodes, 1)
+        check_range(f"{path}.ray_num_cpus", self.ray_num_cpus, 1)
 
 
 @dataclass
@@ -204,6 +214,10 @@ class ExperimentConfig:
             make_behaviour(self.attack.name, **self.attack.params)
         if self.federation.aggregator != "fedavg":
             self.make_rule()
+        if self.federation.simulation == "vectorized":
+            from securefrl.vectorized import check_vectorized  # deferred: imports torch
+
+            check_vectorized(self)
 
     def make_rule(self) -> Any:
         """The robust aggregation rule, checked against the protocol (None for plain FedAvg)."""

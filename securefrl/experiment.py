@@ -13,7 +13,7 @@ import torch
 from securefrl.config import ExperimentConfig
 from securefrl.configtools import from_dict
 from securefrl.errors import ConfigError
-from securefrl.federation import Federation
+from securefrl.federation import Federation, make_federation
 from securefrl.results import ResultsDir, plot_returns, read_jsonl
 
 
@@ -49,7 +49,7 @@ def run_experiment(config: ExperimentConfig, resume: bool = False, progress: boo
     checkpoint that ``resume=True`` continues from.
     """
     out = ResultsDir(Path(config.output_dir) / config.name)
-    fed = Federation(config)
+    fed = make_federation(config)
     client_rows: list[dict[str, Any]] = []
     round_rows: list[dict[str, Any]] = []
     if resume:

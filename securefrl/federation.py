@@ -90,7 +90,7 @@ class Federation:
             env_fn = spec.make
             if cid in self.malicious_ids:
                 env_fn = self._poisoned_env_fn(spec, cid)
-            agent = make_agent(cfg.agent.name, env_fn, agent_cfg, seed=derive_seed(cfg.seed, "agent", cid))
+            agent = self._make_agent(cid, spec, env_fn, agent_cfg)
             self.clients.append(Client(cid, spec, agent, spec.make(), malicious=cid in self.malicious_ids))
         # Every client starts from one global initialisation, drawn from its own stream.
         init_agent = make_agent(cfg.agent.name, specs[0].make, agent_cfg, seed=derive_seed(cfg.seed, "global-init"))
@@ -118,6 +118,10 @@ class Federation:
             c.agent.set_flat(self.global_params)
         self.server_opt = ServerOptimizer(fed.server_optimizer, fed.server_lr, fed.server_momentum,
                                           fed.server_beta2, fed.server_eps)
+
+    def _make_agent(self, cid: int, spec: EnvSpec, env_fn: Callable[[], Any], agent_cfg: Any) -> Agent:
+        """Client ``cid``'s agent (a hook: :mod:`securefrl.vectorized` gives clients rows of one batched population)."""
+        return make_agent(self.config.agent.name, env_fn, agent_cfg, seed=derive_seed(self.config.seed, "agent", cid))
 
     def _poisoned_env_fn(self, spec: EnvSpec, cid: int) -> Callable[[], Any]:
         """Training environments of a malicious client, wrapped by an environment attack if any."""
@@ -349,3 +353,21 @@ def _to_numpy(obj: Any) -> Any:
     if isinstance(obj, dict):
         return {k: _to_numpy(v) for k, v in obj.items()}
     return obj
+
+
+def make_federation(config: ExperimentConfig, **kwargs: Any) -> Federation:
+    """The federation ``config.federation.simulation`` / ``backend`` ask for (all share :class:`Federation`'s round).
+
+    ``loop`` + ``local`` is :class:`Federation` itself, the reference; ``vectorized`` batches every
+    sampled client (:mod:`securefrl.vectorized`); ``ray`` trains clients as Ray tasks (:mod:`securefrl.ray_backend`).
+    """
+    fed = config.federation
+    if getattr(fed, "simulation", "loop") == "vectorized":
+        from securefrl.vectorized import VectorizedFederation  # deferred: imports this module
+
+        return VectorizedFederation(config, **kwargs)
+    if getattr(fed, "backend", "local") == "ray":
+        from securefrl.ray_backend import RayFederation  # deferred: needs the optional ray package
+
+        return RayFederation(config, **kwargs)
+    return Federation(config, **kwargs)

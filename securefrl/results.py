@@ -19,6 +19,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 
 
@@ -80,9 +81,15 @@ def plot_returns(client_rows: list[dict[str, Any]], round_rows: list[dict[str, A
     by_client: dict[int, list[tuple[int, float]]] = {}
     for row in client_rows:
         by_client.setdefault(row["client"], []).append((row["round"], row["return_global"]))
-    for cid, pts in sorted(by_client.items()):
-        xs, ys = zip(*sorted(pts), strict=True)
-        ax.plot(xs, ys, lw=0.9, alpha=0.55, label=f"client {cid}")
+    if len(by_client) <= 20:
+        for cid, pts in sorted(by_client.items()):
+            xs, ys = zip(*sorted(pts), strict=True)
+            ax.plot(xs, ys, lw=0.9, alpha=0.55, label=f"client {cid}")
+    else:  # many clients: a band instead of one line (and legend entry) each
+        rounds = [r["round"] for r in round_rows]
+        per_round = np.array([[dict(pts).get(r, np.nan) for r in rounds] for pts in by_client.values()])
+        lo, hi = np.nanpercentile(per_round, [10, 90], axis=0)
+        ax.fill_between(rounds, lo, hi, alpha=0.25, label=f"10-90th percentile of {len(by_client)} clients")
     ax.plot([r["round"] for r in round_rows], [r["mean_return"] for r in round_rows], color="black", lw=2.2,
             label="mean")
     ax.set_xlabel("round")
