@@ -16,6 +16,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
+from securefrl.errors import ConfigError
 from securefrl.params import ParamSpec, set_flat
 
 EnvFn = Callable[[], gym.Env]
@@ -29,6 +30,9 @@ class Agent(ABC):
     """
 
     name: str = "abstract"
+    supports_proximal: bool = False
+    """True if every gradient step of :meth:`learn` adds :meth:`proximal_loss` (DQN and PPO)."""
+    _proximal: tuple[float, list[torch.Tensor]] | None = None
 
     @abstractmethod
     def federated_parameters(self) -> list[tuple[str, torch.nn.Parameter]]:
@@ -60,6 +64,36 @@ class Agent(ABC):
 
     def after_set_parameters(self) -> None:  # noqa: B027
         """Hook run after new federated parameters are loaded (e.g. sync a target network)."""
+
+    # --- proximal term (FedProx, Ditto) ---------------------------------------------------
+    def set_proximal(self, reference_flat: np.ndarray | None, mu: float = 0.0) -> None:
+        """Add ``mu/2 ||w - reference||^2`` over the federated parameters to every local gradient step.
+
+        FedProx (Li et al. 2020, "Federated Optimization in Heterogeneous Networks") adds it to local
+        training with the round's global model as reference, so heterogeneous clients drift less; Ditto
+        (Li et al. 2021, "Ditto: Fair and Robust Federated Learning Through Personalization") trains each
+        client's personal model with it, ``lambda`` pulling the personal model towards the global one.
+        ``reference_flat=None`` or ``mu=0`` removes the term. The term does not depend on data, so it
+        costs no privacy when added after DP-SGD's per-sample clipping.
+        """
+        if reference_flat is None or mu == 0:
+            self._proximal = None
+            return
+        if not self.supports_proximal:
+            raise ConfigError("personalization.method", f"agent {self.name!r} does not add a proximal term to its "
+                              "gradient steps; fedprox and ditto need agent dqn or ppo")
+        if not (np.isfinite(mu) and mu > 0):
+            raise ConfigError("mu", f"the proximal coefficient must be a positive finite number, got {mu!r}")
+        self._proximal = (float(mu), self.parameter_spec().unflatten(np.asarray(reference_flat, dtype=np.float32)))
+
+    def proximal_loss(self) -> torch.Tensor | None:
+        """``mu/2 ||w - reference||^2`` for the current parameters, or None when no term is set."""
+        if self._proximal is None:
+            return None
+        mu, reference = self._proximal
+        params = [p for _, p in self.federated_parameters()]
+        total = sum(((p - r) ** 2).sum() for p, r in zip(params, reference, strict=True))
+        return 0.5 * mu * total  # type: ignore[return-value]
 
     # --- flat vector API, shared by every agent -------------------------------------------
     def parameter_spec(self) -> ParamSpec:

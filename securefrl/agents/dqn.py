@@ -27,10 +27,16 @@ from securefrl.errors import ConfigError
 
 @dataclass
 class DQNConfig:
-    """DQN hyperparameters; defaults solve CartPole-v1 (eval return >= 475) well within 100k steps."""
+    """DQN hyperparameters; defaults reach CartPole-v1 eval return >= 475 within 100k steps.
 
-    hidden: tuple[int, ...] = (64, 64)
-    """Hidden layer widths of the Q-network MLP (ReLU)."""
+    Adapted from the rl-baselines3-zoo CartPole-v1 setting (lr 2.3e-3, batch 64, training phases
+    every 256 steps, epsilon 1 -> 0.04 over 16k steps) with a 128x128 network and half the gradient
+    steps per phase, which measured steadier. DQN on CartPole still oscillates after solving it
+    (evaluations alternate between 500 and much lower); PPO is the steadier learner there.
+    """
+
+    hidden: tuple[int, ...] = (128, 128)
+    """Hidden layer widths of the Q-network MLP (ReLU); 64x64 learns CartPole too but less reliably."""
     lr: float = 2.3e-3
     """Adam learning rate."""
     gamma: float = 0.99
@@ -43,9 +49,9 @@ class DQNConfig:
     """Environment steps of pure collection before the first gradient step."""
     train_freq: int = 256
     """Environment steps between training phases."""
-    gradient_steps: int = 128
+    gradient_steps: int = 64
     """Gradient steps per training phase."""
-    target_update_interval: int = 128
+    target_update_interval: int = 64
     """Gradient steps between copies of the online network into the target network."""
     exploration_initial_eps: float = 1.0
     """Epsilon at step 0 of the linear epsilon-greedy schedule."""
@@ -79,6 +85,7 @@ class DQNAgent(Agent):
     """DQN for discrete action spaces; ``federated_parameters`` is the online Q-network."""
 
     name = "dqn"
+    supports_proximal = True
 
     def __init__(self, env_fn: EnvFn, config: DQNConfig | None = None, seed: int = 0) -> None:
         self.config = cfg = config if config is not None else DQNConfig()
@@ -90,7 +97,7 @@ class DQNAgent(Agent):
         self.n_actions = int(self.pool.action_space.n)
         self.q_net = mlp(self.obs_dim, self.n_actions, cfg.hidden, init_generator(seed))
         self.target_net = frozen_copy(self.q_net)
-        self.optimizer = torch.optim.Adam(self.q_net.parameters(), lr=cfg.lr)
+        self.optimizer = torch.optim.Adam(self.q_net.parameters(), lr=cfg.lr, fused=True)
         self.replay = ReplayBuffer(cfg.buffer_size, self.obs_dim, (), np.int64)
         self.num_timesteps = 0
         self.num_updates = 0
@@ -145,6 +152,9 @@ class DQNAgent(Agent):
     def _update_batch(self, batch: dict[str, torch.Tensor]) -> float:
         """One gradient step on one minibatch (the unit DP-SGD wraps)."""
         loss = self.compute_loss(batch)
+        prox = self.proximal_loss()  # FedProx / Ditto, if set
+        if prox is not None:
+            loss = loss + prox
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if self.config.max_grad_norm > 0:

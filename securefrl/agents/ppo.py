@@ -27,17 +27,22 @@ from securefrl.errors import ConfigError
 
 @dataclass
 class PPOConfig:
-    """PPO hyperparameters; defaults solve CartPole-v1 (greedy eval return >= 475) within 100k steps."""
+    """PPO hyperparameters; defaults solve CartPole-v1 (greedy eval return >= 475) within 100k steps.
+
+    Defaults follow the rl-baselines3-zoo CartPole-v1 setting (8 envs x 32 steps, 20 epochs of one
+    full-batch step, gamma 0.98, lambda 0.8, no entropy bonus, annealed lr 1e-3), which measured far
+    steadier than the CleanRL Atari-style setting (4 x 128, 4 epochs x 4 minibatches) on this task.
+    """
 
     hidden: tuple[int, ...] = (64, 64)
     """Hidden layer widths of the actor and of the critic (separate tanh MLPs)."""
-    n_envs: int = 4
+    n_envs: int = 8
     """Environment copies stepped together; a rollout holds n_envs * n_steps transitions."""
-    n_steps: int = 128
+    n_steps: int = 32
     """Vector steps per rollout."""
-    n_epochs: int = 4
+    n_epochs: int = 20
     """Passes over each rollout."""
-    n_minibatches: int = 4
+    n_minibatches: int = 1
     """Minibatches per epoch (rollout size / n_minibatches transitions each)."""
     lr: float = 1e-3
     """Initial Adam learning rate."""
@@ -45,15 +50,15 @@ class PPOConfig:
     """Environment steps over which the learning rate decays linearly to lr * lr_final_fraction (0 = constant)."""
     lr_final_fraction: float = 0.1
     """Learning-rate floor after annealing, as a fraction of lr."""
-    gamma: float = 0.99
+    gamma: float = 0.98
     """Discount factor."""
-    gae_lambda: float = 0.95
+    gae_lambda: float = 0.8
     """GAE lambda: bias-variance trade-off of the advantage estimate."""
     clip_coef: float = 0.2
     """Clip range of the probability ratio in the surrogate objective."""
     clip_vloss: bool = False
     """Clip the value update around the rollout's values, like the policy ratio."""
-    ent_coef: float = 0.01
+    ent_coef: float = 0.0
     """Weight of the entropy bonus."""
     vf_coef: float = 0.5
     """Weight of the value loss."""
@@ -90,6 +95,7 @@ class PPOAgent(Agent):
     """
 
     name = "ppo"
+    supports_proximal = True
 
     def __init__(self, env_fn: EnvFn, config: PPOConfig | None = None, seed: int = 0) -> None:
         self.config = cfg = config if config is not None else PPOConfig()
@@ -102,7 +108,8 @@ class PPOAgent(Agent):
         gen = init_generator(seed)
         self.actor = mlp(self.obs_dim, self.n_actions, cfg.hidden, gen, "tanh", orthogonal=True, out_gain=0.01)
         self.critic = mlp(self.obs_dim, 1, cfg.hidden, gen, "tanh", orthogonal=True, out_gain=1.0)
-        self.optimizer = torch.optim.Adam([*self.actor.parameters(), *self.critic.parameters()], lr=cfg.lr, eps=1e-5)
+        self.optimizer = torch.optim.Adam([*self.actor.parameters(), *self.critic.parameters()], lr=cfg.lr, eps=1e-5,
+                                          fused=True)
         t, n = cfg.n_steps, cfg.n_envs
         self._obs = np.zeros((t, n, self.obs_dim), dtype=np.float32)
         self._actions = np.zeros((t, n), dtype=np.int64)
@@ -169,6 +176,9 @@ class PPOAgent(Agent):
     def _update_batch(self, mb: dict[str, torch.Tensor]) -> dict[str, float]:
         """One gradient step on one minibatch (the unit DP-SGD wraps)."""
         loss, info = self.compute_loss(mb)
+        prox = self.proximal_loss()  # FedProx / Ditto, if set
+        if prox is not None:
+            loss = loss + prox
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if self.config.max_grad_norm > 0:
