@@ -43,6 +43,8 @@ def run_federated(args: argparse.Namespace, seed: int) -> dict[str, Any]:
         f"seed={seed}", f"federation.n_clients={args.clients}", f"federation.rounds={rounds}",
         f"federation.local_steps={args.local_steps}", f"federation.eval_episodes={args.eval_episodes}",
         f"env.heterogeneity={args.heterogeneity}", "agent.name=ppo",
+        f"federation.server_optimizer={args.server_optimizer}", f"federation.server_lr={args.server_lr}",
+        f"federation.server_momentum={args.server_momentum}",
     ])
     fed = Federation(cfg)
     curve, train_time, wall = [], 0.0, time.perf_counter()
@@ -88,6 +90,9 @@ def main() -> None:
     p.add_argument("--eval-episodes", type=int, default=2)
     p.add_argument("--heterogeneity", type=float, default=0.0)
     p.add_argument("--target", type=float, default=475.0)
+    p.add_argument("--server-optimizer", default="fedavg", choices=["fedavg", "fedavgm", "fedadam"])
+    p.add_argument("--server-lr", type=float, default=1.0)
+    p.add_argument("--server-momentum", type=float, default=0.9)
     p.add_argument("--stop-at-target", action="store_true", help="stop each run once it reaches the target")
     p.add_argument("--out", default="benchmarks/results/federation_speedup.json")
     args = p.parse_args()
@@ -109,6 +114,7 @@ def main() -> None:
     speedup = float(np.mean(single_steps) / np.mean(fed_steps))
     summary = {
         "clients": args.clients, "budget_per_client": budget, "heterogeneity": args.heterogeneity,
+        "server_optimizer": f"{args.server_optimizer} (lr {args.server_lr}, momentum {args.server_momentum})",
         "mean_steps_to_target_federated": float(np.mean(fed_steps)),
         "mean_steps_to_target_single": float(np.mean(single_steps)),
         "speedup_single_over_federated": speedup,
