@@ -146,6 +146,16 @@ class PrivacySection:
     """Adaptive clipping: the fraction of updates that should be unclipped."""
     clip_learning_rate: float = 0.2
     """Adaptive clipping: geometric step of the clip bound per round."""
+    dpsgd: bool = False
+    """Record-level DP-SGD in local training (Abadi et al. 2016, via Opacus): per-transition clipping + noise on every
+    gradient step, independent of placement; needs agent dqn/ppo with batch_sampling=poisson (see securefrl.agents.dp).
+    Uses delta, accountant and secure_noise above; each client reports record_epsilon."""
+    dpsgd_noise_multiplier: float = 1.0
+    """DP-SGD z: noise std z * dpsgd_max_grad_norm on each step's sum of clipped per-sample gradients."""
+    dpsgd_max_grad_norm: float = 1.0
+    """DP-SGD C: L2 bound of one transition's gradient (inf = no clipping, only with noise multiplier 0)."""
+    dpsgd_grad_sample_mode: Literal["mlp", "hooks", "ew", "functorch"] = "mlp"
+    """Per-sample gradients: mlp (ghost norms for the agents' Linear MLPs, fastest) or an Opacus mode."""
 
     def validate(self, path: str) -> None:
         check_range(f"{path}.clip_norm", self.clip_norm, 0.0, lo_open=True)
@@ -156,6 +166,8 @@ class PrivacySection:
         check_range(f"{path}.min_survivors", self.min_survivors, 0)
         check_range(f"{path}.target_quantile", self.target_quantile, 0.0, 1.0, lo_open=True, hi_open=True)
         check_range(f"{path}.clip_learning_rate", self.clip_learning_rate, 0.0, lo_open=True)
+        check_range(f"{path}.dpsgd_noise_multiplier", self.dpsgd_noise_multiplier, 0.0)
+        check_range(f"{path}.dpsgd_max_grad_norm", self.dpsgd_max_grad_norm, 0.0, lo_open=True)
         if self.adaptive_clipping and self.placement != "central":
             raise ConfigError(f"{path}.adaptive_clipping", "adaptive clipping is implemented for placement=central "
                               "only (the server needs the noised count of unclipped clients)")
@@ -171,6 +183,68 @@ class AttackSection:
     """How many clients are malicious (chosen with the seed, recorded in the results)."""
     params: dict[str, Any] = field(default_factory=dict)
     """Parameters of the attack (e.g. epsilon of ipm)."""
+
+
+PERSONALIZATION_METHODS = ("none", "local", "finetune", "fedper", "fedrep", "embedding", "group", "ifca", "ditto",
+                           "fedprox")
+
+
+@dataclass
+class PersonalizationSection:
+    """Heterogeneous clients: which parts of the model are shared and which stay on each client.
+
+    See :mod:`securefrl.personalization` for the algorithms, the papers and what each one sends.
+    """
+
+    method: Literal["none", "local", "finetune", "fedper", "fedrep", "embedding", "group", "ifca", "ditto",
+                    "fedprox"] = "none"
+    """none: FedAvg of the whole model; local: clients never federate (baseline); finetune: FedAvg, each client
+    deploying the global model after its own local training; fedper / fedrep: shared body,
+    personal head (Arivazhagan et al. 2019 / Collins et al. 2021); embedding: shared network fed a personal environment
+    embedding (Jin et al. 2022); group: one model per environment group (Nadiger et al. 2019); ifca: k cluster models,
+    each client picks its best (Ghosh et al. 2020); ditto: personal models pulled towards the global one (Li et al.
+    2021); fedprox: proximal term in local training (Li et al. 2020)."""
+    head_layers: int = 1
+    """fedper / fedrep: how many of the last Linear layers of each network stay on the client."""
+    fedrep_head_fraction: float = 0.5
+    """fedrep: fraction of each round's local steps that train the head with the body frozen (then the body)."""
+    embedding_dim: int = 4
+    """embedding: length of each network's personal environment-embedding vector."""
+    embedding_scale: float = 10.0
+    """embedding: the network sees scale * embedding, so the embedding moves this many times faster under Adam."""
+    n_clusters: int = 2
+    """ifca: number of cluster models k (each client protects k slots)."""
+    selection_episodes: int = 2
+    """ifca: greedy episodes each client runs with every cluster model to pick the one that serves it best."""
+    group_by: str = ""
+    """group: physics parameter whose range is cut into group_bins equal bins (clients bin their own value)."""
+    group_bins: int = 2
+    """group: number of bins of group_by."""
+    groups: list[int] = field(default_factory=list)
+    """group: explicit group index per client (instead of group_by)."""
+    ditto_lambda: float = 0.1
+    """ditto: lambda of the proximal term lambda/2 ||v - w_global||^2 of each personal model v."""
+    ditto_steps: int = 0
+    """ditto: environment steps of personal-model training per round (0 = federation.local_steps)."""
+    fedprox_mu: float = 0.01
+    """fedprox: mu of the proximal term mu/2 ||w - w_global||^2 in local training."""
+
+    def validate(self, path: str) -> None:
+        check_range(f"{path}.head_layers", self.head_layers, 1)
+        check_range(f"{path}.fedrep_head_fraction", self.fedrep_head_fraction, 0.0, 1.0, lo_open=True, hi_open=True)
+        check_range(f"{path}.embedding_dim", self.embedding_dim, 1)
+        check_range(f"{path}.embedding_scale", self.embedding_scale, 0.0, lo_open=True)
+        check_range(f"{path}.n_clusters", self.n_clusters, 1)
+        check_range(f"{path}.selection_episodes", self.selection_episodes, 1)
+        check_range(f"{path}.group_bins", self.group_bins, 1)
+        for i, g in enumerate(self.groups):
+            check_range(f"{path}.groups[{i}]", g, 0)
+        check_range(f"{path}.ditto_lambda", self.ditto_lambda, 0.0, lo_open=True)
+        check_range(f"{path}.ditto_steps", self.ditto_steps, 0)
+        check_range(f"{path}.fedprox_mu", self.fedprox_mu, 0.0, lo_open=True)
+        if self.method == "group" and bool(self.group_by) == bool(self.groups):
+            raise ConfigError(f"{path}.group_by", "method group needs exactly one of group_by (a physics parameter "
+                              "to bin) or groups (an explicit group index per client)")
 
 
 @dataclass
@@ -195,6 +269,8 @@ class ExperimentConfig:
     """Client-level differential privacy."""
     attack: AttackSection = field(default_factory=AttackSection)
     """Adversaries among the clients."""
+    personalization: PersonalizationSection = field(default_factory=PersonalizationSection)
+    """Personalization for heterogeneous clients."""
 
     def validate(self, path: str) -> None:
         check_range("seed", self.seed, 0)
@@ -218,6 +294,13 @@ class ExperimentConfig:
             from securefrl.vectorized import check_vectorized  # deferred: imports torch
 
             check_vectorized(self)
+        if self.personalization.method != "none":
+            from securefrl.personalization.checks import check_personalization  # deferred: imports torch
+
+            check_personalization(self)
+        from securefrl.agents.dp import check_record_dp  # deferred: imports torch
+
+        check_record_dp(self)
 
     def make_rule(self) -> Any:
         """The robust aggregation rule, checked against the protocol (None for plain FedAvg)."""

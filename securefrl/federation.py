@@ -92,10 +92,15 @@ class Federation:
                 env_fn = self._poisoned_env_fn(spec, cid)
             agent = self._make_agent(cid, spec, env_fn, agent_cfg)
             self.clients.append(Client(cid, spec, agent, spec.make(), malicious=cid in self.malicious_ids))
+        if cfg.privacy.dpsgd:  # record-level DP-SGD inside every client's local training
+            from securefrl.agents.dp import DPSGDSettings, enable_dp_sgd  # deferred: pulls in opacus
+
+            for c in self.clients:
+                enable_dp_sgd(c.agent, DPSGDSettings.from_privacy(cfg.privacy),
+                              derive_rng(cfg.seed, "dpsgd-noise", c.client_id))
         # Every client starts from one global initialisation, drawn from its own stream.
-        init_agent = make_agent(cfg.agent.name, specs[0].make, agent_cfg, seed=derive_seed(cfg.seed, "global-init"))
-        self.global_params = init_agent.get_flat()
-        self.dim = int(self.global_params.shape[0])
+        self.global_params = self._initial_global_params(specs, agent_cfg)
+        self.dim = self._update_dim()
         fed = cfg.federation
         self.dp = None
         if cfg.privacy.placement != "none":
@@ -107,7 +112,8 @@ class Federation:
             self.dp = ClientLevelDP(cfg.privacy, cfg.protocol.name, fed.n_clients, len(self.sample_clients(0)),
                                     fed.rounds)
         if self.protocol is None:
-            self.protocol = make_protocol(cfg.protocol.name, self.dim, len(self.clients), cfg.protocol.params)
+            self.protocol = make_protocol(cfg.protocol.name, self._protocol_dim(), len(self.clients),
+                                          cfg.protocol.params)
         if self.pipeline is None:
             if self.dp is not None:
                 self.pipeline = self.dp.pipeline()
@@ -115,13 +121,39 @@ class Federation:
                 self.pipeline = chain(clip_by_l2_norm(fed.clip_norm)) if fed.clip_norm > 0 else identity()
         for c in self.clients:
             c.pipeline_state = self.pipeline.init(self.dim)
-            c.agent.set_flat(self.global_params)
+            c.agent.set_flat(self._client_model(c))
         self.server_opt = ServerOptimizer(fed.server_optimizer, fed.server_lr, fed.server_momentum,
                                           fed.server_beta2, fed.server_eps)
 
     def _make_agent(self, cid: int, spec: EnvSpec, env_fn: Callable[[], Any], agent_cfg: Any) -> Agent:
         """Client ``cid``'s agent (a hook: :mod:`securefrl.vectorized` gives clients rows of one batched population)."""
         return make_agent(self.config.agent.name, env_fn, agent_cfg, seed=derive_seed(self.config.seed, "agent", cid))
+
+    def _initial_global_params(self, specs: list[EnvSpec], agent_cfg: Any) -> np.ndarray:
+        """The first global model, drawn from its own stream (a hook: personalization keeps more server state)."""
+        init_agent = make_agent(self.config.agent.name, specs[0].make, agent_cfg,
+                                seed=derive_seed(self.config.seed, "global-init"))
+        return init_agent.get_flat()
+
+    def _update_dim(self) -> int:
+        """Length of a client's update, what the update pipeline sees (a hook: personal heads are not sent)."""
+        return int(self.global_params.shape[0])
+
+    def _protocol_dim(self) -> int:
+        """Length of the vector a client protects (a hook: clustered aggregation protects k slots)."""
+        return self.dim
+
+    def _client_model(self, client: Client) -> np.ndarray:
+        """The model ``client`` holds between rounds: the global one (a hook: personalization adds local parts)."""
+        return self.global_params
+
+    def _encode_update(self, client_id: int, update: np.ndarray) -> np.ndarray:
+        """Client side, after the pipeline: the vector handed to ``protocol.protect`` (a hook; identity here)."""
+        return update
+
+    def _apply_mean(self, mean: np.ndarray) -> np.ndarray:
+        """The next global model from the opened mean update: the server optimizer's step (a hook)."""
+        return self.server_opt.step(self.global_params, mean)
 
     def _poisoned_env_fn(self, spec: EnvSpec, cid: int) -> Callable[[], Any]:
         """Training environments of a malicious client, wrapped by an environment attack if any."""
@@ -167,7 +199,10 @@ class Federation:
         stats = client.agent.learn(fed.local_steps)
         client.env_steps += fed.local_steps
         delta = client.agent.get_flat().astype(np.float64) - self.global_params.astype(np.float64)
-        return delta, {"train_" + k: float(v) for k, v in stats.items()}
+        out = {"train_" + k: float(v) for k, v in stats.items()}
+        if client.agent.dpsgd is not None:  # record-level epsilon so far (securefrl.agents.dp)
+            out.update(client.agent.dpsgd.report())
+        return delta, out
 
     def run_round(self) -> RoundRecord:
         """Run the next round and return its record."""
@@ -216,7 +251,7 @@ class Federation:
             except UpdateRejectedError as err:
                 rows[cid]["rejected"] = str(err)
                 continue
-            payloads[cid] = self.protocol.protect(cid, r, update, weight)
+            payloads[cid] = self.protocol.protect(cid, r, self._encode_update(cid, update), weight)
             times["protect"] += time.perf_counter() - t0
             rows[cid]["update_norm"] = float(np.linalg.norm(update))
             rows[cid]["bytes_up"] = len(payloads[cid])
@@ -252,7 +287,7 @@ class Federation:
                 dp_bits = [bits[c] for c in aggregate.included]
                 mean, dp_metrics = self.dp.finish_round(mean, len(aggregate.included), dp_bits,
                                                         derive_rng(self.config.seed, "central-noise", r))
-            self.global_params = self.server_opt.step(self.global_params, mean)
+            self.global_params = self._apply_mean(mean)
         times["open"] = time.perf_counter() - t0
         if self.observers:
             view = ServerView(r, self.protocol.name, dict(payloads), aggregate.payload, list(aggregate.included),
@@ -268,7 +303,7 @@ class Federation:
         """Evaluate every client with the (new) global model and assemble the round record."""
         t0 = time.perf_counter()
         for client in self.clients:
-            client.agent.set_flat(self.global_params)
+            client.agent.set_flat(self._client_model(client))
             rows[client.client_id]["return_global"] = self._evaluate(client, r, "global")
             rows[client.client_id]["env_steps"] = client.env_steps
         times["eval"] += time.perf_counter() - t0
@@ -362,6 +397,11 @@ def make_federation(config: ExperimentConfig, **kwargs: Any) -> Federation:
     sampled client (:mod:`securefrl.vectorized`); ``ray`` trains clients as Ray tasks (:mod:`securefrl.ray_backend`).
     """
     fed = config.federation
+    method = getattr(getattr(config, "personalization", None), "method", "none")
+    if method != "none":
+        from securefrl.personalization import make_personalized_federation  # deferred: imports this module
+
+        return make_personalized_federation(config, **kwargs)
     if getattr(fed, "simulation", "loop") == "vectorized":
         from securefrl.vectorized import VectorizedFederation  # deferred: imports this module
 

@@ -33,6 +33,8 @@ class Agent(ABC):
     supports_proximal: bool = False
     """True if every gradient step of :meth:`learn` adds :meth:`proximal_loss` (DQN and PPO)."""
     _proximal: tuple[float, list[torch.Tensor]] | None = None
+    dpsgd: Any = None
+    """Record-level DP-SGD engine (:class:`securefrl.agents.dp.RecordDPSGD`) once enabled, else None."""
 
     @abstractmethod
     def federated_parameters(self) -> list[tuple[str, torch.nn.Parameter]]:
@@ -62,6 +64,10 @@ class Agent(ABC):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what :meth:`state_dict` returned."""
 
+    def dp_networks(self) -> dict[str, torch.nn.Module]:
+        """Attribute name -> network trained on data, for record-level DP-SGD (:mod:`securefrl.agents.dp`)."""
+        raise ConfigError("privacy.dpsgd", f"agent {self.name!r} does not implement record-level DP-SGD")
+
     def after_set_parameters(self) -> None:  # noqa: B027
         """Hook run after new federated parameters are loaded (e.g. sync a target network)."""
 
@@ -73,8 +79,7 @@ class Agent(ABC):
         training with the round's global model as reference, so heterogeneous clients drift less; Ditto
         (Li et al. 2021, "Ditto: Fair and Robust Federated Learning Through Personalization") trains each
         client's personal model with it, ``lambda`` pulling the personal model towards the global one.
-        ``reference_flat=None`` or ``mu=0`` removes the term. The term does not depend on data, so it
-        costs no privacy when added after DP-SGD's per-sample clipping.
+        ``reference_flat=None`` or ``mu=0`` removes the term.
         """
         if reference_flat is None or mu == 0:
             self._proximal = None

@@ -9,7 +9,7 @@ Stable-Baselines3 zoo settings for CartPole, which keeps per-step overhead low.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import gymnasium as gym
 import numpy as np
@@ -65,6 +65,10 @@ class DQNConfig:
     """Pick next actions with the online net and value them with the target net (van Hasselt et al. 2016)."""
     n_envs: int = 1
     """Environment copies stepped together (steps are counted summed over copies)."""
+    batch_sampling: Literal["uniform", "poisson"] = "uniform"
+    """uniform: batch_size transitions drawn with replacement; poisson: each stored transition joins a step
+    independently with rate batch_size / stored (variable size; what record-level DP-SGD needs, see
+    securefrl.agents.dp)."""
 
     def validate(self, path: str = "DQNConfig") -> None:
         """Refuse out-of-range values with the field name and the allowed range."""
@@ -79,6 +83,8 @@ class DQNConfig:
             check_range(f"{path}.{name}", getattr(self, name), 0, None)
         if not self.hidden or any(h < 1 for h in self.hidden):
             raise ConfigError(f"{path}.hidden", f"need at least one positive layer width, got {self.hidden}")
+        if self.batch_sampling not in ("uniform", "poisson"):
+            raise ConfigError(f"{path}.batch_sampling", f"must be uniform or poisson, got {self.batch_sampling!r}")
 
 
 class DQNAgent(Agent):
@@ -107,6 +113,9 @@ class DQNAgent(Agent):
     # --- federation hooks ---------------------------------------------------------------
     def federated_parameters(self) -> list[tuple[str, torch.nn.Parameter]]:
         return [(f"q.{n}", p) for n, p in self.q_net.named_parameters()]
+
+    def dp_networks(self) -> dict[str, torch.nn.Module]:
+        return {"q_net": self.q_net}
 
     def after_set_parameters(self) -> None:
         """New global Q-values: bootstrap from them, not from the stale local target."""
@@ -151,6 +160,12 @@ class DQNAgent(Agent):
 
     def _update_batch(self, batch: dict[str, torch.Tensor]) -> float:
         """One gradient step on one minibatch (the unit DP-SGD wraps)."""
+        if self.config.batch_sampling == "poisson":  # Poisson batch, with or without DP-SGD (securefrl.agents.dp)
+            from securefrl.agents.dp import poisson_step, replay_rate
+
+            q, expected = replay_rate(self.config.batch_size, len(self.replay))
+            return poisson_step(self, lambda: self.compute_loss(batch), len(batch["obs"]), q, expected,
+                                list(self.q_net.parameters()), self.config.max_grad_norm)
         loss = self.compute_loss(batch)
         prox = self.proximal_loss()  # FedProx / Ditto, if set
         if prox is not None:
@@ -162,11 +177,19 @@ class DQNAgent(Agent):
         self.optimizer.step()
         return float(loss.detach())
 
+    def _sample_batch(self) -> dict[str, torch.Tensor]:
+        """A replay minibatch: uniform with replacement, or a Poisson sample (``batch_sampling``)."""
+        if self.config.batch_sampling == "poisson":
+            from securefrl.agents.dp import poisson_replay_batch
+
+            return poisson_replay_batch(self.replay, self.config.batch_size, self.streams.numpy)
+        return self.replay.sample(self.config.batch_size, self.streams.numpy)
+
     def _train_phase(self) -> float:
         cfg = self.config
         total = 0.0
         for _ in range(cfg.gradient_steps):
-            total += self._update_batch(self.replay.sample(cfg.batch_size, self.streams.numpy))
+            total += self._update_batch(self._sample_batch())
             self.num_updates += 1
             if self.num_updates % cfg.target_update_interval == 0:
                 hard_update(self.target_net, self.q_net)
@@ -212,10 +235,15 @@ class DQNAgent(Agent):
             "counters": {"num_timesteps": self.num_timesteps, "num_updates": self.num_updates,
                          "since_train": self._since_train},
             "rng": self.streams.state_dict(),
+            "dpsgd": self.dpsgd.state_dict() if self.dpsgd is not None else None,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         check_checkpoint(state, self.name, self.config)
+        if (self.dpsgd is None) != (state.get("dpsgd") is None):
+            raise ValueError("checkpoint and agent differ in record-level DP-SGD (on in one, off in the other)")
+        if self.dpsgd is not None:
+            self.dpsgd.load_state_dict(state["dpsgd"])
         self.q_net.load_state_dict(state["q_net"])
         self.target_net.load_state_dict(state["target_net"])
         self.optimizer.load_state_dict(state["optimizer"])

@@ -11,7 +11,7 @@ annealing; time-limit truncations bootstrap from the critic (Pardo et al. 2018).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import gymnasium as gym
 import numpy as np
@@ -66,6 +66,9 @@ class PPOConfig:
     """Global gradient-norm clip per step (0 disables)."""
     norm_adv: bool = True
     """Normalise advantages within each minibatch."""
+    batch_sampling: Literal["shuffle", "poisson"] = "shuffle"
+    """shuffle: each epoch splits a permutation of the rollout into n_minibatches; poisson: n_epochs * n_minibatches
+    steps, each on a Poisson sample of the rollout at rate 1 / n_minibatches (what record-level DP-SGD needs)."""
 
     def validate(self, path: str = "PPOConfig") -> None:
         """Refuse out-of-range values with the field name and the allowed range."""
@@ -83,6 +86,8 @@ class PPOConfig:
             raise ConfigError(f"{path}.n_minibatches", f"must be <= n_envs * n_steps = {self.n_envs * self.n_steps}")
         if not self.hidden or any(h < 1 for h in self.hidden):
             raise ConfigError(f"{path}.hidden", f"need at least one positive layer width, got {self.hidden}")
+        if self.batch_sampling not in ("shuffle", "poisson"):
+            raise ConfigError(f"{path}.batch_sampling", f"must be shuffle or poisson, got {self.batch_sampling!r}")
 
 
 class PPOAgent(Agent):
@@ -125,6 +130,9 @@ class PPOAgent(Agent):
     def federated_parameters(self) -> list[tuple[str, torch.nn.Parameter]]:
         return [*((f"actor.{n}", p) for n, p in self.actor.named_parameters()),
                 *((f"critic.{n}", p) for n, p in self.critic.named_parameters())]
+
+    def dp_networks(self) -> dict[str, torch.nn.Module]:
+        return {"actor": self.actor, "critic": self.critic}
 
     def reseed(self, seed: int) -> None:
         self.streams = Streams(seed, self.config.n_envs)
@@ -222,16 +230,44 @@ class PPOAgent(Agent):
         size = t * cfg.n_envs
         n_mb = min(cfg.n_minibatches, size)
         infos = []
-        for _ in range(cfg.n_epochs):
-            perm = torch.from_numpy(self.streams.numpy.permutation(size))
-            for idx in torch.tensor_split(perm, n_mb):
-                infos.append(self._update_batch({k: v[idx] for k, v in data.items()}))
-                self.num_updates += 1
-        out = {k: float(np.mean([i[k] for i in infos])) for k in infos[0]}
+        if cfg.batch_sampling == "poisson":  # Poisson minibatches, with or without DP-SGD (securefrl.agents.dp)
+            infos = self._poisson_epochs(data, size)
+        else:
+            for _ in range(cfg.n_epochs):
+                perm = torch.from_numpy(self.streams.numpy.permutation(size))
+                for idx in torch.tensor_split(perm, n_mb):
+                    infos.append(self._update_batch({k: v[idx] for k, v in data.items()}))
+                    self.num_updates += 1
+        out = {k: float(np.mean([i[k] for i in infos])) for k in (infos[0] if infos else {})}
         var_y = float(data["returns"].var()) if size > 1 else 0.0
         out["explained_variance"] = (float("nan") if var_y == 0 else
                                      1.0 - float((data["returns"] - data["values"]).var()) / var_y)
         return out
+
+    def _poisson_epochs(self, data: dict[str, torch.Tensor], size: int) -> list[dict[str, float]]:
+        """``n_epochs * n_minibatches`` steps, each on a Poisson sample of the rollout at rate 1 / n_minibatches."""
+        from securefrl.agents.dp import poisson_indices, poisson_step
+
+        cfg = self.config
+        q = 1.0 / cfg.n_minibatches
+        if self.dpsgd is not None:
+            self.dpsgd.new_dataset()  # a fresh rollout: earlier rollouts' transitions are not in it
+        params = [*self.actor.parameters(), *self.critic.parameters()]
+        infos: list[dict[str, float]] = []
+        for _ in range(cfg.n_epochs * cfg.n_minibatches):
+            idx = torch.from_numpy(poisson_indices(size, q, self.streams.numpy))
+            mb = {k: v[idx] for k, v in data.items()}
+            box: list[dict[str, float]] = []
+
+            def loss_fn(mb: dict[str, torch.Tensor] = mb, box: list[dict[str, float]] = box) -> torch.Tensor:
+                loss, info = self.compute_loss(mb)
+                box.append(info)
+                return loss
+
+            poisson_step(self, loss_fn, len(idx), q, q * size, params, cfg.max_grad_norm)
+            infos.extend(box)
+            self.num_updates += 1
+        return infos
 
     def learn(self, env_steps: int) -> dict[str, float]:
         """Collect ``env_steps`` transitions (rounded up to whole vector steps) in rollouts, updating after each."""
@@ -279,10 +315,15 @@ class PPOAgent(Agent):
             "optimizer": self.optimizer.state_dict(),
             "counters": {"num_timesteps": self.num_timesteps, "num_updates": self.num_updates},
             "rng": self.streams.state_dict(),
+            "dpsgd": self.dpsgd.state_dict() if self.dpsgd is not None else None,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         check_checkpoint(state, self.name, self.config)
+        if (self.dpsgd is None) != (state.get("dpsgd") is None):
+            raise ValueError("checkpoint and agent differ in record-level DP-SGD (on in one, off in the other)")
+        if self.dpsgd is not None:
+            self.dpsgd.load_state_dict(state["dpsgd"])
         self.actor.load_state_dict(state["actor"])
         self.critic.load_state_dict(state["critic"])
         self.optimizer.load_state_dict(state["optimizer"])
