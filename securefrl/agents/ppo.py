@@ -25,6 +25,25 @@ from securefrl.configtools import check_range
 from securefrl.errors import ConfigError
 
 
+def compute_gae(rewards: np.ndarray, values: np.ndarray, dones: np.ndarray, last_value: np.ndarray, gamma: float,
+                lam: float) -> np.ndarray:
+    """Generalised advantage estimates (Schulman et al. 2016) over time-major arrays ``(t, ...)``.
+
+    ``last_value`` bootstraps the step after the rollout; shared by the per-client and the batched
+    (vectorized) PPO so both compute the same advantages.
+    """
+    adv = np.zeros_like(rewards)
+    gae = np.zeros(rewards.shape[1:], dtype=np.float32)
+    next_value = last_value
+    for i in reversed(range(rewards.shape[0])):
+        nonterminal = 1.0 - dones[i]
+        delta = rewards[i] + gamma * next_value * nonterminal - values[i]
+        gae = delta + gamma * lam * nonterminal * gae
+        adv[i] = gae
+        next_value = values[i]
+    return adv
+
+
 @dataclass
 class PPOConfig:
     """PPO hyperparameters; defaults solve CartPole-v1 (greedy eval return >= 475) within 100k steps.
@@ -208,15 +227,7 @@ class PPOAgent(Agent):
         with torch.no_grad():
             last_value = self.critic(torch.from_numpy(self.pool.obs)).squeeze(1).numpy()
         rewards, values, dones = self._rewards[:t], self._values[:t], self._dones[:t]
-        adv = np.zeros_like(rewards)
-        gae = np.zeros(cfg.n_envs, dtype=np.float32)
-        next_value = last_value
-        for i in reversed(range(t)):
-            nonterminal = 1.0 - dones[i]
-            delta = rewards[i] + cfg.gamma * next_value * nonterminal - values[i]
-            gae = delta + cfg.gamma * cfg.gae_lambda * nonterminal * gae
-            adv[i] = gae
-            next_value = values[i]
+        adv = compute_gae(rewards, values, dones, last_value, cfg.gamma, cfg.gae_lambda)
         data = {
             "obs": torch.from_numpy(self._obs[:t].reshape(-1, self.obs_dim)),
             "actions": torch.from_numpy(self._actions[:t].reshape(-1)),

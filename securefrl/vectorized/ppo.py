@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from securefrl.agents.common import Streams, episode_stats
-from securefrl.agents.ppo import PPOConfig
+from securefrl.agents.ppo import PPOConfig, compute_gae
 from securefrl.params import ParamSpec
 from securefrl.vectorized.cartpole import CartPoleBatch, greedy_returns
 
@@ -237,15 +237,7 @@ class PPOPopulation:
         cfg = self.config
         c, n = len(ids), cfg.n_envs
         rewards, values, dones = buf_rewards[:t], buf_values[:t], buf_dones[:t]
-        adv = np.zeros_like(rewards)
-        gae = np.zeros((c, n), dtype=np.float32)
-        next_value = last_value
-        for i in reversed(range(t)):
-            nonterminal = 1.0 - dones[i]
-            delta = rewards[i] + cfg.gamma * next_value * nonterminal - values[i]
-            gae = delta + cfg.gamma * cfg.gae_lambda * nonterminal * gae
-            adv[i] = gae
-            next_value = values[i]
+        adv = compute_gae(rewards, values, dones, last_value, cfg.gamma, cfg.gae_lambda)
 
         def per_client(a: np.ndarray) -> torch.Tensor:
             """(t, C, n, ...) -> (C, t*n, ...), each client's transitions in PPOAgent's time-major order."""
