@@ -175,7 +175,7 @@ class PrivacySection:
 
 @dataclass
 class AttackSection:
-    """Malicious clients and what they do (attacks are plug-ins; see `securefrl attacks`)."""
+    """Malicious clients and what they do (attacks are plug-ins; list them with `securefrl attack-matrix --list`)."""
 
     name: str = "none"
     """Attack name: none, or one offered by an installed plug-in (sign_flip, scaling, alie, ipm, ...)."""
