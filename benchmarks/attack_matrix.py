@@ -43,6 +43,7 @@ sys.path.insert(0, str(ROOT))
 
 from attacks.harness import MatrixConfig, aggregate, run_matrix, write_outputs  # noqa: E402
 from securefrl.configtools import from_dict  # noqa: E402
+from securefrl.results import json_safe  # noqa: E402
 
 #: PPO hyperparameters pinned for the federation (4 envs x 128 steps, 4 epochs x 4 minibatches, lr 1e-3 annealed
 #: to 1e-4, gamma 0.99, lambda 0.95, entropy 0.01 — the agent defaults this benchmark was first run with). With
@@ -79,16 +80,6 @@ def matrix(seeds: list[int], rounds: int, local_steps: int, out: Path) -> Matrix
         "keep_fraction": 0.9,
     })
 
-
-def _finite(obj: object) -> object:
-    """JSON has no NaN: non-finite floats become null."""
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
-    return obj
 
 
 def _read_rows(path: Path) -> list[dict[str, object]]:
@@ -167,7 +158,7 @@ def main() -> int:
     }
     path = ROOT / "benchmarks" / "results" / "attack_matrix.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(_finite(result), indent=2) + "\n")
+    path.write_text(json.dumps(json_safe(result), indent=2) + "\n")
     print(f"\nwrote {path} and {out}/summary.md")
     return 0
 

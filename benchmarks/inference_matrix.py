@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
 from pathlib import Path
@@ -28,20 +27,12 @@ sys.path.insert(0, str(ROOT))
 
 from attacks.harness import MatrixConfig, aggregate, run_matrix, write_outputs  # noqa: E402
 from securefrl.configtools import from_dict  # noqa: E402
+from securefrl.results import json_safe  # noqa: E402
 
 #: The pinned PPO setting of benchmarks/attack_matrix.py (one 512-step rollout per round here).
 PPO_PARAMS = {"n_envs": 4, "n_steps": 128, "n_epochs": 4, "n_minibatches": 4, "lr": 1e-3, "lr_final_fraction": 0.1,
               "gamma": 0.99, "gae_lambda": 0.95, "clip_vloss": False, "ent_coef": 0.01}
 
-
-def _finite(obj: object) -> object:
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
-    return obj
 
 
 def main() -> int:
@@ -84,7 +75,7 @@ def main() -> int:
         print(line)
     path = ROOT / "benchmarks" / "results" / "inference_matrix.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(_finite({"wall_minutes": wall / 60, "seeds": args.seeds, "results": {
+    path.write_text(json.dumps(json_safe({"wall_minutes": wall / 60, "seeds": args.seeds, "results": {
         k: {"value": v["value"][0], "std": v["value"][1], "chance": v["chance"][0], "status": v["status"]}
         for k, v in agg.items()}}), indent=2) + "\n")
     print(f"\nwrote {path} and {out}/summary.md")

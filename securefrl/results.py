@@ -23,14 +23,14 @@ import numpy as np
 import yaml
 
 
-def _clean(obj: Any) -> Any:
+def json_safe(obj: Any) -> Any:
     """JSON-safe: NaN/Inf become None (JSON has no NaN)."""
     if isinstance(obj, float) and not math.isfinite(obj):
         return None
     if isinstance(obj, dict):
-        return {k: _clean(v) for k, v in obj.items()}
+        return {k: json_safe(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_clean(v) for v in obj]
+        return [json_safe(v) for v in obj]
     return obj
 
 
@@ -46,7 +46,7 @@ class ResultsDir:
         return self.path / "checkpoint.pt"
 
     def write_json(self, name: str, data: Any) -> None:
-        (self.path / name).write_text(json.dumps(_clean(data), indent=2) + "\n")
+        (self.path / name).write_text(json.dumps(json_safe(data), indent=2) + "\n")
 
     def write_config(self, config: dict[str, Any]) -> None:
         (self.path / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
@@ -55,13 +55,13 @@ class ResultsDir:
         """Rewrite the row files from a history (used on start and on resume)."""
         for name, rows in (("clients.jsonl", clients), ("rounds.jsonl", rounds)):
             with open(self.path / name, "w") as fh:
-                fh.writelines(json.dumps(_clean(row)) + "\n" for row in rows)
+                fh.writelines(json.dumps(json_safe(row)) + "\n" for row in rows)
 
     def append_rows(self, clients: Iterable[dict[str, Any]], round_row: dict[str, Any]) -> None:
         with open(self.path / "clients.jsonl", "a") as fh:
-            fh.writelines(json.dumps(_clean(row)) + "\n" for row in clients)
+            fh.writelines(json.dumps(json_safe(row)) + "\n" for row in clients)
         with open(self.path / "rounds.jsonl", "a") as fh:
-            fh.write(json.dumps(_clean(round_row)) + "\n")
+            fh.write(json.dumps(json_safe(round_row)) + "\n")
 
 
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
