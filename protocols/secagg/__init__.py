@@ -4,8 +4,8 @@
 are the stage machines it drives, usable directly to study dropouts or adversarial servers.
 """
 
+from protocols.crypto import AuthenticationError, KeyAgreementError
 from protocols.secagg.client import DoubleRevealError, SecAggClient
-from protocols.secagg.crypto import AuthenticationError, KeyAgreementError
 from protocols.secagg.messages import Kind, MessageCodec, MessageFormatError, ShareKind, Stage
 from protocols.secagg.params import RoundPlan, SecAggParams, logarithmic_degree, neighbour_graph
 from protocols.secagg.protocol import SecAggProtocol

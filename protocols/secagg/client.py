@@ -24,8 +24,8 @@ from typing import TypeVar
 
 import numpy as np
 
+from protocols import crypto
 from protocols.errors import PayloadError, ProtocolError, RoundAbortedError, StageError, WrongRoundError
-from protocols.secagg import crypto
 from protocols.secagg.messages import (
     SHARE_PAIR_BYTES,
     AdvertiseKeys,

@@ -22,8 +22,8 @@ from enum import IntEnum
 import numpy as np
 
 from protocols import wire
+from protocols.crypto import KEY_BYTES, NONCE_BYTES, TAG_BYTES
 from protocols.errors import PayloadError
-from protocols.secagg.crypto import KEY_BYTES, NONCE_BYTES, TAG_BYTES
 from protocols.secagg.params import SecAggParams
 from protocols.shamir import SHARE_BYTES
 

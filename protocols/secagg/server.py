@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from protocols import crypto
 from protocols.errors import PayloadError, RoundAbortedError, StageError
-from protocols.secagg import crypto
 from protocols.secagg.client import pairwise_mask_key, pairwise_sign, self_mask_key
 from protocols.secagg.messages import (
     AdvertiseKeys,

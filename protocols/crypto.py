@@ -1,4 +1,5 @@
-"""Cryptographic primitives of SecAgg+: X25519 key agreement, HKDF, AES-GCM, ChaCha20 mask PRG.
+"""The project's one layer of cryptographic primitives: X25519 key agreement, HKDF, AES-GCM,
+Ed25519 signatures and the ChaCha20 mask PRG, used by SecAgg+, CKKS key distribution and vertical FRL.
 
 Follows the instantiation of Bonawitz et al. 2017 (CCS, "Practical Secure Aggregation for
 Privacy-Preserving Machine Learning", §6): Diffie-Hellman key agreement for both the share-encryption
@@ -14,8 +15,9 @@ import os
 import struct
 
 import numpy as np
-from cryptography.exceptions import InvalidTag
+from cryptography.exceptions import InvalidSignature, InvalidTag
 from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -24,6 +26,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from protocols.errors import PayloadError
 
 KEY_BYTES = 32
+SIGNATURE_BYTES = 64
 SEED_BYTES = 32
 NONCE_BYTES = 12
 TAG_BYTES = 16
@@ -34,6 +37,10 @@ _RAW = serialization.Encoding.Raw
 
 class AuthenticationError(PayloadError):
     """A ciphertext failed authentication: it was tampered with, replayed or misaddressed."""
+
+
+class SignatureError(AuthenticationError):
+    """A signature does not verify under the signer's registered identity key."""
 
 
 class KeyAgreementError(PayloadError):
@@ -76,6 +83,33 @@ def agree(private: X25519PrivateKey, peer_public: bytes) -> bytes:
 def check_public_key(peer_public: bytes) -> None:
     """Refuse a public key that no honest party could agree with (wrong size or low order)."""
     agree(generate_private_key(), peer_public)
+
+
+def generate_signing_key() -> Ed25519PrivateKey:
+    """A fresh long-term Ed25519 identity key from the OS CSPRNG."""
+    return Ed25519PrivateKey.generate()
+
+
+def verify_key_bytes(key: Ed25519PrivateKey | Ed25519PublicKey) -> bytes:
+    """The 32-byte raw encoding of an identity (verification) key."""
+    pub = key.public_key() if isinstance(key, Ed25519PrivateKey) else key
+    return pub.public_bytes(_RAW, serialization.PublicFormat.Raw)
+
+
+def sign(key: Ed25519PrivateKey, message: bytes) -> bytes:
+    """Ed25519 signature (64 bytes) over ``message``."""
+    return key.sign(message)
+
+
+def verify(verify_key: bytes, message: bytes, signature: bytes) -> None:
+    """Check an Ed25519 signature; a bad key, size or signature raises :class:`SignatureError`."""
+    if len(verify_key) != KEY_BYTES or len(signature) != SIGNATURE_BYTES:
+        raise SignatureError(f"identity key of {len(verify_key)} bytes or signature of {len(signature)} bytes "
+                             f"(expected {KEY_BYTES} and {SIGNATURE_BYTES})")
+    try:
+        Ed25519PublicKey.from_public_bytes(verify_key).verify(signature, message)
+    except (InvalidSignature, ValueError):
+        raise SignatureError("signature does not verify under the registered identity key") from None
 
 
 def derive_key(secret: bytes, purpose: str, round_id: int, a: int, b: int) -> bytes:
