@@ -140,12 +140,37 @@ def run_one(name: str, seed: int, steps: int, eval_every: int, eval_episodes: in
                                                  "config": to_dict(agent.config)})
 
 
-def compare_sb3(name: str, ours: list[dict[str, Any]], seeds: list[int], steps: int, eval_every: int,
-                eval_episodes: int) -> dict[str, Any]:
+def _one_thread(fn: Any, *args: Any) -> dict[str, Any]:
+    torch.set_num_threads(1)
+    return fn(*args)
+
+
+class Runs:
+    """Every (library, agent, seed) run of the benchmark, computed in ``jobs`` worker processes (1 = in order here).
+
+    Runs are independent and each seeds its own streams, so running them in parallel changes no result.
+    """
+
+    def __init__(self, jobs: int) -> None:
+        self.jobs, self.futures, self.pool = jobs, {}, None
+        if jobs > 1:
+            from concurrent.futures import ProcessPoolExecutor
+
+            self.pool = ProcessPoolExecutor(jobs)
+
+    def submit(self, key: tuple[Any, ...], fn: Any, *args: Any) -> None:
+        self.futures[key] = self.pool.submit(_one_thread, fn, *args) if self.pool else (fn, args)
+
+    def get(self, key: tuple[Any, ...]) -> dict[str, Any]:
+        job = self.futures[key]
+        return job.result() if self.pool else job[0](*job[1])
+
+
+def compare_sb3(name: str, ours: list[dict[str, Any]], seeds: list[int], steps: int, runs: Runs) -> dict[str, Any]:
     """SB3 runs on the same seeds and protocol, and the side-by-side table of final and late-phase returns."""
     theirs = []
     for seed in seeds:
-        r = run_sb3(name, seed, steps, eval_every, eval_episodes)
+        r = runs.get(("sb3", name, seed))
         theirs.append(r)
         print(f"sb3 {name} seed {seed}: best {r['best_eval']:.1f}  final {r['final_eval']:.1f}  "
               f"first step >= threshold: {r['first_step_at_threshold']}  ({r['train_seconds']:.1f} s)", flush=True)
@@ -171,6 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--sb3", action="store_true", help="also run Stable-Baselines3 with the zoo settings "
                         f"(agents {sorted(SB3_ZOO)}), side by side")
+    parser.add_argument("--jobs", type=int, default=1, help="worker processes for the independent runs")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                         help="override securefrl agent config fields (YAML values), e.g. gradient_steps=64")
     args = parser.parse_args(argv)
@@ -183,12 +209,20 @@ def main(argv: list[str] | None = None) -> int:
     if args.out.exists():  # keep other agents' entries when only some agents are re-run
         results = json.loads(args.out.read_text()).get("agents", {})
     all_pass = True
+    pending = Runs(args.jobs)
+    for name in args.agents:
+        steps = args.steps or TASKS[name]["steps"]
+        for seed in args.seeds:
+            pending.submit(("securefrl", name, seed), run_one, name, seed, steps, args.eval_every, args.eval_episodes,
+                           overrides)
+            if args.sb3 and name in SB3_ZOO:
+                pending.submit(("sb3", name, seed), run_sb3, name, seed, steps, args.eval_every, args.eval_episodes)
     for name in args.agents:
         task = TASKS[name]
         steps = args.steps or task["steps"]
         runs = []
         for seed in args.seeds:
-            r = run_one(name, seed, steps, args.eval_every, args.eval_episodes, overrides)
+            r = pending.get(("securefrl", name, seed))
             runs.append(r)
             print(f"{name} seed {seed} [{r['env_id']}]: best {r['best_eval']:.1f}  final {r['final_eval']:.1f}  "
                   f"first step >= {task['threshold']:g}: {r['first_step_at_threshold']}  "
@@ -204,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
         }
         print(f"{name}: {'PASS' if passed else 'FAIL'} (every seed reaches {task['threshold']:g} within {steps} steps)")
         if args.sb3 and name in SB3_ZOO:
-            results[name]["sb3"] = compare_sb3(name, runs, args.seeds, steps, args.eval_every, args.eval_episodes)
+            results[name]["sb3"] = compare_sb3(name, runs, args.seeds, steps, pending)
 
     sps = {n: results[n]["mean_env_steps_per_second"] for n in args.agents}
     fastest = max(sps.values())
