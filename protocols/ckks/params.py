@@ -128,11 +128,16 @@ class CKKSParams:
         """Half-width B of the uniform flooding noise each decryptor adds to each coefficient.
 
         What a release could leak beyond the sum is the sum E of the included clients' encryption
-        errors (|E| <= n_included * 19 per coefficient). Every partial decryption an adversary sees
-        shows E + F_i with F_i uniform on [-B, B]; by the smudging lemma (Asharov et al., EUROCRYPT 2012,
-        Lemma 2.1) each is within statistical distance |E| / (2B + 1) of F_i alone, so the n_decryptors
-        partials together are within n_decryptors * |E| / (2B + 1) <= 2^-flood_bits of a view that does
-        not depend on E at all. Hence B = 2^flood_bits * n_included * 19 * n_decryptors / 2.
+        errors (|E| <= n_included * 19 per coefficient; it depends on the secret keys, and an exact
+        M + E is what the key-recovery attack needs). Every honest partial decryption the adversary
+        sees shows it E + F_i with F_i uniform on [-B, B]; by the smudging lemma (Asharov et al.,
+        EUROCRYPT 2012, threshold FHE) each is within statistical distance |E| / (2B + 1) of F_i alone.
+        An honest client gives one partial per round, so the adversary (server plus colluders, who can
+        re-use their own partials with several decryptor sets) sees at most ``n_decryptors`` = the
+        number of enrolled clients of them: together within n_decryptors * |E| / (2B + 1) <=
+        2^-flood_bits of a view that does not depend on E at all, per coefficient and round. Hence
+        B = 2^flood_bits * n_included * 19 * n_decryptors / 2. (Over all coefficients of a round
+        the union bound adds log2(N * ciphertexts) bits of loss; the figure is stated per coefficient.)
         """
         return math.ceil(2.0**self.flood_bits * max(1, n_included) * ERROR_BOUND * max(1, n_decryptors) / 2)
 

@@ -105,6 +105,8 @@ class CKKSProtocol(AggregationProtocol):
             if seed is not None else None
         self._rng = RandomSource(master)
         enrolled = [c for c in range(n_clients) if c not in set(offline_at_keygen)]
+        if len(enrolled) > self.params.max_clients:
+            raise ProtocolConfigError(f"{len(enrolled)} clients exceed max_clients={self.params.max_clients}")
         if len(enrolled) < min_clients:
             raise ProtocolConfigError(f"only {len(enrolled)} clients enrolled; min_clients={min_clients}")
         self.threshold = 1 if keys == "shared" else (threshold if threshold is not None else len(enrolled) // 2 + 1)

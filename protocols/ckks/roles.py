@@ -354,7 +354,9 @@ class CKKSClient:
         lam = [lagrange_at_zero(xs, q)[dec.index(self.cid)] for q in ring.primes]
         s_hat = ring.scalar(ring.ntt(share_sum), lam)
         part = ring.intt(ring.mul(su.common_poly(round_id), s_hat[None]))
-        part = ring.add(part, ring.from_signed(self.flood(len(ids), len(dec), round_id)))
+        # Sized for every enrolled client: with colluders re-using their own partials, a server can collect
+        # one partial per honest client per round, more than |D| of them (see CKKSParams.flood_bound).
+        part = ring.add(part, ring.from_signed(self.flood(len(ids), len(su.verify_keys), round_id)))
         body = _ids_body(dec) + su.pack(part) + bytes(_SIG)
         env = bytearray(wire.pack(PROTOCOL, round_id, self.cid, body, kind=KIND_PARTIAL))
         env[-_SIG:] = crypto.sign(self.identity, bytes(env[:-_SIG]))
