@@ -51,6 +51,10 @@ class CKKSParams:
         combines; with the per-client bound ``value_bound`` the sum provably never wraps modulo Q.
     flood_bits:
         Statistical security (bits) of the flooded release, per coefficient (see :meth:`flood_bound`).
+    wire_bits:
+        High-order bits of each c0 / partial-decryption coefficient that travel; the low
+        ``log2 Q - wire_bits`` bits are dropped (as lattice KEMs compress ciphertexts), adding a public
+        rounding error below 2^(dropped-1) per client, far below the flooding noise at the defaults.
     """
 
     poly_modulus_degree: int = 4096
@@ -58,6 +62,7 @@ class CKKSParams:
     scale_bits: int = 86
     max_clients: int = 256
     flood_bits: int = 40
+    wire_bits: int = 56
 
     def __post_init__(self) -> None:
         bits = (self.prime_bits,) if isinstance(self.prime_bits, int) else tuple(int(b) for b in self.prime_bits)
@@ -78,6 +83,8 @@ class CKKSParams:
             )
         if self.max_clients < 1:
             raise ProtocolConfigError(f"max_clients must be at least 1, got {self.max_clients}")
+        if not 8 <= self.wire_bits <= 63:
+            raise ProtocolConfigError(f"wire_bits must be in [8, 63], got {self.wire_bits}")
         if self.flood_bits < 0:
             raise ProtocolConfigError(f"flood_bits must be non-negative, got {self.flood_bits}")
         if self.scale_bits < 1 or self.value_bound < 1.0:
@@ -117,6 +124,16 @@ class CKKSParams:
         return sum(self.prime_bytes)
 
     @property
+    def drop_bits(self) -> int:
+        """Low-order bits of each transmitted coefficient that are dropped."""
+        return max(0, self.modulus.bit_length() - self.wire_bits)
+
+    @property
+    def wire_coeff_bytes(self) -> int:
+        """Bytes per transmitted c0 / partial coefficient."""
+        return (min(self.wire_bits, self.modulus.bit_length()) + 7) // 8
+
+    @property
     def reals_per_ciphertext(self) -> int:
         """Reals one ciphertext packs: N/2 complex slots, two reals each."""
         return self.poly_modulus_degree
@@ -146,7 +163,8 @@ class CKKSParams:
         """Largest |noise| a coefficient of an opened sum can carry (errors, flooding, encoding rounding)."""
         k = self.max_clients
         flood = k * self.flood_bound(k, k) if self.flood_bits > 0 else 0
-        return k * (ERROR_BOUND + 2.0 ** max(0, self.scale_bits - 40)) + flood
+        rounding = 2.0 ** max(0, self.scale_bits - 40) + 2.0 ** self.drop_bits  # encoding, dropped c0/partial bits
+        return k * (ERROR_BOUND + 2 * rounding) + flood
 
     @property
     def value_bound(self) -> float:

@@ -195,13 +195,7 @@ class RNSRing:
         Digits u_0 = r_0, u_i = (r_i - (u_0 + q_0 u_1 + ...)) / (q_0...q_{i-1}) mod q_i; the value is
         negative (x - Q) when the top digit is in the upper half. Relative precision is float64's.
         """
-        digits: list[np.ndarray] = []
-        for i, qi in enumerate(self.primes):
-            u = a[..., i, :].astype(np.uint64)
-            for j in range(i):
-                diff = _submod(u, np.remainder(digits[j], np.uint64(qi)), qi)
-                u = mulmod(diff, self._garner[i][j], qi)
-            digits.append(u)
+        digits = _radix_digits(self, a)
         top_q = self.primes[-1]
         neg = digits[-1] >= np.uint64((top_q + 1) // 2)
         out = np.zeros((*a.shape[:-2], self.n), dtype=np.float64)
@@ -214,6 +208,48 @@ class RNSRing:
             out += d * radix
             radix *= float(qi)
         return out
+
+
+def _radix_digits(ring: RNSRing, a: np.ndarray) -> list[np.ndarray]:
+    """Garner's mixed-radix digits u_i (each < q_i) of x = u_0 + q_0 u_1 + q_0 q_1 u_2 + ..."""
+    digits: list[np.ndarray] = []
+    for i, qi in enumerate(ring.primes):
+        u = a[..., i, :].astype(np.uint64)
+        for j in range(i):
+            diff = _submod(u, np.remainder(digits[j], np.uint64(qi)), qi)
+            u = mulmod(diff, ring._garner[i][j], qi)
+        digits.append(u)
+    return digits
+
+
+def floor_shift(ring: RNSRing, a: np.ndarray, bits: int) -> np.ndarray:
+    """floor(x / 2^bits) for x in [0, Q) given as residues, exactly, as uint64 (needs Q < 2^(bits + 63)).
+
+    A float64 estimate of the quotient is within a few units; the remainder x - est * 2^bits is small, so
+    computing it with wrapping uint64 arithmetic (x mod 2^64 from the digits) gives it exactly, and
+    one arithmetic shift corrects the estimate. This is how updates drop the low-order bits of c0.
+    """
+    digits = _radix_digits(ring, a)
+    low = np.zeros(digits[0].shape, dtype=np.uint64)
+    est = np.zeros(digits[0].shape, dtype=np.float64)
+    radix, fradix = 1, 1.0
+    for qi, u in zip(ring.primes, digits, strict=True):
+        low += u * np.uint64(radix % 2**64)
+        est += u.astype(np.float64) * fradix
+        radix *= qi
+        fradix *= float(qi)
+    quot = np.floor(est / 2.0**bits).astype(np.int64)
+    resid = (low - (quot.view(np.uint64) << np.uint64(bits))).view(np.int64)
+    return (quot + (resid >> np.int64(bits))).view(np.uint64)
+
+
+def expand_shift(ring: RNSRing, h: np.ndarray, bits: int) -> np.ndarray:
+    """Residues of h * 2^bits + 2^(bits-1) (the centre of the dropped interval; h itself if bits = 0)."""
+    out = []
+    for q in ring.primes:
+        r = mulmod(np.remainder(h, np.uint64(q)), pow(2, bits, q), q)
+        out.append(_addmod(r, np.full_like(r, pow(2, bits - 1, q) if bits else 0), q))
+    return np.stack(out, axis=-2)
 
 
 class Encoder:

@@ -28,7 +28,16 @@ from protocols import crypto, wire
 from protocols.base import Aggregate, OpenedAggregate
 from protocols.ckks.errors import CiphertextFormatError, CoefficientRangeError, KeyRoleError, UpdateRangeError
 from protocols.ckks.params import CKKSParams
-from protocols.ckks.ring import Encoder, RandomSource, RNSRing, _addmod, mulmod, ring_for
+from protocols.ckks.ring import (
+    Encoder,
+    RandomSource,
+    RNSRing,
+    _addmod,
+    expand_shift,
+    floor_shift,
+    mulmod,
+    ring_for,
+)
 from protocols.errors import PayloadError, ProtocolConfigError, ProtocolError, RoundAbortedError, WrongRoundError
 from protocols.plaintext import _check_update
 from protocols.shamir import lagrange_at_zero
@@ -62,7 +71,11 @@ class Suite:
         self.n_cts = params.ciphertexts_for(dim)
         self.n = params.poly_modulus_degree
         self.n_coeffs = self.n_cts * self.n
-        self.poly_bytes = self.n_coeffs * params.coeff_bytes
+        self.agg_bytes = self.n_coeffs * params.coeff_bytes  # the server's own sum: full residues
+        self.drop_bits = params.drop_bits
+        self.wire_width = params.wire_coeff_bytes
+        self._h_max = (self.ring.modulus - 1) >> self.drop_bits
+        self.poly_bytes = self.n_coeffs * self.wire_width  # c0 and partials: high-order bits only
         self.update_size = wire.HEADER_SIZE + 8 + self.poly_bytes + _SIG
         self._a_cache: tuple[int, np.ndarray] | None = None
 
@@ -102,6 +115,22 @@ class Suite:
             if n_coeffs and int(out[:, i].max()) >= q:
                 raise CoefficientRangeError(f"{int(np.count_nonzero(out[:, i] >= np.uint64(q)))} residues >= q_{i}")
         return out.reshape(-1, self.n, self.ring.levels).transpose(0, 2, 1).copy()
+
+    def pack_wire(self, poly: np.ndarray) -> bytes:
+        """(n_cts, L, N) residues -> floor(x / 2^drop_bits) of each coefficient x in [0, Q), W bytes each."""
+        h = floor_shift(self.ring, poly, self.drop_bits).reshape(-1)
+        return np.ascontiguousarray(h, dtype="<u8").view(np.uint8).reshape(-1, 8)[:, : self.wire_width].tobytes()
+
+    def unpack_wire(self, data: bytes | memoryview, offset: int) -> np.ndarray:
+        """Inverse of :meth:`pack_wire` (to the centre of the dropped interval); refuses values >= Q."""
+        w = self.wire_width
+        raw = np.frombuffer(data, dtype=np.uint8, count=self.n_coeffs * w, offset=offset).reshape(-1, w)
+        buf = np.zeros((self.n_coeffs, 8), dtype=np.uint8)
+        buf[:, :w] = raw
+        h = buf.view("<u8").reshape(self.n_cts, self.n)
+        if h.size and int(h.max()) > self._h_max:
+            raise CoefficientRangeError(f"{int(np.count_nonzero(h > np.uint64(self._h_max)))} coefficients >= Q")
+        return expand_shift(self.ring, h, self.drop_bits)
 
     def verify_signed(self, data: bytes, signer: int) -> None:
         key = self.verify_keys.get(signer)
@@ -292,7 +321,7 @@ class CKKSClient:
     def signed_update(self, round_id: int, c0: np.ndarray, weight: float) -> bytes:
         """Sign an update body (also used by tests to build a malicious client's payload)."""
         su = self._suite()
-        body = struct.pack("<d", weight) + su.pack(c0) + bytes(_SIG)
+        body = struct.pack("<d", weight) + su.pack_wire(c0) + bytes(_SIG)
         env = bytearray(wire.pack(PROTOCOL, round_id, self.cid, body, kind=KIND_UPDATE))
         env[-_SIG:] = crypto.sign(self.identity, bytes(env[:-_SIG]))
         return bytes(env)
@@ -357,7 +386,7 @@ class CKKSClient:
         # Sized for every enrolled client: with colluders re-using their own partials, a server can collect
         # one partial per honest client per round, more than |D| of them (see CKKSParams.flood_bound).
         part = ring.add(part, ring.from_signed(self.flood(len(ids), len(su.verify_keys), round_id)))
-        body = _ids_body(dec) + su.pack(part) + bytes(_SIG)
+        body = _ids_body(dec) + su.pack_wire(part) + bytes(_SIG)
         env = bytearray(wire.pack(PROTOCOL, round_id, self.cid, body, kind=KIND_PARTIAL))
         env[-_SIG:] = crypto.sign(self.identity, bytes(env[:-_SIG]))
         return bytes(env)
@@ -424,14 +453,14 @@ def parse_update(su: Suite, round_id: int, client_id: int, data: bytes) -> tuple
     (weight,) = struct.unpack_from("<d", env.body)
     if not (math.isfinite(weight) and 0 < weight <= su.params.value_bound):
         raise PayloadError(f"weight {weight!r} is not in (0, {su.params.value_bound:.4g}]: client dropped")
-    return su.unpack(data, wire.HEADER_SIZE + 8), weight
+    return su.unpack_wire(data, wire.HEADER_SIZE + 8), weight
 
 
 def parse_aggregate(su: Suite, aggregate: Aggregate) -> tuple[list[int], list[float], np.ndarray]:
     env = wire.unpack(aggregate.payload, protocol=PROTOCOL, round_id=aggregate.round_id, client_id=wire.SERVER_ID,
                       kind=KIND_AGGREGATE)
     ids, off = _read_ids(env.body, su.params.max_clients)
-    if len(env.body) != off + 8 * len(ids) + su.poly_bytes:
+    if len(env.body) != off + 8 * len(ids) + su.agg_bytes:
         raise CiphertextFormatError("aggregate body has the wrong length")
     weights = list(struct.unpack_from(f"<{len(ids)}d", env.body, off))
     return ids, weights, su.unpack(aggregate.payload, wire.HEADER_SIZE + off + 8 * len(ids))
@@ -505,7 +534,7 @@ class CKKSServer:
             dec, off = _read_ids(env.body, self.params.max_clients)
             if dec != sorted(decryptors) or len(env.body) != off + su.poly_bytes + _SIG:
                 raise RoundAbortedError(f"partial decryption of client {i} is for another decryptor set")
-            acc = ring.add(acc, su.unpack(partials[i], wire.HEADER_SIZE + off))
+            acc = ring.add(acc, su.unpack_wire(partials[i], wire.HEADER_SIZE + off))
         return acc
 
     def finish(self, aggregate: Aggregate, included: Sequence[int], decryptors: Sequence[int],
