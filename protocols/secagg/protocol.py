@@ -7,12 +7,17 @@ four stages as follows:
 
 * ``begin_round`` -- advertise keys and share keys;
 * ``protect`` -- the client's masked-input message (``weight * update`` plus the weight, quantized);
-* ``combine`` -- collect masked inputs (malformed ones are rejected individually and their senders
-  become dropouts), run the unmask stage with the clients that sent input, and strip the masks;
+* ``combine`` -- collect masked inputs (malformed or unauthenticated ones are rejected individually and
+  their senders become dropouts), run the consistency check and the unmask stage with the clients that
+  sent input, and strip the masks;
 * ``open`` -- decode the sum and divide by the total weight.
 
-The server learns only the sum of the included clients' inputs. ``dropouts`` simulates clients that
-go silent at a given stage, for tests and dropout studies.
+Every client is enrolled once, at construction: it gets a long-term Ed25519 identity key and the
+registry of everyone's verification keys (:func:`~protocols.secagg.identity.enrol`), which the server
+cannot rewrite. The server learns only the sum of the included clients' inputs, even if it deviates
+from the protocol (Bonawitz et al. 2017, §6.2), provided fewer than the configured fraction of clients
+collude with it. ``dropouts`` simulates clients that go silent at a given stage, for tests and
+dropout studies.
 """
 
 from __future__ import annotations
@@ -23,8 +28,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from protocols.base import Aggregate, AggregationProtocol, OpenedAggregate
-from protocols.errors import PayloadError, RoundAbortedError, StageError
+from protocols.errors import PayloadError, ProtocolConfigError, RoundAbortedError, StageError
 from protocols.secagg.client import SecAggClient
+from protocols.secagg.identity import IdentityRegistry, enrol
 from protocols.secagg.messages import MessageCodec, Stage
 from protocols.secagg.params import SecAggParams
 from protocols.secagg.quantize import Quantizer
@@ -48,10 +54,14 @@ class SecAggProtocol(AggregationProtocol):
         Length of the flat update vector.
     n_clients:
         Most clients in one round; sizes the overflow check of the modulus.
-    threshold, neighbours, clip, max_weight, value_bits, modulus_bits, graph_seed:
-        See :class:`~protocols.secagg.params.SecAggParams`. Defaults: complete graph, t =
+    threshold, neighbours, clip, max_weight, value_bits, modulus_bits, graph_seed, authenticated,
+    corrupt_fraction, dropout_fraction, security_bits:
+        See :class:`~protocols.secagg.params.SecAggParams`. Defaults: authenticated, complete graph, t =
         floor(2n/3) + 1, updates clipped to [-1, 1] per coordinate, weights up to 1, arithmetic mod 2^32
-        with the most value bits that cannot overflow.
+        with the most value bits that cannot overflow. ``authenticated=False`` is UNSAFE (attack studies).
+    registry, identities:
+        Enrolment of clients ``0 .. n_clients - 1``; by default fresh identity keys are made here (one per
+        client, OS CSPRNG). A deployment passes the registry its clients were enrolled with.
     rng:
         Seeded generator for stochastic rounding; ``None`` rounds to nearest.
     dropouts:
@@ -74,15 +84,27 @@ class SecAggProtocol(AggregationProtocol):
         value_bits: int | None = None,
         modulus_bits: int = 32,
         graph_seed: int = 0,
+        authenticated: bool = True,
+        corrupt_fraction: float = 1 / 3,
+        dropout_fraction: float = 0.1,
+        security_bits: int = 40,
         rng: np.random.Generator | None = None,
         dropouts: Mapping[Stage, Collection[int]] | None = None,
+        registry: IdentityRegistry | None = None,
+        identities: Mapping[int, object] | None = None,
     ) -> None:
         self.params = SecAggParams(
             dim=dim, max_clients=n_clients, threshold=threshold, neighbours=neighbours, clip=clip,
             max_weight=max_weight, value_bits=value_bits, modulus_bits=modulus_bits, graph_seed=graph_seed,
+            authenticated=authenticated, corrupt_fraction=corrupt_fraction, dropout_fraction=dropout_fraction,
+            security_bits=security_bits,
         )
         self.dim = dim
-        self.codec = MessageCodec(self.params)
+        if registry is None or identities is None:
+            registry, identities = enrol(range(n_clients))
+        self.registry = registry
+        self._identities = dict(identities)
+        self.codec = MessageCodec(self.params, registry)
         self.quantizer = Quantizer(self.params)
         self.rng = rng
         self.dropouts: dict[Stage, set[int]] = {Stage(s): set(ids) for s, ids in (dropouts or {}).items()}
@@ -98,8 +120,12 @@ class SecAggProtocol(AggregationProtocol):
         ``n_clients``, and :class:`RoundAbortedError` if too many clients drop out during key set-up.
         """
         self._round = None
-        server = SecAggServer(self.params, round_id, client_ids)
-        clients = {c: SecAggClient(self.params, round_id, c, client_ids) for c in server.plan.roster}
+        server = SecAggServer(self.params, round_id, client_ids, self.registry)
+        missing = [c for c in server.plan.roster if c not in self._identities]
+        if missing:
+            raise ProtocolConfigError(f"clients {missing} were not enrolled (ids must lie in [0, n_clients))")
+        clients = {c: SecAggClient(self.params, round_id, c, client_ids, self._identities[c], self.registry)
+                   for c in server.plan.roster}
         self.traffic = {c: {} for c in clients}
         adverts = {c: clients[c].advertise_keys() for c in clients if c not in self._silent(Stage.ADVERTISE_KEYS)}
         self._deliver(server, Stage.ADVERTISE_KEYS, adverts)
@@ -139,11 +165,17 @@ class SecAggProtocol(AggregationProtocol):
                 server.receive(cid, payloads[cid])
             except PayloadError as err:
                 rejected[cid] = f"{type(err).__name__}: {err}"
+        if self.params.authenticated:
+            checks = server.request_consistency()
+            signed = self._respond(Stage.CONSISTENCY, checks, lambda c, m: rnd.clients[c].sign_survivors(m))
+            self._deliver(server, Stage.CONSISTENCY, signed)
         requests = server.request_unmask()
         reveals = self._respond(Stage.UNMASK, requests, lambda c, m: rnd.clients[c].unmask(m))
         self._deliver(server, Stage.UNMASK, reveals)
         result = server.finalize()
         payload = self.codec.encode_aggregate(round_id, len(result.included), result.total)
+        for cid, reason in result.rejected.items():  # e.g. a holder that revealed a forged share
+            rejected.setdefault(cid, reason)
         return Aggregate(round_id, payload, result.included, rejected)
 
     def open(self, aggregate: Aggregate) -> OpenedAggregate:
