@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from protocols.base import AggregationProtocol
+from protocols.base import AggregationProtocol, release
 from protocols.errors import RoundAbortedError
 from securefrl.agents import make_agent
 from securefrl.agents.base import Agent
@@ -282,7 +282,10 @@ class Federation:
                 for i, reason in result.dropped.items():
                     rows[ids[i]]["rejected"] = f"aggregator: {reason}"
             else:
-                mean = self.protocol.open(aggregate).mean
+                try:  # release: open, then refuse a non-finite or out-of-bound mean before any optimizer step
+                    mean = release(self.protocol, aggregate).mean
+                except RoundAbortedError as err:
+                    return self._finish_round(r, sampled, rows, {}, times, t_round, payloads, aborted=str(err))
             if self.dp is not None:
                 dp_bits = [bits[c] for c in aggregate.included]
                 mean, dp_metrics = self.dp.finish_round(mean, len(aggregate.included), dp_bits,

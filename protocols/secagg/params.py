@@ -104,7 +104,8 @@ class SecAggParams:
     Parameters
     ----------
     dim:
-        Length of the float update vector (one more masked coordinate carries the weight).
+        Length of the float update vector (with ``public_weights=False`` one more masked coordinate carries
+        the weight).
     max_clients:
         Most clients that can take part in one round; bounds the sum for the overflow check.
     threshold:
@@ -118,6 +119,13 @@ class SecAggParams:
         Every update coordinate is clipped to ``[-clip, clip]`` before it is weighted.
     max_weight:
         Largest client weight; ``weight * update`` lies on a grid over ``[-clip, clip] * max_weight``.
+    public_weights:
+        ``True`` (default): every client's weight is the public 1 (uniform, DP, equal budgets), so no weight
+        travels and the opened mean divides by the number of included clients: no client can cancel the
+        others' weights. ``False``: the weight rides in a masked slot; the opened total weight must then lie
+        in ``n_included * [min_weight, max_weight]`` or the round aborts.
+    min_weight:
+        Smallest legitimate client weight when weights travel (``public_weights=False``).
     value_bits:
         Bits of each quantized value; ``None`` takes the most that cannot overflow.
     modulus_bits:
@@ -146,6 +154,8 @@ class SecAggParams:
     value_bits: int | None = None
     modulus_bits: int = 32
     graph_seed: int = 0
+    public_weights: bool = True
+    min_weight: float | None = None
     authenticated: bool = True
     corrupt_fraction: float = 1 / 3
     dropout_fraction: float = 0.1
@@ -165,6 +175,13 @@ class SecAggParams:
             raise ProtocolConfigError(f"max_weight must be a positive finite number, got {self.max_weight!r}")
         if not _is_int(self.graph_seed) or self.graph_seed < 0:
             raise ProtocolConfigError(f"graph_seed must be a non-negative integer, got {self.graph_seed!r}")
+        if self.public_weights and self.max_weight != 1.0:
+            raise ProtocolConfigError("with public weights every weight is 1: leave max_weight at 1 "
+                                      "(or set public_weights=False, min_weight, max_weight)")
+        if not self.public_weights:
+            w = self.min_weight
+            if w is None or not (isinstance(w, (int, float)) and 0 <= w <= self.max_weight):
+                raise ProtocolConfigError(f"weights that travel need min_weight in [0, max_weight], got {w!r}")
         if not isinstance(self.authenticated, bool):
             raise ProtocolConfigError(f"authenticated must be True or False, got {self.authenticated!r}")
         for name in ("corrupt_fraction", "dropout_fraction"):
@@ -220,8 +237,8 @@ class SecAggParams:
 
     @property
     def vector_length(self) -> int:
-        """Masked coordinates: the weighted update plus the weight."""
-        return self.dim + 1
+        """Masked coordinates: the weighted update, plus the weight when weights travel."""
+        return self.dim if self.public_weights else self.dim + 1
 
     def degree(self, n: int) -> int:
         """Neighbours of each client in a round of ``n`` clients (``n - 1`` for the complete graph)."""

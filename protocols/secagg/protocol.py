@@ -10,7 +10,8 @@ four stages as follows:
 * ``combine`` -- collect masked inputs (malformed or unauthenticated ones are rejected individually and
   their senders become dropouts), run the consistency check and the unmask stage with the clients that
   sent input, and strip the masks;
-* ``open`` -- decode the sum and divide by the total weight.
+* ``open`` -- decode the sum and divide by the number of included clients (public weights, the
+  default) or by the opened total weight, which must lie in ``n_included * [min_weight, max_weight]``.
 
 Every client is enrolled once, at construction: it gets a long-term Ed25519 identity key and the
 registry of everyone's verification keys (:func:`~protocols.secagg.identity.enrol`), which the server
@@ -27,7 +28,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from protocols.base import Aggregate, AggregationProtocol, OpenedAggregate
+from protocols.base import Aggregate, AggregationProtocol, OpenedAggregate, check_total_weight
 from protocols.errors import PayloadError, ProtocolConfigError, RoundAbortedError, StageError
 from protocols.secagg.client import SecAggClient
 from protocols.secagg.identity import IdentityRegistry, enrol
@@ -59,6 +60,12 @@ class SecAggProtocol(AggregationProtocol):
         See :class:`~protocols.secagg.params.SecAggParams`. Defaults: authenticated, complete graph, t =
         floor(2n/3) + 1, updates clipped to [-1, 1] per coordinate, weights up to 1, arithmetic mod 2^32
         with the most value bits that cannot overflow. ``authenticated=False`` is UNSAFE (attack studies).
+    public_weights, min_weight:
+        ``True`` (default): every weight is the public 1 and is not sent. ``False`` sends the weight in a
+        masked slot; the opened total is then bounded by ``n_included * [min_weight, max_weight]``.
+    unsafe_skip_bounds:
+        UNSAFE, attack studies only: open without bounding the total weight or the mean (``mean_bound``
+        becomes None), as the landed code did.
     registry, identities:
         Enrolment of clients ``0 .. n_clients - 1``; by default fresh identity keys are made here (one per
         client, OS CSPRNG). A deployment passes the registry its clients were enrolled with.
@@ -84,6 +91,9 @@ class SecAggProtocol(AggregationProtocol):
         value_bits: int | None = None,
         modulus_bits: int = 32,
         graph_seed: int = 0,
+        public_weights: bool = True,
+        min_weight: float | None = None,
+        unsafe_skip_bounds: bool = False,
         authenticated: bool = True,
         corrupt_fraction: float = 1 / 3,
         dropout_fraction: float = 0.1,
@@ -96,10 +106,14 @@ class SecAggProtocol(AggregationProtocol):
         self.params = SecAggParams(
             dim=dim, max_clients=n_clients, threshold=threshold, neighbours=neighbours, clip=clip,
             max_weight=max_weight, value_bits=value_bits, modulus_bits=modulus_bits, graph_seed=graph_seed,
+            public_weights=public_weights, min_weight=min_weight,
             authenticated=authenticated, corrupt_fraction=corrupt_fraction, dropout_fraction=dropout_fraction,
             security_bits=security_bits,
         )
         self.dim = dim
+        self.public_weights = public_weights
+        self.unsafe_skip_bounds = bool(unsafe_skip_bounds)
+        self.mean_bound = None if self.unsafe_skip_bounds else float(clip)
         if registry is None or identities is None:
             registry, identities = enrol(range(n_clients))
         self.registry = registry
@@ -148,6 +162,19 @@ class SecAggProtocol(AggregationProtocol):
         self.traffic[client_id][Stage.MASKED_INPUT] = len(data)
         return data
 
+    def protect_encoded(self, client_id: int, round_id: int, encoded: np.ndarray) -> bytes:
+        """A masked-input message for an arbitrary vector of the modulus: what a malicious client can send.
+
+        The server cannot tell it from an honest one (masking hides it); attack studies use this to show
+        what the bounds on the opened aggregate must stop.
+        """
+        rnd = self._current(round_id)
+        if client_id not in rnd.forwarded:
+            raise StageError(f"client {client_id} is not in the masked-input stage of round {round_id}")
+        data = rnd.clients[client_id].masked_input_encoded(rnd.forwarded[client_id], encoded)
+        self.traffic[client_id][Stage.MASKED_INPUT] = len(data)
+        return data
+
     def combine(self, round_id: int, payloads: Mapping[int, bytes]) -> Aggregate:
         """Collect masked inputs, run the unmask stage with their senders, and return the masked-free sum.
 
@@ -184,6 +211,10 @@ class SecAggProtocol(AggregationProtocol):
         if count != len(aggregate.included):
             raise PayloadError(f"aggregate sums {count} clients but lists {len(aggregate.included)} as included")
         values, total_weight = self.quantizer.decode(total, count)
+        if not self.public_weights and not self.unsafe_skip_bounds:
+            p = self.params
+            check_total_weight(total_weight, count, float(p.min_weight or 0.0), p.max_weight,
+                               slack=self.quantizer.error_bound(count)[1])
         mean = values / total_weight if total_weight > 0 else np.zeros(self.dim)
         return OpenedAggregate(mean, total_weight, list(aggregate.included))
 

