@@ -21,6 +21,7 @@ import hashlib
 import math
 import struct
 from collections.abc import Mapping, Sequence
+from functools import lru_cache
 
 import numpy as np
 
@@ -32,9 +33,9 @@ from protocols.ckks.ring import (
     Encoder,
     RandomSource,
     RNSRing,
-    _addmod,
     expand_shift,
     floor_shift,
+    matmul_mod,
     mulmod,
     ring_for,
 )
@@ -143,11 +144,10 @@ class Suite:
         return struct.pack(f"<QI{len(ids)}I", round_id, len(ids), *ids)
 
 
-def _mul_small(a: np.ndarray, x: np.ndarray, q: int) -> np.ndarray:
-    """``a * x mod q`` for residues ``a`` and small multipliers ``x``: one uint64 product when it cannot wrap."""
-    if q * (int(x.max()) + 1) < 2**64:
-        return a * x % np.uint64(q)
-    return mulmod(a, x, q)
+@lru_cache(maxsize=64)
+def _vandermonde(xs: tuple[int, ...], t: int, q: int) -> np.ndarray:
+    """Rows (1, x, x^2, ..., x^(t-1)) mod q for the share points ``xs`` (public; cached)."""
+    return np.array([[pow(x, d, q) for d in range(t)] for x in xs], dtype=np.uint64)
 
 
 def _ids_body(ids: Sequence[int]) -> bytes:
@@ -210,15 +210,15 @@ class CKKSClient:
         if self.cid not in ids or not 1 <= threshold <= len(ids):
             raise ProtocolConfigError(f"threshold {threshold} of {len(ids)} enrolled clients")
         secret = ring.from_signed(self._secret)  # (L, N)
-        xs = np.array([rid + 1 for rid in ids], dtype=np.uint64).reshape(-1, 1)  # share points, never 0
+        xs = tuple(rid + 1 for rid in ids)  # share points, never 0
         shares = np.empty((len(ids), ring.levels, ring.n), dtype=np.uint64)
         for i, q in enumerate(ring.primes):
-            # Horner over all recipients at once; the t-1 higher coefficients are uniform mod q_i.
-            acc = np.zeros((len(ids), ring.n), dtype=np.uint64)
-            for d in range(threshold - 1, 0, -1):
-                coeff = self.rng.uniform_mod(q, (ring.n,), f"shamir/{self.cid}/{d}/{i}")
-                acc = _addmod(_mul_small(acc, xs, q), np.broadcast_to(coeff, acc.shape), q)
-            shares[:, i] = _addmod(_mul_small(acc, xs, q), np.broadcast_to(secret[i], acc.shape), q)
+            # polynomial coefficients: the secret, then t-1 uniform ones mod q_i; shares = Vandermonde @ C
+            coeffs = np.empty((threshold, ring.n), dtype=np.uint64)
+            coeffs[0] = secret[i]
+            for d in range(1, threshold):
+                coeffs[d] = self.rng.uniform_mod(q, (ring.n,), f"shamir/{self.cid}/{d}/{i}")
+            shares[:, i] = matmul_mod(_vandermonde(xs, threshold, q), coeffs, q)
         out: dict[int, bytes] = {}
         for rid, share in zip(ids, shares, strict=True):
             if rid == self.cid:

@@ -25,7 +25,7 @@ from protocols.ckks import (
     RefusedError,
     UpdateRangeError,
 )
-from protocols.ckks.ring import ERROR_BOUND, Encoder, RNSRing, expand_shift, floor_shift, mulmod
+from protocols.ckks.ring import ERROR_BOUND, Encoder, RNSRing, expand_shift, floor_shift, matmul_mod, mulmod
 from protocols.ckks.roles import CKKSClient, parse_update
 from protocols.errors import (
     EnvelopeError,
@@ -116,6 +116,17 @@ def test_dropping_low_order_bits_is_exact_floor_and_centred_expansion(bits):
     for i, q in enumerate(ring.primes):
         centre = [((x >> bits) * 2**bits + (2 ** (bits - 1) if bits else 0)) % q for x in xs]
         assert [int(v) for v in back[i]] == centre
+
+
+@pytest.mark.parametrize("bits", [54, 56])
+def test_share_dealing_matrix_product_is_exact(bits):
+    q = int(seal.CoeffModulus.Create(4096, [bits])[0].value())
+    rng = np.random.default_rng(bits)
+    a = rng.integers(0, q, (5, 256), dtype=np.uint64)
+    b = rng.integers(0, q, (256, 4), dtype=np.uint64)
+    a[0], b[:, 0] = q - 1, q - 1
+    ref = [[sum(int(a[i, k]) * int(b[k, j]) for k in range(256)) % q for j in range(4)] for i in range(5)]
+    assert [[int(x) for x in row] for row in matmul_mod(a, b, q)] == ref
 
 
 def test_crt_lift_is_centred_and_encoder_round_trips():
