@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from protocols.base import AggregationProtocol
+from protocols.base import AggregationProtocol, release
 from protocols.errors import ProtocolError, RoundAbortedError
 from securefrl.agents import make_agent
 from securefrl.agents.base import Agent
@@ -282,8 +282,8 @@ class Federation:
                 for i, reason in result.dropped.items():
                     rows[ids[i]]["rejected"] = f"aggregator: {reason}"
             else:
-                try:
-                    mean = self.protocol.open(aggregate).mean
+                try:  # release: open, then refuse a non-finite or out-of-bound mean before any optimizer step
+                    mean = release(self.protocol, aggregate).mean
                 except ProtocolError as err:  # any failure to open is this round's abort, never the run's end
                     times["open"] = time.perf_counter() - t0
                     return self._finish_round(r, sampled, rows, {"n_included": 0}, times, t_round, payloads,
