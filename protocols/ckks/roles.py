@@ -296,8 +296,9 @@ class CKKSClient:
         su = self._suite()
         vec = _check_update(update, self.dim)
         weight = float(weight)
-        if not (np.isfinite(weight) and 0 < weight <= self.params.value_bound):
-            raise ValueError(f"weight must be finite, positive and at most {self.params.value_bound:.4g}, got {weight}")
+        if not (np.isfinite(weight) and 0 < weight <= self.params.max_weight):
+            raise ValueError(f"weight must be finite, positive and at most max_weight={self.params.max_weight:g}, "
+                             f"got {weight}")
         values = np.zeros(su.n_coeffs)
         np.multiply(vec, weight, out=values[: self.dim])
         peak = float(np.max(np.abs(values)))
@@ -451,8 +452,10 @@ def parse_update(su: Suite, round_id: int, client_id: int, data: bytes) -> tuple
         )
     su.verify_signed(data, client_id)
     (weight,) = struct.unpack_from("<d", env.body)
-    if not (math.isfinite(weight) and 0 < weight <= su.params.value_bound):
-        raise PayloadError(f"weight {weight!r} is not in (0, {su.params.value_bound:.4g}]: client dropped")
+    if not (math.isfinite(weight) and 0 < weight <= su.params.max_weight):
+        # public and signed: the server drops this client alone; the total of the included weights is then
+        # at most n_included * max_weight, so no client can cancel or swamp the others' weights
+        raise PayloadError(f"weight {weight!r} is not in (0, max_weight={su.params.max_weight:g}]: client dropped")
     return su.unpack_wire(data, wire.HEADER_SIZE + 8), weight
 
 

@@ -207,7 +207,7 @@ def test_encryption_is_randomised_hides_the_update_and_is_refused_twice_per_roun
 
 
 def test_values_at_the_per_client_bound_do_not_wrap_around():
-    params = CKKSParams(max_clients=4)
+    params = CKKSParams(max_clients=4, max_weight=1e6)
     proto = CKKSProtocol(4096, n_clients=4, params=params)
     w = params.value_bound * 0.999
     payloads = _protect_all(proto, 0, {c: np.ones(4096) for c in range(4)}, {c: w for c in range(4)})
@@ -440,7 +440,7 @@ def test_negative_or_huge_weight_drops_that_client_and_the_round_goes_on(proto):
     payloads = _protect_all(proto, 0, ups)
     bad = proto.clients[1]  # a malicious client signs a payload with a weight its honest code would refuse
     c0 = parse_update(proto.server.suite, 0, 1, payloads[1])[0]
-    for weight in (-1.0, 1e300, float("nan"), 0.0):
+    for weight in (-1.0, 1e300, 100.5, float("nan"), 0.0):
         payloads[1] = bad.signed_update(0, c0, weight)
 
         aggregate = proto.combine(0, payloads)
