@@ -251,7 +251,11 @@ class Federation:
             except UpdateRejectedError as err:
                 rows[cid]["rejected"] = str(err)
                 continue
-            payloads[cid] = self.protocol.protect(cid, r, self._encode_update(cid, update), weight)
+            try:
+                payloads[cid] = self.protocol.protect(cid, r, self._encode_update(cid, update), weight)
+            except (ValueError, ProtocolError) as err:  # e.g. an update too large for CKKS: drop this client only
+                rows[cid]["rejected"] = f"protect: {type(err).__name__}: {err}"
+                continue
             times["protect"] += time.perf_counter() - t0
             rows[cid]["update_norm"] = float(np.linalg.norm(update))
             rows[cid]["bytes_up"] = len(payloads[cid])

@@ -16,7 +16,8 @@ and Tyagi, IEEE S&P 2023):
    pairwise channel X25519 -> HKDF -> AES-256-GCM of :mod:`protocols.crypto`, the X25519 keys signed
    with the clients' Ed25519 identity keys (so the relaying server cannot substitute them).
 2. *Encryption.* For round r and ciphertext k a common polynomial a_{r,k} is expanded from a public
-   enrolment seed (fresh every round: the same a and s_j twice would leak m - m'). Client j sends only
+   seed that every client derives itself from all clients' signed enrolment contributions (so the
+   server cannot pick the a's), fresh every round: the same a and s_j twice would leak m - m'. Client j sends only
    c0_j = -a_{r,k} s_j + Delta m_j + e_j (e_j rounded Gaussian, sigma 3.2, as SEAL), high 56 bits of
    each coefficient (7 bytes; the low 52 are dropped, far below the flooding), with its public weight,
    signed. It encrypts at most once per round.

@@ -21,6 +21,7 @@ import hashlib
 import math
 import struct
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
@@ -166,6 +167,40 @@ def _read_ids(body: bytes, limit: int) -> tuple[list[int], int]:
     return ids, 4 + 4 * k
 
 
+@dataclass(frozen=True)
+class Enrolment:
+    """One client's public enrolment record: identity key, X25519 key, a-seed contribution, signature."""
+
+    verify_key: bytes
+    dh_public: bytes
+    a_share: bytes
+    signature: bytes
+
+    @staticmethod
+    def message(cid: int, dh_public: bytes, a_share: bytes) -> bytes:
+        return b"securefrl/ckks/enrol/v1" + _U32.pack(cid) + dh_public + a_share
+
+    def verify(self, cid: int) -> None:
+        crypto.verify(self.verify_key, self.message(cid, self.dh_public, self.a_share), self.signature)
+
+    @property
+    def size(self) -> int:
+        return len(self.verify_key) + len(self.dh_public) + len(self.a_share) + len(self.signature)
+
+
+def a_seed_from(roster: Mapping[int, Enrolment]) -> bytes:
+    """The public seed of every a_{r,k}: a hash of all enrolled clients' signed contributions.
+
+    Every client computes it itself, so the server cannot choose the common polynomials (it could only
+    withhold a contribution, which changes the seed to another uniformly random one).
+    """
+    h = hashlib.sha256(b"securefrl/ckks/a-seed/v1")
+    for cid in sorted(roster):
+        roster[cid].verify(cid)
+        h.update(_U32.pack(cid) + roster[cid].a_share)
+    return h.digest()
+
+
 class CKKSClient:
     """One client: owns its secret key s_j (or, in the shared-key mode, a copy of the one key) and shares.
 
@@ -187,13 +222,16 @@ class CKKSClient:
         self.identity = crypto.generate_signing_key()
         self.verify_key = crypto.verify_key_bytes(self.identity)
         self._dh = crypto.generate_private_key()
-        self.dh_public = crypto.public_bytes(self._dh)
-        self.dh_signature = crypto.sign(self.identity, b"securefrl/ckks/dh" + _U32.pack(cid) + self.dh_public)
+        dh_public = crypto.public_bytes(self._dh)
+        a_share = rng.bytes(32, f"a-share/{cid}")  # this client's contribution to the public a-seed
+        #: What this client publishes at enrolment (relayed by the server, signed by the identity key).
+        self.enrolment = Enrolment(self.verify_key, dh_public, a_share,
+                                   crypto.sign(self.identity, Enrolment.message(cid, dh_public, a_share)))
         ring_n = params.poly_modulus_degree
         self._secret = (
             shared_key if shared_key is not None else rng.ternary((ring_n,), f"sk/{cid}")
         )  # signed coefficients
-        self._verified: dict[int, tuple[bytes, bytes]] = {}
+        self._verified: dict[int, Enrolment] = {}
         self._shares: dict[int, np.ndarray] = {}  # sender -> share_sender(self) residues (L, N), coefficient domain
         self.suite: Suite | None = None
         self.threshold = 1
@@ -203,7 +241,7 @@ class CKKSClient:
         self._did: set[str] = set()
 
     # -- enrolment -----------------------------------------------------------------------------------
-    def make_shares(self, roster: Mapping[int, tuple[bytes, bytes, bytes]], threshold: int) -> dict[int, bytes]:
+    def make_shares(self, roster: Mapping[int, Enrolment], threshold: int) -> dict[int, bytes]:
         """Shamir-share s_j to every client in ``roster`` ({id: (verify key, dh public, dh signature)})."""
         ring = ring_for(self.params.poly_modulus_degree, self.params.primes)
         ids = sorted(roster)
@@ -229,15 +267,15 @@ class CKKSClient:
             out[rid] = crypto.seal(key, self._pack_poly(share[None]), crypto.associated_data(0, self.cid, rid))
         return out
 
-    def _peer_dh(self, peer: int, roster: Mapping[int, tuple[bytes, bytes, bytes]]) -> bytes:
+    def _peer_dh(self, peer: int, roster: Mapping[int, Enrolment]) -> bytes:
         """The peer's X25519 key, accepted only with its identity signature (checked once per peer)."""
-        vk, dh_pub, dh_sig = roster[peer]
-        if self._verified.get(peer) != (vk, dh_pub):
-            crypto.verify(vk, b"securefrl/ckks/dh" + _U32.pack(peer) + dh_pub, dh_sig)
-            self._verified[peer] = (vk, dh_pub)
-        return dh_pub
+        entry = roster[peer]
+        if self._verified.get(peer) != entry:
+            entry.verify(peer)
+            self._verified[peer] = entry
+        return entry.dh_public
 
-    def receive_share(self, sender: int, blob: bytes, roster: Mapping[int, tuple[bytes, bytes, bytes]]) -> None:
+    def receive_share(self, sender: int, blob: bytes, roster: Mapping[int, Enrolment]) -> None:
         key = crypto.derive_key(crypto.agree(self._dh, self._peer_dh(sender, roster)), "ckks-keyshare", 0,
                                 sender, self.cid)
         plain = crypto.unseal(key, blob, crypto.associated_data(0, sender, self.cid))
@@ -308,10 +346,10 @@ class CKKSClient:
                 f"per client (max_clients={self.params.max_clients}, scale 2^{self.params.scale_bits})"
             )
         self._once("encryption", round_id)
-        c0 = self.encrypt(round_id, values.reshape(su.n_cts, su.n))
+        c0 = self._encrypt(round_id, values.reshape(su.n_cts, su.n))
         return self.signed_update(round_id, c0, weight)
 
-    def encrypt(self, round_id: int, values: np.ndarray) -> np.ndarray:
+    def _encrypt(self, round_id: int, values: np.ndarray) -> np.ndarray:
         su = self._suite()
         ring = su.ring
         a = su.common_poly(round_id)
@@ -398,18 +436,18 @@ class CKKSClient:
         bound = self.params.flood_bound(n_included, n_decryptors)
         return self.rng.uniform_int(bound, (su.n_cts, su.n), f"flood/{self.cid}/{round_id}")
 
-    def open_shared(self, round_id: int, payloads: Mapping[int, bytes]) -> bytes:
+    def open_shared(self, round_id: int, payloads: Mapping[int, bytes], signatures: Mapping[int, bytes]) -> bytes:
         """Shared-key opener: verify every included client's signed payload, sum, decrypt, flood, float32.
 
         The opener sums the ciphertexts itself, so a server cannot pass one client's ciphertext (or an
-        old one) off as an aggregate; the answer is signed and holds only float32 values.
+        old one) off as an aggregate; every member must have signed its inclusion in exactly this set
+        (once per round), so asking two key holders to open nested sets in one round fails too. The
+        answer is signed and holds only float32 values.
         """
         su = self._suite()
         if not self.shared_mode:
             raise KeyRoleError("only the shared-key mode has a single opener")
-        ids = sorted(payloads)
-        if len(ids) < max(2, self.min_clients):
-            raise RefusedError(f"opener refuses to open {len(ids)} clients (at least {max(2, self.min_clients)})")
+        ids = self._check_request(round_id, sorted(payloads), signatures)
         c0s, weights = [], []
         for cid in ids:
             c0, w = parse_update(su, round_id, cid, payloads[cid])

@@ -504,7 +504,9 @@ def test_shared_key_mode_is_labelled_opens_safely_and_one_key_holder_opens_every
     assert opened.mean.dtype == np.float32
     assert np.max(np.abs(opened.mean - np.mean(list(ups.values()), axis=0))) < TOL
     with pytest.raises(RefusedError, match="at least 2"):  # the opener sums itself and refuses k = 1
-        proto.clients[0].open_shared(0, {0: payloads[0]})
+        proto.clients[0].open_shared(0, {0: payloads[0]}, {})
+    with pytest.raises(RefusedError):  # members sign one set per round: no second, nested opening
+        proto.clients[1].open_shared(0, {0: payloads[0], 1: payloads[1]}, {})
     # the documented weakness: the server plus any one client (a key holder) decrypts a single update
     su = proto.server.suite
     key = su.ring.from_signed(proto.clients[3]._secret)

@@ -34,6 +34,20 @@ def test_a_failed_opening_aborts_the_round_and_the_run_goes_on(tmp_path):
     assert record.summary["aborted"] is None and not (fed.global_params == before).all()
 
 
+def test_an_update_too_large_to_encrypt_drops_that_client_only(tmp_path):
+    fed = Federation(_cfg(tmp_path))
+
+    def poison(round_id, deltas):
+        deltas[0] = deltas[0] * 1e12  # far beyond CKKS's per-client value bound
+
+    fed._poison = poison
+    record = fed.run_round()
+
+    rows = {row["client"]: row for row in record.clients}
+    assert "UpdateRangeError" in rows[0]["rejected"]
+    assert record.summary["aborted"] is None and record.summary["n_included"] == 2
+
+
 def test_reproducible_ckks_runs_give_identical_rounds_and_are_marked(tmp_path):
     runs = [run_experiment(_cfg(tmp_path, "protocol.params.seed=3", name=n), progress=False) for n in ("a", "b")]
     strip = lambda rows: [{k: v for k, v in r.items() if not k.startswith("time") and k != "round_time"}  # noqa: E731
