@@ -64,3 +64,28 @@ def test_shared_key_mode_is_reachable_from_the_config_and_labelled(tmp_path):
     fed = Federation(_cfg(tmp_path, "protocol.params.keys=shared"))
     assert "SHARED KEY" in fed.protocol.label
     assert fed.run_round().summary["aborted"] is None
+
+
+def test_what_the_server_keeps_of_a_ckks_round_decrypts_no_update(tmp_path):
+    from attacks.protocol.ckks import recover_updates
+    from protocols.base import OpenedAggregate
+
+    fed = Federation(_cfg(tmp_path, "federation.rounds=1"))
+    sent: dict[int, np.ndarray] = {}
+    protect = fed.protocol.protect
+
+    def spy(cid, r, update, weight):
+        sent[cid] = np.asarray(update, dtype=np.float64).copy()
+        return protect(cid, r, update, weight)
+
+    fed.protocol.protect = spy
+    before = fed.global_params.astype(np.float64)
+    record = fed.run_round()
+    # the global model (what checkpoint.pt and the optimizer keep) minus the old one is the released mean
+    mean = fed.global_params.astype(np.float64) - before
+    opened = OpenedAggregate(mean, float(record.summary["n_included"]), sorted(sent))
+
+    recovered = recover_updates(fed.protocol.server, 0, opened)
+
+    assert np.max(np.abs(mean - np.mean(list(sent.values()), axis=0))) < 1e-6  # the model did move by the mean
+    assert min(np.max(np.abs(recovered[c] - sent[c])) for c in sent) > 1.0
