@@ -1,18 +1,18 @@
 """The CKKS roles: a client (key owner, encryptor, partial decryptor) and the server (adder, combiner).
 
 Wire bodies (inside :mod:`protocols.wire` envelopes, protocol ``"ckks"``, little endian; n = ciphertexts
-per update, N = ring degree, W = bytes of all residues of one coefficient, sig = Ed25519 over the whole
-envelope before it)::
+per update, N = ring degree, W = 7 bytes: the high 56 bits of a coefficient in [0, Q), R = bytes of all
+residues of one coefficient, sig = Ed25519 over the whole envelope before it)::
 
     update     (kind 1): weight f64 | n*N coefficients W | sig 64
-    aggregate  (kind 2): k u32 | k x client u32 | k x weight f64 | n*N coefficients W      (server's own)
-    inclusion  (kind 3): k u32 | k x client u32 | sig 64          "I, a member, was summed into exactly this set"
+    aggregate  (kind 2): k u32 | k x client u32 | k x weight f64 | n*N coefficients R      (server's own)
     partial    (kind 4): d u32 | d x decryptor u32 | n*N coefficients W | sig 64
-    release    (kind 5): k u32 | k x client u32 | dim x float32 | sig 64   (shared-key opener's answer)
-    key share  (kind 6): AES-256-GCM(N residues W) bound to (sender, recipient)
+    release    (kind 5): k u32 | k x client u32 | total weight f64 | dim x float32 | sig 64 (shared-key opener)
+    key share  (AES-256-GCM on the pairwise channel): N coefficients R, bound to (sender, recipient)
 
-Coefficients are those of c0 (coefficient domain, one residue per prime). The common polynomial a of
-round r and ciphertext k is public: expanded from the enrolment's public seed, never sent.
+Inclusion signatures are bare Ed25519 signatures over (round, sorted set). Coefficients are those of
+c0 (coefficient domain). The common polynomial a of round r and ciphertext k is public: expanded from
+the enrolment's a-seed, never sent.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ from protocols.plaintext import _check_update
 from protocols.shamir import lagrange_at_zero
 
 PROTOCOL = "ckks"
-KIND_UPDATE, KIND_AGGREGATE, KIND_INCLUSION, KIND_PARTIAL, KIND_RELEASE, KIND_SHARE = 1, 2, 3, 4, 5, 6
+KIND_UPDATE, KIND_AGGREGATE, KIND_PARTIAL, KIND_RELEASE = 1, 2, 4, 5
 _SIG = crypto.SIGNATURE_BYTES
 _U32 = struct.Struct("<I")
 
@@ -141,8 +141,8 @@ class Suite:
         crypto.verify(key, data[:-_SIG], data[-_SIG:])
 
     def inclusion_message(self, round_id: int, included: Sequence[int]) -> bytes:
-        ids = sorted(included)
-        return struct.pack(f"<QI{len(ids)}I", round_id, len(ids), *ids)
+        ids = sorted(included)  # bound to this deployment (its a-seed) and round: no replay elsewhere
+        return b"securefrl/ckks/inclusion/v1" + self.a_seed + struct.pack(f"<QI{len(ids)}I", round_id, len(ids), *ids)
 
 
 @lru_cache(maxsize=64)
@@ -460,7 +460,8 @@ class CKKSClient:
             acc = ring.add(acc, c)
         k_s = ring.scalar(self._s_hat, [len(ids) % q for q in ring.primes])
         plain = ring.add(acc, ring.intt(ring.mul(su.common_poly(round_id), k_s[None])))
-        plain = ring.add(plain, ring.from_signed(self.flood(len(ids), 1, round_id)))
+        # every enrolled client holds the key and could be asked to open this same set: size for all of them
+        plain = ring.add(plain, ring.from_signed(self.flood(len(ids), len(su.verify_keys), round_id)))
         mean = (su.encoder.decode(ring, plain).reshape(-1)[: self.dim] / math.fsum(weights)).astype(np.float32)
         body = _ids_body(ids) + struct.pack("<d", math.fsum(weights)) + mean.tobytes() + bytes(_SIG)
         env = bytearray(wire.pack(PROTOCOL, round_id, self.cid, body, kind=KIND_RELEASE))
