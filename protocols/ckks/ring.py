@@ -271,12 +271,13 @@ def floor_shift(ring: RNSRing, a: np.ndarray, bits: int) -> np.ndarray:
     return (quot + (resid >> np.int64(bits))).view(np.uint64)
 
 
-def expand_shift(ring: RNSRing, h: np.ndarray, bits: int) -> np.ndarray:
-    """Residues of h * 2^bits + 2^(bits-1) (the centre of the dropped interval; h itself if bits = 0)."""
+def expand_shift(ring: RNSRing, h: np.ndarray, bits: int, count: int = 1) -> np.ndarray:
+    """Residues of h * 2^bits + count * 2^(bits-1): ``h`` is the sum of ``count`` dropped-bit values, each
+    expanded to the centre of its dropped interval (``h`` itself if bits = 0)."""
     out = []
     for q in ring.primes:
         r = mulmod(np.remainder(h, np.uint64(q)), pow(2, bits, q), q)
-        out.append(_addmod(r, np.full_like(r, pow(2, bits - 1, q) if bits else 0), q))
+        out.append(_addmod(r, np.full_like(r, count * pow(2, bits - 1, q) % q if bits else 0), q))
     return np.stack(out, axis=-2)
 
 

@@ -77,6 +77,8 @@ class Suite:
         self.drop_bits = params.drop_bits
         self.wire_width = params.wire_coeff_bytes
         self._h_max = (self.ring.modulus - 1) >> self.drop_bits
+        #: High parts that can be added in a uint64 before they must be expanded (exact integer sums).
+        self.lazy = max(1, (2**64 - 1) // self._h_max)
         self.poly_bytes = self.n_coeffs * self.wire_width  # c0 and partials: high-order bits only
         self.update_size = wire.HEADER_SIZE + 8 + self.poly_bytes + _SIG
         self._a_cache: tuple[int, np.ndarray] | None = None
@@ -123,16 +125,26 @@ class Suite:
         h = floor_shift(self.ring, poly, self.drop_bits).reshape(-1)
         return np.ascontiguousarray(h, dtype="<u8").view(np.uint8).reshape(-1, 8)[:, : self.wire_width].tobytes()
 
-    def unpack_wire(self, data: bytes | memoryview, offset: int) -> np.ndarray:
-        """Inverse of :meth:`pack_wire` (to the centre of the dropped interval); refuses values >= Q."""
+    def read_wire(self, data: bytes, offset: int) -> np.ndarray:
+        """The transmitted high parts h (n_cts, N) at ``offset``, refusing any h that is not below Q / 2^bits.
+
+        Reads 8-byte words at stride W (a signature always follows, so the last read stays inside the
+        payload) and masks them to W bytes: one zero-copy strided view and one pass.
+        """
         w = self.wire_width
-        raw = np.frombuffer(data, dtype=np.uint8, count=self.n_coeffs * w, offset=offset).reshape(-1, w)
-        buf = np.zeros((self.n_coeffs, 8), dtype=np.uint8)
-        buf[:, :w] = raw
-        h = buf.view("<u8").reshape(self.n_cts, self.n)
+        view = np.ndarray((self.n_coeffs,), dtype="<u8", buffer=data, offset=offset, strides=(w,))
+        h = np.bitwise_and(view, np.uint64((1 << (8 * w)) - 1)) if w < 8 else view.astype(np.uint64)
         if h.size and int(h.max()) > self._h_max:
             raise CoefficientRangeError(f"{int(np.count_nonzero(h > np.uint64(self._h_max)))} coefficients >= Q")
-        return expand_shift(self.ring, h, self.drop_bits)
+        return h.reshape(self.n_cts, self.n)
+
+    def unpack_wire(self, data: bytes, offset: int) -> np.ndarray:
+        """Inverse of :meth:`pack_wire` (to the centre of the dropped interval)."""
+        return expand_shift(self.ring, self.read_wire(data, offset), self.drop_bits)
+
+    def expand_sum(self, h_sum: np.ndarray, count: int) -> np.ndarray:
+        """Residues of the sum of ``count`` transmitted polynomials whose high parts add up to ``h_sum``."""
+        return expand_shift(self.ring, h_sum, self.drop_bits, count)
 
     def verify_signed(self, data: bytes, signer: int) -> None:
         key = self.verify_keys.get(signer)
@@ -481,7 +493,16 @@ class CKKSClient:
 
 
 def parse_update(su: Suite, round_id: int, client_id: int, data: bytes) -> tuple[np.ndarray, float]:
-    """Validate one client's signed update: size, envelope, signature, weight bound, residue range."""
+    """Validate one client's signed update; its c0 as residues and its weight."""
+    h, weight = parse_update_raw(su, round_id, client_id, data)
+    return su.expand_sum(h, 1), weight
+
+
+def parse_update_raw(su: Suite, round_id: int, client_id: int, data: bytes) -> tuple[np.ndarray, float]:
+    """Validate one client's signed update: size, envelope, signature, weight bound, coefficient range.
+
+    Returns the transmitted high parts (uint64) and the weight.
+    """
     env = wire.unpack(data, protocol=PROTOCOL, max_bytes=su.update_size, round_id=round_id, client_id=client_id,
                       kind=KIND_UPDATE)
     if len(env.body) != su.update_size - wire.HEADER_SIZE:
@@ -495,7 +516,7 @@ def parse_update(su: Suite, round_id: int, client_id: int, data: bytes) -> tuple
         # public and signed: the server drops this client alone; the total of the included weights is then
         # at most n_included * max_weight, so no client can cancel or swamp the others' weights
         raise PayloadError(f"weight {weight!r} is not in (0, max_weight={su.params.max_weight:g}]: client dropped")
-    return su.unpack_wire(data, wire.HEADER_SIZE + 8), weight
+    return su.read_wire(data, wire.HEADER_SIZE + 8), weight
 
 
 def parse_aggregate(su: Suite, aggregate: Aggregate) -> tuple[list[int], list[float], np.ndarray]:
@@ -529,6 +550,8 @@ class CKKSServer:
         su = self.suite
         ring = su.ring
         acc = np.zeros((su.n_cts, ring.levels, su.n), dtype=np.uint64)
+        h_acc = np.zeros((su.n_cts, su.n), dtype=np.uint64)  # exact integer sum of the high parts
+        pending = 0
         included: list[int] = []
         weights: list[float] = []
         rejected: dict[int, str] = {}
@@ -538,14 +561,18 @@ class CKKSServer:
                 rejected[cid] = f"TooManyClients: aggregate already holds max_clients={self.params.max_clients}"
                 continue
             try:
-                c0, w = parse_update(su, round_id, cid, payloads[cid])
+                h, w = parse_update_raw(su, round_id, cid, payloads[cid])
             except PayloadError as err:
                 rejected[cid] = f"{type(err).__name__}: {err}"
                 continue
-            acc = ring.add(acc, c0)
+            np.add(h_acc, h, out=h_acc)
+            pending += 1
+            if pending == su.lazy:
+                acc, h_acc, pending = ring.add(acc, su.expand_sum(h_acc, pending)), np.zeros_like(h_acc), 0
             included.append(cid)
             weights.append(w)
             self.received[round_id][cid] = payloads[cid]
+        acc = ring.add(acc, su.expand_sum(h_acc, pending))
         body = _ids_body(included) + struct.pack(f"<{len(weights)}d", *weights) + su.pack(acc)
         return Aggregate(round_id, wire.pack(PROTOCOL, round_id, wire.SERVER_ID, body, kind=KIND_AGGREGATE),
                          included, rejected)

@@ -221,7 +221,10 @@ def test_values_at_the_per_client_bound_do_not_wrap_around():
         proto.protect(0, 1, np.ones(4096), params.value_bound * 1.01)
 
 
-def test_server_sum_is_exact_modulo_each_prime(proto):
+@pytest.mark.parametrize("wire_bits", [56, 63])  # 63: only two high parts fit a uint64 sum (lazy expansion)
+def test_server_sum_is_exact_modulo_each_prime(wire_bits):
+    proto = CKKSProtocol(DIM, n_clients=N_CLIENTS, params=CKKSParams(wire_bits=wire_bits))
+    assert proto.server.suite.lazy == {56: 256, 63: 2}[wire_bits]
     ups = _updates(3, N_CLIENTS, DIM)
     payloads = _protect_all(proto, 0, ups)
     su = proto.server.suite
