@@ -154,7 +154,9 @@ def _addmod(a: np.ndarray, b: np.ndarray, q: int) -> np.ndarray:
 
 
 def _submod(a: np.ndarray, b: np.ndarray, q: int) -> np.ndarray:
-    return np.where(a >= b, a - b, a + np.uint64(q) - b)
+    d = np.subtract(a, b)  # wraps below zero; adding q brings it back into [0, q)
+    np.add(d, np.uint64(q), out=d, where=a < b)
+    return d
 
 
 @lru_cache(maxsize=16)
