@@ -64,6 +64,9 @@ class CKKSProtocol(AggregationProtocol):
         release for the attack tests: exact float64 values, no minimum set, no flooding.
     offline_at_keygen:
         Client ids that drop out before enrolment (tests of dropouts at key generation).
+    offline_during_sharing:
+        Client ids that drop out halfway through dealing their key shares: they are left out of the
+        final roster and every share they dealt is discarded (the others' t-of-n sharing is unaffected).
     **ring:
         :class:`CKKSParams` fields given directly (``protocol.params.max_clients = 64`` in a config).
     """
@@ -83,6 +86,7 @@ class CKKSProtocol(AggregationProtocol):
         seed: int | None = None,
         release: str = "safe",
         offline_at_keygen: Sequence[int] = (),
+        offline_during_sharing: Sequence[int] = (),
         **ring: Any,
     ) -> None:
         if keys not in KEY_MODES:
@@ -118,8 +122,8 @@ class CKKSProtocol(AggregationProtocol):
         self.clients: dict[int, CKKSClient] = {
             c: CKKSClient(c, self.params, dim, self._child(f"client/{c}"), shared_key=shared_key) for c in enrolled
         }
-        self.setup_bytes = self._enrol(enrolled)
-        self.suite = self.clients[enrolled[0]].suite
+        self.setup_bytes = self._enrol(enrolled, set(offline_during_sharing))
+        self.suite = next(iter(self.clients.values())).suite
         assert self.suite is not None
         self.server = CKKSServer(Suite(self.params, dim, self.suite.a_seed, self.suite.verify_keys), self.threshold,
                                  min_clients)
@@ -133,19 +137,33 @@ class CKKSProtocol(AggregationProtocol):
             return RandomSource(None)
         return RandomSource(self._rng.bytes(32, label))
 
-    def _enrol(self, enrolled: list[int]) -> dict[int, int]:
-        """Publish identity and DH keys, distribute key shares over the pairwise channels; bytes sent per client."""
+    def _enrol(self, enrolled: list[int], dropping: set[int]) -> dict[int, int]:
+        """Publish identity and DH keys, distribute key shares over the pairwise channels; bytes sent per client.
+
+        The server relays every message; the final roster is the clients whose shares reached everyone
+        (``dropping`` ones stop halfway and are left out, their dealt shares discarded by the others).
+        """
         roster = {c: cl.enrolment for c, cl in self.clients.items()}
         sent = {c: roster[c].size for c in enrolled}
         if self.keys == "threshold":
             for c, cl in self.clients.items():
-                for rid, blob in cl.make_shares(roster, self.threshold).items():
+                blobs = sorted(cl.make_shares(roster, self.threshold).items())
+                if c in dropping:
+                    blobs = blobs[: len(blobs) // 2]
+                for rid, blob in blobs:
+                    if rid in dropping and rid < c:
+                        continue  # the recipient is already gone
                     self.clients[rid].receive_share(c, blob, roster)
                     sent[c] += len(blob)
-        suite = Suite(self.params, self.dim, a_seed_from(roster), {c: v.verify_key for c, v in roster.items()})
+        final = {c: e for c, e in roster.items() if c not in dropping}
+        if len(final) < max(self.threshold, self.min_clients):
+            raise ProtocolConfigError(f"only {len(final)} clients completed enrolment; t={self.threshold}, "
+                                      f"min_clients={self.min_clients}")
+        self.clients = {c: cl for c, cl in self.clients.items() if c in final}
+        suite = Suite(self.params, self.dim, a_seed_from(final), {c: v.verify_key for c, v in final.items()})
         for cl in self.clients.values():
             cl.finish_enrolment(suite, self.threshold, self.min_clients)
-        return sent
+        return {c: b for c, b in sent.items() if c in final}
 
     @property
     def label(self) -> str:

@@ -409,6 +409,21 @@ def test_dropouts_at_key_generation_and_encryption():
         CKKSProtocol(DIM, n_clients=3, offline_at_keygen=(0, 1))
 
 
+def test_a_dropout_halfway_through_share_dealing_is_left_out_and_the_rest_works():
+    proto = CKKSProtocol(DIM, n_clients=N_CLIENTS, offline_during_sharing=(2,))
+    ups = _updates(19, N_CLIENTS, DIM)
+    assert sorted(proto.clients) == [0, 1, 3, 4] and proto.threshold == 3
+    assert all(2 not in cl._shares for cl in proto.clients.values())  # its dealt shares were discarded
+    proto.begin_round(0, list(ups))
+    payloads = {c: proto.protect(c, 0, ups[c], 1.0) for c in proto.clients}
+    proto.offline = {0}  # and one more drops at decryption: 3 of 4 remain, t = 3
+
+    opened = proto.open(proto.combine(0, payloads))
+
+    assert opened.included == [1, 3, 4]
+    assert np.max(np.abs(opened.mean - np.mean([ups[c] for c in (1, 3, 4)], axis=0))) < TOL
+
+
 def test_single_update_and_replayed_requests_are_refused_by_every_client(proto):
     ups = _updates(10, N_CLIENTS, DIM)
     aggregate = proto.combine(0, _protect_all(proto, 0, ups))
