@@ -100,7 +100,8 @@ class FederationConfig:
     backend: Literal["local", "ray"] = "local"
     """Where clients train: local (this process) or ray (Ray tasks; needs the ray package, see ray_address)."""
     ray_address: str = ""
-    """Ray cluster to join with backend=ray; empty = the RAY_ADDRESS environment variable, else start a local Ray."""
+    """Ray cluster to join with backend=ray: must be empty or equal the operator's RAY_ADDRESS environment variable
+    (a cluster is one trust domain and can run code in the driver); empty = RAY_ADDRESS, else a local Ray."""
     ray_num_cpus: int = 2
     """CPUs of the local Ray instance started when no cluster address is given."""
 
