@@ -225,7 +225,7 @@ class Replay:
         err = float(np.max(np.abs(opened.mean - honest)))
         accepted = 0 in agg.included
         ok = accepted and err > 1e-3
-        reason = (f"replay accepted: total weight {opened.total_weight:.3g} instead of {n}, mean off by {err:.3g}"
+        reason = (f"replay accepted: mean off by {err:.3g} (total weight {opened.total_weight:.3g}, {n} clients)"
                   if ok else f"replay refused ({agg.rejected.get(0, 'not included')}); mean of the others exact "
                   f"to {err:.2g}")
         return ProtocolAttackOutcome(self.name, _target(weakened), ok, err, "max error of the opened mean", reason,
