@@ -227,7 +227,7 @@ class SecAggParams:
         k = self.neighbours
         if k is None or k == "log":
             return
-        if not _is_int(k) or k < 2 or k % 2:
+        if not _is_int(k) or int(k) < 2 or int(k) % 2:
             raise ProtocolConfigError(f"neighbours must be None, 'log' or an even integer >= 2, got {k!r}")
 
     @property

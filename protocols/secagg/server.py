@@ -23,8 +23,9 @@ raises :class:`StageError`.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 
@@ -114,7 +115,7 @@ class SecAggServer:
         expected = self.roster if self.stage == Stage.ADVERTISE_KEYS else self.alive[self._previous(self.stage)]
         if cid not in expected:
             raise PayloadError(f"client {cid} is not expected in stage {self.stage.name}")
-        seen = {
+        seen: Collection[int] = {
             Stage.ADVERTISE_KEYS: self._keys,
             Stage.SHARE_KEYS: self._shares,
             Stage.MASKED_INPUT: self._masked,
@@ -246,15 +247,14 @@ class SecAggServer:
             self_keys = {}
             for v in sorted(u3):
                 commitment = self._shares[v].commitment
-                raw = self._secret(seeds[v], t, v, "self-mask seed",
-                                   lambda b, v=v, c=commitment: seed_commitment(b, self.round_id, v) == c)
+                raw = self._secret(seeds[v], t, v, "self-mask seed", partial(_matches_commitment, self.round_id, v,
+                                                                             commitment))
                 self_keys[v] = self_mask_key(raw, self.round_id, v)
             dropped_keys = {}
             for v in sorted(u2 - u3):
                 if self.plan.neighbours[v] & u3:
                     public = self._keys[v].mask_public
-                    raw = self._secret(keys[v], t, v, "mask key",
-                                       lambda k, p=public: crypto.public_bytes(crypto.load_private(k)) == p)
+                    raw = self._secret(keys[v], t, v, "mask key", partial(_matches_public_key, public))
                     dropped_keys[v] = crypto.load_private(raw)
         except RoundAbortedError:
             self.stage = Stage.ABORTED
@@ -322,6 +322,14 @@ class SecAggServer:
             self.rejected.setdefault(x - 1, f"UNMASK: revealed a forged share of client {owner}'s {what} "
                                             "(ignored; the round went on without it)")
         return _as_key(value)
+
+
+def _matches_commitment(round_id: int, owner: int, commitment: bytes, seed: bytes) -> bool:
+    return seed_commitment(seed, round_id, owner) == commitment
+
+
+def _matches_public_key(public: bytes, raw: bytes) -> bool:
+    return crypto.public_bytes(crypto.load_private(raw)) == public
 
 
 def _as_key(value: int) -> bytes:
