@@ -588,3 +588,12 @@ def test_travelling_weight_outside_its_bounds_aborts_the_round():
     payloads[3] = proto.protect_encoded(3, 0, crafted)
     with pytest.raises(AggregateBoundsError):
         release(proto, proto.combine(0, payloads))
+
+
+def test_graph_seed_is_a_digest_of_the_signed_key_book_that_every_party_derives():
+    n, k = 30, 6
+    params = SecAggParams(dim=DIM, max_clients=n, neighbours=k)
+    assert params.plan(1, range(n), b"book A").neighbours != params.plan(1, range(n), b"book B").neighbours
+    _, server, clients = _run(params, range(n), *_inputs(n, DIM, seed=9))
+    assert all(clients[c].plan.neighbours == server.plan.neighbours for c in range(n))
+    assert server.plan.neighbours != params.plan(1, range(n)).neighbours  # not the seed-only graph
