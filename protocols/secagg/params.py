@@ -266,11 +266,14 @@ class SecAggParams:
             )
         return int(t)
 
-    def plan(self, round_id: int, roster: Sequence[int], seed_material: bytes = b"") -> RoundPlan:
+    def plan(self, round_id: int, roster: Sequence[int], seed_material: bytes = b"",
+             sampled: int | None = None) -> RoundPlan:
         """The public plan of round ``round_id`` among ``roster``: graph and threshold.
 
         ``seed_material`` (the digest of the round's signed key book) enters the graph seed, so every party
-        derives the same graph and none can choose it.
+        derives the same graph and none can choose it. ``sampled`` is the size of the round's full roster when
+        ``roster`` is the subset that advertised keys: the degree and threshold are fixed by the sampled size,
+        so a server that hands a client a shrunken key book cannot lower the threshold with it.
         """
         if not _is_int(round_id) or not 0 <= round_id < 1 << 64:
             raise ProtocolConfigError(f"round_id must be a non-negative 64-bit integer, got {round_id!r}")
@@ -285,14 +288,19 @@ class SecAggParams:
             raise ProtocolConfigError(
                 f"round has {len(ids)} clients but the modulus was sized for max_clients={self.max_clients}"
             )
-        k = self.degree(len(ids))
+        n = len(ids) if sampled is None else max(int(sampled), len(ids))
+        k_n = self.degree(n)
+        k = min(k_n, len(ids) - 1)
         seed = int.from_bytes(crypto.digest(b"graph-seed", self.graph_seed.to_bytes(8, "little"),
                                             round_id.to_bytes(8, "little"), seed_material)[:16], "little")
         graph = neighbour_graph(ids, k, seed, round_id)
         if self.neighbours == "log" and self.threshold is None:
-            t = self._secagg_plus(len(ids))[1]
+            t = self._secagg_plus(n)[1]
         else:
-            t = self.resolve_threshold(k + 1)
+            t = self.resolve_threshold(k_n + 1)
+        if t > k + 1:
+            raise ProtocolConfigError(f"only {len(ids)} of {n} clients advertised keys: neighbourhoods of {k + 1} "
+                                      f"cannot reach the threshold t={t}")
         return RoundPlan(round_id, ids, graph, t)
 
 

@@ -90,6 +90,7 @@ class SecAggServer:
         self._masked: set[int] = set()
         self._total = np.zeros(params.vector_length, dtype=params.dtype)
         self._survivor_set: tuple[int, ...] = ()
+        self._book_digest = b""
         self._signatures: dict[int, bytes] = {}
         self._requests: dict[int, UnmaskRequest] = {}
         self._revealed: dict[int, dict[int, tuple[ShareKind, int]]] = {}
@@ -145,9 +146,9 @@ class SecAggServer:
             np.add(self._total, vec, out=self._total)
             self._masked.add(cid)
         elif self.stage == Stage.CONSISTENCY:
-            signed, signature = self.codec.decode_consistency_signature(data, self.round_id, cid)
-            if signed != self._survivor_set:
-                raise PayloadError(f"client {cid} signed a survivor set other than the one it was sent")
+            signed, digest, signature = self.codec.decode_consistency_signature(data, self.round_id, cid)
+            if signed != self._survivor_set or digest != self._book_digest:
+                raise PayloadError(f"client {cid} signed a survivor set or key book other than the round's")
             self._signatures[cid] = signature
         else:
             self._revealed[cid] = self._check_reveal(cid, self.codec.decode_unmask_shares(data, self.round_id, cid))
@@ -168,7 +169,8 @@ class SecAggServer:
         entries = tuple(KeyEntry(v, self._keys[v].enc_public, self._keys[v].mask_public, self._advert_sigs[v])
                         for v in sorted(u1))
         try:
-            self.plan = self.params.plan(self.round_id, sorted(u1), book_digest(KeyList(0, entries)))
+            self._book_digest = book_digest(KeyList(0, entries))
+            self.plan = self.params.plan(self.round_id, sorted(u1), self._book_digest, len(self.roster))
         except ProtocolConfigError as err:  # too few advertisers for the threshold
             self.stage = Stage.ABORTED
             raise RoundAbortedError(f"stage ADVERTISE_KEYS: {len(u1)} of {len(self.roster)} clients advertised "
