@@ -147,6 +147,10 @@ class SecAggClient:
             self.plan = self.params.plan(self.round_id, sorted(entries), self._book_digest, len(self._roster))
         except ProtocolConfigError as err:
             raise RoundAbortedError(f"only {len(entries)} clients advertised keys: {err}") from None
+        if self.plan.sparse and set(entries) != self._roster:
+            missing = sorted(self._roster - set(entries))
+            raise RoundAbortedError(f"SecAgg+ sparse graph: the key book lacks clients {missing}; its digest seeds "
+                                    "the graph, so a book that leaves clients out would let the server re-roll it")
         neighbourhood = self.plan.neighbourhood(self.client_id)
         t = self.plan.threshold
         if len(neighbourhood) < t:

@@ -62,8 +62,10 @@ def secagg_plus_parameters(n: int, corrupt_fraction: float, dropout_fraction: fl
     below ``2^-security_bits`` and, where possible, the correctness failure below ``2^-correctness_bits``.
     The smallest even k meeting both is returned with its smallest t; if none below ``n - 1`` does, the
     complete graph (SecAgg) with the secure t, whatever its correctness (a failed round aborts, it leaks
-    nothing). The bound is per graph: the graph seed is a digest of the signed key book, so an adversary
-    that tries 2^g key choices or drop patterns gains at most g bits (raise ``security_bits`` to match).
+    nothing). The bound is per graph: the graph seed is a digest of every sampled client's signed keys (a
+    sparse round aborts if any is missing, so the server cannot re-roll the graph by leaving clients out);
+    corrupt clients that see the honest keys first and try 2^g key choices, or a server that aborts 2^g
+    rounds, gain at most g bits (raise ``security_bits`` to match).
     Not covered: the honest subgraph splitting into pieces larger than one client (far less likely than
     isolation, which dominates).
     """
@@ -312,6 +314,11 @@ class RoundPlan:
     roster: tuple[int, ...]
     neighbours: dict[int, frozenset[int]]
     threshold: int
+
+    @property
+    def sparse(self) -> bool:
+        """True for a SecAgg+ graph (not every client is every other's neighbour): its seed then matters."""
+        return any(len(nb) < len(self.roster) - 1 for nb in self.neighbours.values())
 
     def neighbourhood(self, client_id: int) -> frozenset[int]:
         """The client and its neighbours: the holders of its shares (Bonawitz et al. include the owner)."""

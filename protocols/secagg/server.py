@@ -175,6 +175,10 @@ class SecAggServer:
             self.stage = Stage.ABORTED
             raise RoundAbortedError(f"stage ADVERTISE_KEYS: {len(u1)} of {len(self.roster)} clients advertised "
                                     f"keys: {err}") from None
+        if self.plan.sparse and u1 != self.roster:
+            self.stage = Stage.ABORTED
+            raise RoundAbortedError(f"stage ADVERTISE_KEYS: clients {sorted(self.roster - u1)} did not advertise; a "
+                                    "SecAgg+ sparse graph needs every sampled client's signed keys to seed it")
         self._check_neighbourhoods(Stage.ADVERTISE_KEYS, u1)
         out = {u: self.codec.encode_key_list(self.round_id, KeyList(u, entries)) for u in sorted(u1)}
         self.timings[Stage.ADVERTISE_KEYS] += time.perf_counter() - start

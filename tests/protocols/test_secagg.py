@@ -638,3 +638,10 @@ def crypto_sign(key, message: bytes) -> bytes:
     from protocols import crypto
 
     return crypto.sign(key, message)
+
+
+def test_sparse_round_needs_every_sampled_client_to_advertise():
+    n = 30
+    params = SecAggParams(dim=DIM, max_clients=n, neighbours=6)
+    with pytest.raises(RoundAbortedError, match="seed it"):
+        _run(params, range(n), *_inputs(n, DIM), {ADV: {3}})
