@@ -100,7 +100,8 @@ class FederationConfig:
     backend: Literal["local", "ray"] = "local"
     """Where clients train: local (this process) or ray (Ray tasks; needs the ray package, see ray_address)."""
     ray_address: str = ""
-    """Ray cluster to join with backend=ray; empty = the RAY_ADDRESS environment variable, else start a local Ray."""
+    """Ray cluster to join with backend=ray: must be empty or equal the operator's RAY_ADDRESS environment variable
+    (a cluster is one trust domain and can run code in the driver); empty = RAY_ADDRESS, else a local Ray."""
     ray_num_cpus: int = 2
     """CPUs of the local Ray instance started when no cluster address is given."""
 
@@ -139,7 +140,17 @@ class PrivacySection:
     min_survivors: int = 0
     """Distributed noise: shares are calibrated for at least this many surviving clients (0 = all sampled)."""
     secure_noise: bool = False
-    """Draw noise from the OS CSPRNG (deployment); false = seeded noise for reproducible experiments."""
+    """Draw noise from the OS CSPRNG. Under secagg/ckks client-level noise is always secure unless
+    seeded_noise_experiment; with plaintext false = seeded noise (reproducible, regenerable from the seed)."""
+    seeded_noise_experiment: bool = False
+    """Experiment flag: allow seeded (reproducible, hence removable by anyone with the config) DP noise under a
+    secure protocol; the run's rows and summary are marked dp_noise=seeded."""
+    max_colluding: int = 0
+    """Distributed noise: shares are sized so the sum keeps the full noise even if this many included clients
+    withhold theirs (0 assumes every client adds its share honestly)."""
+    calibrate_against: Literal["server", "outsiders"] = "server"
+    """Whom target_epsilon and epsilon_budget hold against: the server (knows who took part: no amplification by
+    sampling, q = 1) or outside observers of the released models (q = clients per round / clients)."""
     adaptive_clipping: bool = False
     """Track a quantile of update norms with the clip bound (Andrew et al. 2021); central placement only."""
     target_quantile: float = 0.5
@@ -164,6 +175,7 @@ class PrivacySection:
         check_range(f"{path}.delta", self.delta, 0.0, 1.0, lo_open=True, hi_open=True)
         check_range(f"{path}.epsilon_budget", self.epsilon_budget, 0.0)
         check_range(f"{path}.min_survivors", self.min_survivors, 0)
+        check_range(f"{path}.max_colluding", self.max_colluding, 0)
         check_range(f"{path}.target_quantile", self.target_quantile, 0.0, 1.0, lo_open=True, hi_open=True)
         check_range(f"{path}.clip_learning_rate", self.clip_learning_rate, 0.0, lo_open=True)
         check_range(f"{path}.dpsgd_noise_multiplier", self.dpsgd_noise_multiplier, 0.0)

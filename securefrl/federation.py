@@ -112,8 +112,12 @@ class Federation:
             self.dp = ClientLevelDP(cfg.privacy, cfg.protocol.name, fed.n_clients, len(self.sample_clients(0)),
                                     fed.rounds)
         if self.protocol is None:
-            self.protocol = make_protocol(cfg.protocol.name, self._protocol_dim(), len(self.clients),
-                                          cfg.protocol.params)
+            params = dict(cfg.protocol.params)
+            if self.dp is not None and cfg.protocol.name == "secagg":  # room for the noise in SecAgg's clip
+                params.setdefault("clip", self.dp.required_coordinate_clip())
+            self.protocol = make_protocol(cfg.protocol.name, self._protocol_dim(), len(self.clients), params)
+        if self.dp is not None:
+            self.dp.check_protocol(self.protocol)
         if self.pipeline is None:
             if self.dp is not None:
                 self.pipeline = self.dp.pipeline()

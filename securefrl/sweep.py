@@ -115,7 +115,7 @@ def write_sweep(points: list[SweepPoint], out: Path, title: str = "") -> None:
         if p.epsilon is None:
             ax.axhline(p.mean, color="black", ls="--", label="no DP")
             ax.axhspan(p.mean - p.ci95, p.mean + p.ci95, color="black", alpha=0.08)
-    ax.set_xlabel("epsilon (delta as configured)")
+    ax.set_xlabel("epsilon against the server, or as privacy.calibrate_against says (delta as configured)")
     ax.set_ylabel("final return")
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
