@@ -23,6 +23,24 @@ pendulum       mass 1.0, length 1.0, gravity 10.0                          0.75�
 =============  ==========================================================  =============
 
 The ranges are symmetric around the default, so the average client is the standard task.
+
+Application families (``kind = "application"``) are the networking tasks of the survey (§4.1), gymnasium
+envs registered by this package under ``securefrl/...`` ids, each with a batched numpy implementation
+(:mod:`securefrl.envs.batched`). Their ranges are chosen so that clients need *different* policies at h=1
+(tested with hand-written per-client policies in ``tests/securefrl/test_envs_applications.py``):
+
+==============  =================================================  ==========================
+family          parameters (default)                               range at h=1
+==============  =================================================  ==========================
+edge_caching    popularity_centre 0.5 (circle of item types),      0–1 (any centre),
+                zipf_exponent 1.0                                  0.6–1.4
+mec_offloading  channel_gain_db 0, local_cpu_ghz 1.0,              -10–10 dB, 0.3–1.7,
+                server_cpu_ghz 4.0, task_size_mbit 0.5,            0.5–7.5, 0.3–0.7,
+                arrival_rate 1.0                                   0.5–1.5
+==============  =================================================  ==========================
+
+See :mod:`securefrl.envs.edge_caching` and :mod:`securefrl.envs.mec_offloading` for the models and why
+the ranges are what they are.
 """
 
 from __future__ import annotations
@@ -37,7 +55,18 @@ from gymnasium.envs.classic_control.cartpole import CartPoleEnv
 from gymnasium.envs.classic_control.mountain_car import MountainCarEnv
 from gymnasium.envs.classic_control.pendulum import PendulumEnv
 
+from securefrl.envs.edge_caching import EdgeCachingEnv
+from securefrl.envs.mec_offloading import MECOffloadingEnv
 from securefrl.errors import ConfigError
+
+EDGE_CACHING_ID = "securefrl/EdgeCaching-v0"
+MEC_OFFLOADING_ID = "securefrl/MECOffloading-v0"
+
+# The application envs are registered with gymnasium so an EnvSpec (and a Ray worker) rebuilds them by id.
+for _id, _entry in ((EDGE_CACHING_ID, "securefrl.envs.edge_caching:EdgeCachingEnv"),
+                    (MEC_OFFLOADING_ID, "securefrl.envs.mec_offloading:MECOffloadingEnv")):
+    if _id not in gym.registry:
+        gym.register(id=_id, entry_point=_entry)
 
 __all__ = [
     "FAMILIES",
@@ -65,10 +94,12 @@ class FamilyParam:
     high: float
     doc: str
     scale: float = 1.0
+    positive: bool = True
+    """Physical quantities (masses, lengths, rates) must be > 0; a position on a circle need not be."""
 
     def __post_init__(self) -> None:
-        if not 0.0 < self.low <= self.default <= self.high:
-            raise ValueError(f"{self.name}: need 0 < low <= default <= high")
+        if not self.low <= self.default <= self.high or (self.positive and self.low <= 0.0):
+            raise ValueError(f"{self.name}: need low <= default <= high (and 0 < low for a positive quantity)")
 
 
 def _spread(
@@ -92,6 +123,11 @@ class EnvFamily:
     params: tuple[FamilyParam, ...]
     derive: Callable[[gym.Env], dict[str, float]]
     description: str
+    kind: str = "physics"
+    """physics (a classic-control task with perturbed physics) or application (a networking task of the
+    survey, registered by this package: edge caching, MEC offloading)."""
+    batched: str = ""
+    """``module:Class`` of the batched numpy implementation of the env (the vectorized simulation), if any."""
 
     @property
     def param_names(self) -> tuple[str, ...]:
@@ -180,6 +216,7 @@ _FAMILY_LIST = (
         ),
         derive=_cartpole_derived,
         description="balance a pole on a cart (Barto, Sutton & Anderson 1983); discrete actions",
+        batched="securefrl.vectorized.cartpole:CartPoleBatch",
     ),
     EnvFamily(
         name="acrobot",
@@ -217,15 +254,52 @@ _FAMILY_LIST = (
         derive=_no_derived,
         description="swing up and hold an inverted pendulum; continuous torque",
     ),
+    EnvFamily(
+        name="edge_caching",
+        env_id=EDGE_CACHING_ID,
+        env_class=EdgeCachingEnv,
+        params=(
+            FamilyParam("popularity_centre", "popularity_centre", 0.5, 0.0, 1.0,
+                        "centre of the station's popular content on the circle of item types (0 = 1)",
+                        positive=False),
+            FamilyParam("zipf_exponent", "zipf_exponent", 1.0, 0.6, 1.4, "Zipf exponent of the request law"),
+        ),
+        derive=_no_derived,
+        description="a base station caching 3 of 12 items under Zipf requests (Zhang et al.); discrete admit/evict",
+        kind="application",
+        batched="securefrl.envs.batched:EdgeCachingBatch",
+    ),
+    EnvFamily(
+        name="mec_offloading",
+        env_id=MEC_OFFLOADING_ID,
+        env_class=MECOffloadingEnv,
+        params=(
+            FamilyParam("channel_gain_db", "channel_gain_db", 0.0, -10.0, 10.0,
+                        "long-term uplink channel gain [dB] (path loss, shadowing)", positive=False),
+            FamilyParam("local_cpu_ghz", "local_cpu_ghz", 1.0, 0.3, 1.7, "device CPU frequency [GHz]"),
+            FamilyParam("server_cpu_ghz", "server_cpu_ghz", 4.0, 0.5, 7.5, "the device's edge-server CPU share [GHz]"),
+            FamilyParam("task_size_mbit", "task_size_mbit", 0.5, 0.3, 0.7, "mean task input size [Mbit]"),
+            FamilyParam("arrival_rate", "arrival_rate", 1.0, 0.5, 1.5, "tasks per second (Poisson)"),
+        ),
+        derive=_no_derived,
+        description="run each arriving task locally or offload it to an edge server (Mao et al. 2017); discrete",
+        kind="application",
+        batched="securefrl.envs.batched:MECOffloadingBatch",
+    ),
 )
 
 FAMILIES: Mapping[str, EnvFamily] = MappingProxyType({f.name: f for f in _FAMILY_LIST})
 """Built-in families by name (read-only)."""
 
 
-def family_names() -> tuple[str, ...]:
-    """Names of the built-in families, sorted (for config validation and CLI help)."""
-    return tuple(sorted(FAMILIES))
+FAMILY_KINDS = ("physics", "application")
+
+
+def family_names(kind: str | None = None) -> tuple[str, ...]:
+    """Names of the built-in families, sorted (for config validation and CLI help); only ``kind`` if given."""
+    if kind is not None and kind not in FAMILY_KINDS:
+        raise ConfigError("kind", f"unknown family kind {kind!r}; allowed: {', '.join(FAMILY_KINDS)}")
+    return tuple(sorted(n for n, f in FAMILIES.items() if kind is None or f.kind == kind))
 
 
 def get_family(name: str, field: str = "family") -> EnvFamily:

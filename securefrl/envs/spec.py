@@ -49,8 +49,8 @@ class EnvSpec:
         if self.family is not None:
             family = get_family(self.family)
             for name, value in self.params.items():
-                family.param(name)
-                clean[name] = _check_positive(f"params.{name}", value)
+                check = _check_positive if family.param(name).positive else _check_finite
+                clean[name] = check(f"params.{name}", value)
         else:
             for name, value in self.params.items():
                 _check_public_name(f"params.{name}", name)
@@ -147,7 +147,9 @@ def draw_client_envs(
     for name in sorted(set(overrides) & set(ranges)):
         raise ConfigError(f"overrides.{name}", "is also given in ranges; either fix a parameter or vary it, not both")
 
-    positive = family is not None
+    def positive(name: str) -> bool:
+        return family is not None and family.param(name).positive
+
     if family is not None:
         env_id = family.env_id
         for name in overrides:
@@ -163,8 +165,9 @@ def draw_client_envs(
         defaults = _read_defaults(env_id, overrides, ranges)
         box = {}
     for name, value in ranges.items():
-        box[name] = _check_range(f"ranges.{name}", value, positive)
-    fixed = {name: _override_values(f"overrides.{name}", value, n, positive) for name, value in overrides.items()}
+        box[name] = _check_range(f"ranges.{name}", value, positive(name))
+    fixed = {name: _override_values(f"overrides.{name}", value, n, positive(name))
+             for name, value in overrides.items()}
 
     names = list(defaults)
     draws = rng.random((n, len(names)))

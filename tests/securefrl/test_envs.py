@@ -14,19 +14,21 @@ from gymnasium.utils.env_checker import check_env
 from securefrl.envs import FAMILIES, EnvSpec, draw_client_envs, family_names, get_family, resolve_env
 from securefrl.errors import ConfigError
 
+PHYSICS = family_names("physics")
 FAMILY_PARAMS = [(f, p.name) for f in family_names() for p in FAMILIES[f].params]
 
 
-def rollout(spec: EnvSpec, steps: int = 30, seed: int = 0) -> np.ndarray:
-    """Observations under a fixed seeded action sequence (same actions for every spec of a family)."""
+def rollout(spec: EnvSpec, steps: int = 30, seed: int = 0, with_rewards: bool = False) -> np.ndarray:
+    """Observations (with the rewards appended if asked) under a fixed seeded action sequence (same actions for
+    every spec of a family). Rewards matter where a parameter only changes costs (the MEC server's speed)."""
     env = spec.make()
     try:
         obs, _ = env.reset(seed=seed)
         env.action_space.seed(seed)
-        out = [obs]
+        out = [np.append(obs, 0.0) if with_rewards else obs]
         for _ in range(steps):
-            obs, _, terminated, truncated, _ = env.step(env.action_space.sample())
-            out.append(obs)
+            obs, reward, terminated, truncated, _ = env.step(env.action_space.sample())
+            out.append(np.append(obs, reward) if with_rewards else obs)
             if terminated or truncated:
                 break
         return np.asarray(out)
@@ -45,7 +47,9 @@ def checker_warnings(env: gym.Env) -> set[str]:
 
 
 def test_family_names_sorted_and_complete() -> None:
-    assert family_names() == ("acrobot", "cartpole", "mountaincar", "pendulum")
+    assert family_names() == ("acrobot", "cartpole", "edge_caching", "mec_offloading", "mountaincar", "pendulum")
+    assert PHYSICS == ("acrobot", "cartpole", "mountaincar", "pendulum")
+    assert family_names("application") == ("edge_caching", "mec_offloading")
 
 
 @pytest.mark.parametrize("name", family_names())
@@ -57,7 +61,8 @@ def test_family_defaults_are_gymnasium_defaults(name: str) -> None:
     for p in family.params:
         assert getattr(env.unwrapped, p.attribute) == pytest.approx(p.scale * p.default)
         lo, hi = family.ranges()[p.name]
-        assert 0 < lo < p.default < hi
+        assert lo < p.default < hi
+        assert lo > 0 or not p.positive
     for attribute, value in family.derive(env.unwrapped).items():
         assert getattr(env.unwrapped, attribute) == pytest.approx(value)
     env.close()
@@ -194,7 +199,7 @@ def test_every_parameter_changes_the_dynamics(name: str, param: str) -> None:
     family = get_family(name)
     default = EnvSpec(family.env_id, family.defaults(), name)
     changed = EnvSpec(family.env_id, {**family.defaults(), param: family.ranges()[param][1]}, name)
-    a, b = rollout(default), rollout(changed)
+    a, b = rollout(default, with_rewards=True), rollout(changed, with_rewards=True)
     n = min(len(a), len(b))
     assert not np.allclose(a[:n], b[:n]), f"{name}.{param} had no effect on the trajectory"
 
@@ -274,7 +279,7 @@ def rng() -> np.random.Generator:
     ("kwargs", "field", "fragment"),
     [
         ({"env": "cartpol"}, "env", "did you mean 'cartpole'"),
-        ({"env": "NoSuchEnv-v9"}, "env", "acrobot, cartpole, mountaincar, pendulum"),
+        ({"env": "NoSuchEnv-v9"}, "env", "acrobot, cartpole, edge_caching, mec_offloading, mountaincar, pendulum"),
         ({"heterogeneity": 1.5}, "heterogeneity", "[0, 1]"),
         ({"heterogeneity": -0.1}, "heterogeneity", "[0, 1]"),
         ({"heterogeneity": float("nan")}, "heterogeneity", "finite"),
@@ -371,7 +376,7 @@ def _solve(name: str, params: dict[str, float], seed: int, variant: int) -> bool
     return terminated
 
 
-@pytest.mark.parametrize("name", family_names())
+@pytest.mark.parametrize("name", PHYSICS)
 def test_every_corner_of_the_h1_box_is_solvable(name: str) -> None:
     # Guards the "task stays learnable" claim of the documented ranges (a solvable task, not a learning run).
     variants = range(3) if name == "acrobot" else range(1)
