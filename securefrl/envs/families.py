@@ -24,6 +24,15 @@ pendulum       mass 1.0, length 1.0, gravity 10.0                          0.75โ
 
 The ranges are symmetric around the default, so the average client is the standard task.
 
+What these ranges do *not* do is make clients need different policies: for CartPole, Acrobot and
+MountainCar the corner test above solves every corner with *one* controller (per family; Acrobot tries
+three and one of them works), so one federated policy can be optimal for every client, and FedAvg pays
+no heterogeneity penalty at its optimum (measured in issue 13: at h=1 FedAvg's worst client beat
+local-only training's). Widening the physics ranges does not change that while the task stays
+solvable; what does is an asymmetry the observation does not reveal (a constant wind or track slope, a
+biased sensor, reversed motors), which needs an env the batched CartPole does not simulate. Where the
+penalty is wanted, use the application families below, whose ranges are chosen for it.
+
 Application families (``kind = "application"``) are the networking tasks of the survey (ยง4.1), gymnasium
 envs registered by this package under ``securefrl/...`` ids, each with a batched numpy implementation
 (:mod:`securefrl.envs.batched`). Their ranges are chosen so that clients need *different* policies at h=1

@@ -20,6 +20,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
+from securefrl.envs.contract import keep_space_contract
 from securefrl.envs.families import EnvFamily, family_for_env, family_names, get_family, refresh_derived
 from securefrl.errors import ConfigError
 
@@ -58,7 +59,11 @@ class EnvSpec:
         object.__setattr__(self, "params", clean)
 
     def make(self, render_mode: str | None = None) -> gym.Env:
-        """Build the environment with this client's physics applied to ``env.unwrapped``."""
+        """Build the environment with this client's physics applied to ``env.unwrapped``.
+
+        Spaces follow the overrides (:mod:`securefrl.envs.contract`): rebuilt for the classic-control
+        classes, checked at every observation for other classes given plain-attribute overrides.
+        """
         env = gym.make(self.env_id, render_mode=render_mode)
         try:
             if self.family is not None:
@@ -68,7 +73,8 @@ class EnvSpec:
         except BaseException:
             env.close()
             raise
-        return env
+        # Spaces built in __init__ from overridden attributes (Pendulum's max_speed) must follow them.
+        return keep_space_contract(env, self.params, checked=self.family is None)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able record of this client's environment (inverse of :meth:`from_dict`)."""

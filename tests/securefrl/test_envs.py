@@ -384,3 +384,86 @@ def test_every_corner_of_the_h1_box_is_solvable(name: str) -> None:
         (c, s) for c in _corners(name) for s in range(3) if not any(_solve(name, c, s, v) for v in variants)
     ]
     assert not failures, f"{name}: unsolved corners {failures[:3]}"
+
+
+# --- overrides keep the observation/action-space contract ---------------------------------
+
+
+def _max_abs_obs(spec: EnvSpec, action: object, steps: int = 200) -> tuple[gym.Env, np.ndarray]:
+    env = spec.make()
+    env.reset(seed=0)
+    seen = []
+    for _ in range(steps):
+        obs, _, terminated, truncated, _ = env.step(action)
+        assert env.observation_space.contains(obs), f"{obs} outside {env.observation_space}"
+        seen.append(np.abs(obs))
+        if terminated or truncated:
+            env.reset()
+    return env, np.max(seen, axis=0)
+
+
+def test_pendulum_max_speed_override_widens_the_observation_space() -> None:
+    # full torque on a light, long pendulum spins it up to the new speed limit of 12 (> the stock 8)
+    spec = EnvSpec("Pendulum-v1", {"max_speed": 12.0, "m": 0.3})
+    env, peak = _max_abs_obs(spec, np.array([2.0], dtype=np.float32))
+    assert peak[2] > 8.0
+    assert env.observation_space.high[2] == 12.0
+
+
+def test_pendulum_max_torque_override_rebuilds_the_action_space() -> None:
+    env = EnvSpec("Pendulum-v1", {"max_torque": 3.0}).make()
+    assert env.action_space.high[0] == 3.0 and env.action_space.low[0] == -3.0
+
+
+@pytest.mark.parametrize(
+    ("env_id", "params", "index", "bound"),
+    [
+        ("MountainCar-v0", {"max_speed": 0.1, "force": 0.004}, 1, 0.1),
+        ("Acrobot-v1", {"MAX_VEL_1": 20.0}, 4, 20.0),
+        ("CartPole-v1", {"x_threshold": 4.0}, 0, 8.0),
+    ],
+)
+def test_space_bounds_follow_overridden_attributes(env_id: str, params: dict, index: int, bound: float) -> None:
+    env = EnvSpec(env_id, params).make()
+    assert env.observation_space.high[index] == pytest.approx(bound)
+    assert env.observation_space.low[index] == pytest.approx(-bound)
+
+
+@pytest.mark.parametrize("env_id", ["Pendulum-v1", "CartPole-v1", "MountainCar-v0", "MountainCarContinuous-v0",
+                                    "Acrobot-v1"])
+def test_rebuilt_spaces_at_default_attributes_equal_gymnasiums(env_id: str) -> None:
+    from securefrl.envs.contract import SPACE_BUILDERS
+
+    u = gym.make(env_id).unwrapped
+    for attr, space in SPACE_BUILDERS[type(u)](u).items():
+        assert space == getattr(u, attr)
+
+
+class _ScaledObsEnv(gym.Env):
+    """An env the contract module does not know: its declared space ignores ``scale``."""
+
+    scale = 1.0
+
+    def __init__(self, render_mode: str | None = None) -> None:
+        self.render_mode = render_mode
+        self.observation_space = gym.spaces.Box(-1.0, 1.0, (1,), np.float32)
+        self.action_space = gym.spaces.Discrete(2)
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[np.ndarray, dict]:
+        super().reset(seed=seed)
+        return np.array([0.5 * self.scale], dtype=np.float32), {}
+
+    def step(self, action: object) -> tuple[np.ndarray, float, bool, bool, dict]:
+        return np.array([0.5 * self.scale], dtype=np.float32), 0.0, False, False, {}
+
+
+def test_unknown_class_with_overrides_refuses_observations_outside_the_space() -> None:
+    from securefrl.envs.contract import ObservationSpaceError
+
+    if "securefrl-test/ScaledObs-v0" not in gym.registry:
+        gym.register(id="securefrl-test/ScaledObs-v0", entry_point=_ScaledObsEnv)
+    EnvSpec("securefrl-test/ScaledObs-v0", {"scale": 1.5}).make().reset(seed=0)  # control: 0.75 is inside
+    env = EnvSpec("securefrl-test/ScaledObs-v0", {"scale": 4.0}).make()
+    with pytest.raises(ObservationSpaceError, match="after overriding scale"), \
+            pytest.warns(UserWarning, match="not within the observation space"):  # gymnasium's checker agrees
+        env.reset(seed=0)
