@@ -25,8 +25,9 @@ pendulum       mass 1.0, length 1.0, gravity 10.0                          0.75â
 The ranges are symmetric around the default, so the average client is the standard task.
 
 What these ranges do *not* do is make clients need different policies: for CartPole, Acrobot and
-MountainCar the corner test above solves every corner with *one* controller (per family; Acrobot tries
-three and one of them works), so one federated policy can be optimal for every client, and FedAvg pays
+MountainCar the corner test above solves every corner with *one* controller that ignores the physics
+(for Acrobot, each of its elbow-velocity controllers alone solves all 16 corners; Pendulum's controller
+reads the physics), so one federated policy can be good for every client, and FedAvg pays
 no heterogeneity penalty at its optimum (measured in issue 13: at h=1 FedAvg's worst client beat
 local-only training's). Widening the physics ranges does not change that while the task stays
 solvable; what does is an asymmetry the observation does not reveal (a constant wind or track slope, a
