@@ -26,7 +26,8 @@ class EnvConfig:
     """Which environment family every client gets, and how much the clients' physics differ."""
 
     name: str = "cartpole"
-    """Environment family (cartpole, acrobot, mountaincar, pendulum) or any registered gymnasium id."""
+    """Environment family (cartpole, acrobot, mountaincar, pendulum, hopper [securefrl[mujoco]], edge_caching,
+    mec_offloading; `securefrl envs` lists them) or any registered gymnasium id."""
     heterogeneity: float = 0.5
     """0 = identical clients at default physics, 1 = the widest documented spread of parameters."""
     overrides: dict[str, float] = field(default_factory=dict)

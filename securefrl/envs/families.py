@@ -51,15 +51,25 @@ mec_offloading  channel_gain_db 0, local_cpu_ghz 1.0,              -10–10 dB, 
 
 See :mod:`securefrl.envs.edge_caching` and :mod:`securefrl.envs.mec_offloading` for the models and why
 the ranges are what they are.
+
+``hopper`` (:mod:`securefrl.envs.mujoco_hopper`, optional extra ``securefrl[mujoco]``) is continuous
+control with an 11-dimensional state: MuJoCo's Hopper-v5 with per-client shin length (0.35-0.65 m, as
+Jin et al. vary the leg), torso and thigh masses (0.5-1.5x) and foot friction (0.5-3.0, stock 2.0).
+Whether these ranges make one policy worse than local training is not measured yet (a SAC run per
+client is beyond the test budget).
 """
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
 import gymnasium as gym
+import numpy as np
 from gymnasium.envs.classic_control.acrobot import AcrobotEnv
 from gymnasium.envs.classic_control.cartpole import CartPoleEnv
 from gymnasium.envs.classic_control.mountain_car import MountainCarEnv
@@ -71,10 +81,12 @@ from securefrl.errors import ConfigError
 
 EDGE_CACHING_ID = "securefrl/EdgeCaching-v0"
 MEC_OFFLOADING_ID = "securefrl/MECOffloading-v0"
+HOPPER_ID = "securefrl/Hopper-v5"
 
 # The application envs are registered with gymnasium so an EnvSpec (and a Ray worker) rebuilds them by id.
 for _id, _entry in ((EDGE_CACHING_ID, "securefrl.envs.edge_caching:EdgeCachingEnv"),
-                    (MEC_OFFLOADING_ID, "securefrl.envs.mec_offloading:MECOffloadingEnv")):
+                    (MEC_OFFLOADING_ID, "securefrl.envs.mec_offloading:MECOffloadingEnv"),
+                    (HOPPER_ID, "securefrl.envs.mujoco_hopper:HeterogeneousHopperEnv")):
     if _id not in gym.registry:
         gym.register(id=_id, entry_point=_entry)
 
@@ -129,7 +141,8 @@ class EnvFamily:
 
     name: str
     env_id: str
-    env_class: type[gym.Env]
+    env_class: type[gym.Env] | str
+    """The env class, or ``"module:Class"`` for a class behind an optional extra (imported on use)."""
     params: tuple[FamilyParam, ...]
     derive: Callable[[gym.Env], dict[str, float]]
     description: str
@@ -138,6 +151,35 @@ class EnvFamily:
     survey, registered by this package: edge caching, MEC offloading)."""
     batched: str = ""
     """``module:Class`` of the batched numpy implementation of the env (the vectorized simulation), if any."""
+    requires: str = ""
+    """Module the env needs that is not a core dependency (e.g. ``mujoco``), and so the optional extra."""
+    extra: str = ""
+    """The ``securefrl[...]`` extra that installs :attr:`requires`."""
+
+    def available(self) -> bool:
+        """Whether the env can be built here (its optional dependency, if any, is installed)."""
+        return not self.requires or importlib.util.find_spec(self.requires) is not None
+
+    def check_available(self, field: str = "env.name") -> None:
+        """ConfigError naming the extra to install if :meth:`available` is False."""
+        if not self.available():
+            raise ConfigError(field, f"family {self.name!r} needs the optional dependency {self.requires!r}; "
+                              f"install it with: pip install 'securefrl[{self.extra}]'")
+
+    def env_type(self) -> type[gym.Env]:
+        """The env class (importing it if given as ``module:Class``)."""
+        if isinstance(self.env_class, str):
+            self.check_available()
+            module, name = self.env_class.split(":")
+            return getattr(importlib.import_module(module), name)
+        return self.env_class
+
+    def is_env(self, unwrapped: object) -> bool:
+        """Whether ``unwrapped`` is this family's env, without importing an optional class that is not loaded."""
+        if isinstance(self.env_class, str):
+            module, name = self.env_class.split(":")
+            return module in sys.modules and isinstance(unwrapped, getattr(sys.modules[module], name))
+        return isinstance(unwrapped, self.env_class)
 
     @property
     def param_names(self) -> tuple[str, ...]:
@@ -172,10 +214,10 @@ class EnvFamily:
     def apply(self, env: gym.Env, params: Mapping[str, float]) -> None:
         """Set ``params`` on ``env.unwrapped`` and recompute the attributes derived from them."""
         unwrapped = env.unwrapped
-        if not isinstance(unwrapped, self.env_class):
+        if not isinstance(unwrapped, self.env_type()):
             raise ConfigError(
                 "env_id",
-                f"family {self.name!r} needs a {self.env_class.__name__} (e.g. {self.env_id!r}), "
+                f"family {self.name!r} needs a {self.env_type().__name__} (e.g. {self.env_id!r}), "
                 f"got {type(unwrapped).__name__}",
             )
         for name, value in params.items():
@@ -210,6 +252,11 @@ def _acrobot_derived(env: gym.Env) -> dict[str, float]:
 
 def _no_derived(env: gym.Env) -> dict[str, float]:
     return {}
+
+
+# Stock Hopper-v5 body masses (MuJoCo computes them from the capsules' volumes at density 1000 kg/m^3).
+_HOPPER_TORSO_MASS = 1000.0 * np.pi * 0.05**2 * (2 * 0.2 + 4 / 3 * 0.05)
+_HOPPER_THIGH_MASS = 1000.0 * np.pi * 0.05**2 * (2 * 0.225 + 4 / 3 * 0.05)
 
 
 _FAMILY_LIST = (
@@ -296,6 +343,21 @@ _FAMILY_LIST = (
         kind="application",
         batched="securefrl.envs.batched:MECOffloadingBatch",
     ),
+    EnvFamily(
+        name="hopper",
+        env_id=HOPPER_ID,
+        env_class="securefrl.envs.mujoco_hopper:HeterogeneousHopperEnv",
+        params=(
+            FamilyParam("leg_length", "leg_length", 0.5, 0.35, 0.65, "shin length [m] (Jin et al. vary the leg)"),
+            _spread("torso_mass", "torso_mass", _HOPPER_TORSO_MASS, 0.5, 1.5, "torso mass [kg]"),
+            _spread("thigh_mass", "thigh_mass", _HOPPER_THIGH_MASS, 0.5, 1.5, "thigh mass [kg]"),
+            FamilyParam("foot_friction", "foot_friction", 2.0, 0.5, 3.0, "sliding friction of the foot"),
+        ),
+        derive=_no_derived,
+        description="MuJoCo Hopper-v5 (11-d state, 3 torques) with per-client leg, masses and friction; continuous",
+        requires="mujoco",
+        extra="mujoco",
+    ),
 )
 
 FAMILIES: Mapping[str, EnvFamily] = MappingProxyType({f.name: f for f in _FAMILY_LIST})
@@ -323,7 +385,7 @@ def get_family(name: str, field: str = "family") -> EnvFamily:
 def family_for_env(unwrapped: gym.Env) -> EnvFamily | None:
     """The family whose env class ``unwrapped`` is, so plain-id overrides also refresh derived attributes."""
     for family in _FAMILY_LIST:
-        if isinstance(unwrapped, family.env_class):
+        if family.is_env(unwrapped):
             return family
     return None
 

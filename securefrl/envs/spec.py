@@ -102,7 +102,9 @@ def resolve_env(env: str, field: str = "env") -> EnvFamily | None:
     if not isinstance(env, str):
         raise ConfigError(field, f"must be a family name or gymnasium id string, got {type(env).__name__}")
     if env in family_names():
-        return get_family(env, field)
+        family = get_family(env, field)
+        family.check_available(field)
+        return family
     if env in gym.registry:
         return None
     raise ConfigError(field, _unknown_env_message(env))

@@ -15,7 +15,9 @@ from securefrl.envs import FAMILIES, EnvSpec, draw_client_envs, family_names, ge
 from securefrl.errors import ConfigError
 
 PHYSICS = family_names("physics")
-FAMILY_PARAMS = [(f, p.name) for f in family_names() for p in FAMILIES[f].params]
+AVAILABLE = tuple(n for n in family_names() if get_family(n).available())  # hopper needs securefrl[mujoco]
+CLASSIC = tuple(n for n in PHYSICS if not get_family(n).requires)  # the classic-control families
+FAMILY_PARAMS = [(f, p.name) for f in AVAILABLE for p in FAMILIES[f].params]
 
 
 def rollout(spec: EnvSpec, steps: int = 30, seed: int = 0, with_rewards: bool = False) -> np.ndarray:
@@ -47,12 +49,14 @@ def checker_warnings(env: gym.Env) -> set[str]:
 
 
 def test_family_names_sorted_and_complete() -> None:
-    assert family_names() == ("acrobot", "cartpole", "edge_caching", "mec_offloading", "mountaincar", "pendulum")
-    assert PHYSICS == ("acrobot", "cartpole", "mountaincar", "pendulum")
+    assert family_names() == ("acrobot", "cartpole", "edge_caching", "hopper", "mec_offloading", "mountaincar",
+                              "pendulum")
+    assert PHYSICS == ("acrobot", "cartpole", "hopper", "mountaincar", "pendulum")
+    assert CLASSIC == ("acrobot", "cartpole", "mountaincar", "pendulum")
     assert family_names("application") == ("edge_caching", "mec_offloading")
 
 
-@pytest.mark.parametrize("name", family_names())
+@pytest.mark.parametrize("name", AVAILABLE)
 def test_family_defaults_are_gymnasium_defaults(name: str) -> None:
     # Arrange: a fresh, untouched gymnasium env
     family = get_family(name)
@@ -77,7 +81,7 @@ def test_describe_lists_every_parameter() -> None:
 # --- draws --------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", family_names())
+@pytest.mark.parametrize("name", AVAILABLE)
 def test_draw_reproducible_with_seed_and_differs_with_another(name: str) -> None:
     a = draw_client_envs(name, 5, 0.7, np.random.default_rng(42))
     b = draw_client_envs(name, 5, 0.7, np.random.default_rng(42))
@@ -88,7 +92,7 @@ def test_draw_reproducible_with_seed_and_differs_with_another(name: str) -> None
     assert len({tuple(s.params.values()) for s in a}) == 5
 
 
-@pytest.mark.parametrize("name", family_names())
+@pytest.mark.parametrize("name", AVAILABLE)
 def test_h0_gives_identical_clients_at_defaults(name: str) -> None:
     specs = draw_client_envs(name, 4, 0.0, np.random.default_rng(0))
     family = get_family(name)
@@ -97,7 +101,7 @@ def test_h0_gives_identical_clients_at_defaults(name: str) -> None:
         assert s.family == name and s.env_id == family.env_id
 
 
-@pytest.mark.parametrize("name", family_names())
+@pytest.mark.parametrize("name", AVAILABLE)
 def test_h1_draws_span_the_documented_ranges(name: str) -> None:
     # 300 uniform draws: P(min or max further than 10% of the width from an end) < 1e-12 per parameter
     specs = draw_client_envs(name, 300, 1.0, np.random.default_rng(7))
@@ -245,7 +249,7 @@ def test_cartpole_step_matches_the_equations_of_motion_with_new_physics() -> Non
 # --- gymnasium API ------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", family_names())
+@pytest.mark.parametrize("name", AVAILABLE)
 def test_env_checker_passes_at_full_heterogeneity(name: str) -> None:
     family = get_family(name)
     reference = gym.make(family.env_id)
@@ -279,7 +283,7 @@ def rng() -> np.random.Generator:
     ("kwargs", "field", "fragment"),
     [
         ({"env": "cartpol"}, "env", "did you mean 'cartpole'"),
-        ({"env": "NoSuchEnv-v9"}, "env", "acrobot, cartpole, edge_caching, mec_offloading, mountaincar, pendulum"),
+        ({"env": "NoSuchEnv-v9"}, "env", "acrobot, cartpole, edge_caching, hopper, mec_offloading, mountaincar"),
         ({"heterogeneity": 1.5}, "heterogeneity", "[0, 1]"),
         ({"heterogeneity": -0.1}, "heterogeneity", "[0, 1]"),
         ({"heterogeneity": float("nan")}, "heterogeneity", "finite"),
@@ -376,7 +380,7 @@ def _solve(name: str, params: dict[str, float], seed: int, variant: int) -> bool
     return terminated
 
 
-@pytest.mark.parametrize("name", PHYSICS)
+@pytest.mark.parametrize("name", CLASSIC)
 def test_every_corner_of_the_h1_box_is_solvable(name: str) -> None:
     # Guards the "task stays learnable" claim of the documented ranges (a solvable task, not a learning run).
     variants = range(3) if name == "acrobot" else range(1)
@@ -467,3 +471,15 @@ def test_unknown_class_with_overrides_refuses_observations_outside_the_space() -
     with pytest.raises(ObservationSpaceError, match="after overriding scale"), \
             pytest.warns(UserWarning, match="not within the observation space"):  # gymnasium's checker agrees
         env.reset(seed=0)
+
+
+def test_a_family_behind_a_missing_extra_is_refused_naming_the_extra() -> None:
+    import dataclasses
+
+    missing = dataclasses.replace(get_family("hopper"), requires="securefrl_no_such_module", extra="mujoco")
+    assert not missing.available()
+    with pytest.raises(ConfigError, match=r"pip install 'securefrl\[mujoco\]'") as info:
+        missing.check_available("env.name")
+    assert info.value.field == "env.name"
+    with pytest.raises(ConfigError, match="securefrl_no_such_module"):
+        missing.env_type()
