@@ -6,6 +6,7 @@ import importlib
 import json
 import warnings
 from collections.abc import Callable, Iterable
+from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
@@ -17,6 +18,7 @@ from securefrl.envs.batched import EdgeCachingBatch, MECOffloadingBatch, batch_f
 from securefrl.envs.edge_caching import EdgeCachingEnv, item_ranking, popularity, static_policy
 from securefrl.envs.mec_offloading import MECOffloadingEnv, myopic_policy
 from securefrl.errors import ConfigError
+from securefrl.seeding import derive_rng
 
 APPS = family_names("application")
 
@@ -201,3 +203,19 @@ def test_at_h1_one_clients_best_policy_is_clearly_worse_for_another(name: str) -
     # no single client's policy serves every client as well as their own: the mean over clients drops
     best_single = m.mean(axis=1).max()
     assert best_single < own.mean() - 0.05 * np.abs(own.mean()), (best_single, own.mean())
+
+
+@pytest.mark.parametrize("name", APPS)
+def test_experiment_records_each_clients_parameters_in_environments_json(name: str, tmp_path: Path) -> None:
+    from securefrl.config import load_config
+    from securefrl.experiment import run_experiment
+
+    cfg = load_config(overrides=[
+        f"env.name={name}", "env.heterogeneity=1.0", "federation.n_clients=2", "federation.rounds=1",
+        "federation.local_steps=64", "federation.eval_episodes=1", "agent.params.hidden=[8]",
+        "agent.params.n_envs=2", "agent.params.n_steps=32", f"output_dir={tmp_path}", "name=apps",
+    ])
+    run_experiment(cfg, progress=False)
+    recorded = json.loads((tmp_path / "apps" / "environments.json").read_text())
+    drawn = draw_client_envs(name, 2, 1.0, derive_rng(cfg.seed, "env-draw"))
+    assert [EnvSpec.from_dict({k: v for k, v in row.items() if k != "client"}) for row in recorded] == drawn
