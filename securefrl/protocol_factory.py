@@ -20,7 +20,7 @@ def make_protocol(name: str, dim: int, n_clients: int, params: dict[str, Any] | 
         if name == "ckks":
             from protocols.ckks import CKKSProtocol
 
-            return CKKSProtocol(dim, **params)
+            return CKKSProtocol(dim, n_clients=n_clients, **params)
         if name == "secagg":
             from protocols.secagg import SecAggProtocol
 
