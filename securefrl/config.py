@@ -26,7 +26,8 @@ class EnvConfig:
     """Which environment family every client gets, and how much the clients' physics differ."""
 
     name: str = "cartpole"
-    """Environment family (cartpole, acrobot, mountaincar, pendulum) or any registered gymnasium id."""
+    """Environment family (cartpole, acrobot, mountaincar, pendulum, hopper [securefrl[mujoco]], edge_caching,
+    mec_offloading; `securefrl envs` lists them) or any registered gymnasium id."""
     heterogeneity: float = 0.5
     """0 = identical clients at default physics, 1 = the widest documented spread of parameters."""
     overrides: dict[str, float] = field(default_factory=dict)
@@ -209,13 +210,14 @@ class PersonalizationSection:
     """
 
     method: Literal["none", "local", "finetune", "fedper", "fedrep", "embedding", "group", "ifca", "ditto",
-                    "fedprox"] = "none"
+                    "fedprox", "relation"] = "none"
     """none: FedAvg of the whole model; local: clients never federate (baseline); finetune: FedAvg, each client
     deploying the global model after its own local training; fedper / fedrep: shared body,
     personal head (Arivazhagan et al. 2019 / Collins et al. 2021); embedding: shared network fed a personal environment
     embedding (Jin et al. 2022); group: one model per environment group (Nadiger et al. 2019); ifca: k cluster models,
     each client picks its best (Ghosh et al. 2020); ditto: personal models pulled towards the global one (Li et al.
-    2021); fedprox: proximal term in local training (Li et al. 2020)."""
+    2021); fedprox: proximal term in local training (Li et al. 2020); relation: one model per client, mixed with
+    learned similarity weights (FedAMP, Huang et al. 2021; pFedGraph, Ye et al. 2023; plaintext only)."""
     head_layers: int = 1
     """fedper / fedrep: how many of the last Linear layers of each network stay on the client."""
     fedrep_head_fraction: float = 0.5
@@ -240,6 +242,10 @@ class PersonalizationSection:
     """ditto: environment steps of personal-model training per round (0 = federation.local_steps)."""
     fedprox_mu: float = 0.01
     """fedprox: mu of the proximal term mu/2 ||w - w_global||^2 in local training."""
+    relation_alpha: float = 2.0
+    """relation: strength of the similarity term (0 = FedAvg; larger = weights concentrate on similar clients)."""
+    relation_ema: float = 0.5
+    """relation: weight of the round's update similarities in the moving average that is the relation graph."""
 
     def validate(self, path: str) -> None:
         check_range(f"{path}.head_layers", self.head_layers, 1)
@@ -254,6 +260,8 @@ class PersonalizationSection:
         check_range(f"{path}.ditto_lambda", self.ditto_lambda, 0.0, lo_open=True)
         check_range(f"{path}.ditto_steps", self.ditto_steps, 0)
         check_range(f"{path}.fedprox_mu", self.fedprox_mu, 0.0, lo_open=True)
+        check_range(f"{path}.relation_alpha", self.relation_alpha, 0.0)
+        check_range(f"{path}.relation_ema", self.relation_ema, 0.0, 1.0, lo_open=True)
         if self.method == "group" and bool(self.group_by) == bool(self.groups):
             raise ConfigError(f"{path}.group_by", "method group needs exactly one of group_by (a physics parameter "
                               "to bin) or groups (an explicit group index per client)")
