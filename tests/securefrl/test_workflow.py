@@ -272,3 +272,40 @@ def test_library_modules_never_switch_the_matplotlib_backend():
     assert "inline" in out
     for path in ("securefrl/results.py", "securefrl/sweep.py", "attacks/harness.py"):
         assert "matplotlib.use(" not in (ROOT / path).read_text(), path
+
+
+def test_attack_heatmaps_have_axis_titles(tmp_path, monkeypatch):
+    from matplotlib.figure import Figure
+
+    from attacks.harness import MatrixConfig, aggregate, plot, run_matrix
+    from securefrl.configtools import from_dict
+
+    base = {"agent": {"name": "ppo", "params": {"hidden": [8], "n_envs": 1, "n_steps": 16}},
+            "federation": {"n_clients": 3, "rounds": 1, "local_steps": 16, "eval_episodes": 1}}
+    m = from_dict(MatrixConfig, {"name": "hm", "output_dir": str(tmp_path), "seeds": [0], "base": base,
+                                 "tail_rounds": 1, "attacks": ["none", "sign_flip"], "defences": ["fedavg"]})
+    saved = []
+    real = Figure.savefig
+    monkeypatch.setattr(Figure, "savefig", lambda self, *a, **k: (saved.append(self), real(self, *a, **k))[1])
+    plot(aggregate(run_matrix(m, log=lambda s: None), m), m, tmp_path)
+    axes = [ax for fig in saved for ax in fig.axes if ax.get_title()]  # colorbars have no title
+    assert axes and all(ax.get_xlabel() and ax.get_ylabel() for ax in axes)
+
+
+def test_personalization_benchmark_grid_labels_every_axis(tmp_path, monkeypatch):
+    import importlib.util
+
+    from matplotlib.figure import Figure
+
+    spec = importlib.util.spec_from_file_location("bench_pers", ROOT / "benchmarks" / "personalization.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    setting = next(iter(bench.SETTINGS))
+    rows = [{"setting": setting, "method": m, "h": h, "mean_return": 10.0 + h, "worst_client_return": 5.0 + h}
+            for m in ("fedavg", "local") for h in (0.0, 1.0)]
+    records = [{"setting": setting, "method": m, "h": 1.0, "curve": [1.0, 2.0, 3.0]} for m in ("fedavg", "local")]
+    saved = []
+    monkeypatch.setattr(Figure, "savefig", lambda self, *a, **k: saved.append(self))
+    bench.plot(rows, records, tmp_path / "p.png")
+    (fig,) = saved
+    assert all(ax.get_ylabel() and ax.get_xlabel() for ax in fig.axes)
