@@ -127,7 +127,12 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 def _cmd_config(args: argparse.Namespace) -> int:
     from securefrl.configtools import describe
 
-    if args.agent:
+    if args.protocol:
+        from securefrl.configtools import plugin_parameters
+        from securefrl.protocol_factory import _protocol_class
+
+        rows = plugin_parameters(_protocol_class(args.protocol), "protocol.params.", ("dim", "n_clients"))
+    elif args.agent:
         from securefrl.agents import AGENT_CONFIGS
 
         if args.agent not in AGENT_CONFIGS:
@@ -210,6 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.set_defaults(func=_cmd_sweep)
     conf = sub.add_parser("config", help="print every config field with its default and meaning")
     conf.add_argument("--agent", help="print the hyperparameters of this agent instead")
+    conf.add_argument("--protocol", help="print the parameters of this protocol (plaintext, ckks, secagg) instead")
     conf.set_defaults(func=_cmd_config)
     envs = sub.add_parser("envs", help="list environment families and their physics parameters")
     envs.set_defaults(func=_cmd_envs)

@@ -224,6 +224,19 @@ def check_range(path: str, value: float, lo: float | None = None, hi: float | No
         raise ConfigError(path, f"{value!r} is out of range; allowed: {rng}")
 
 
+_PLAIN = (int, float, str, bool, list, tuple, dict, Mapping, typing.Literal, type(None))
+
+
+def _config_settable(tp: Any) -> bool:
+    """True if a config file can hold a value of annotation ``tp`` (numbers, strings, lists, tables)."""
+    if tp is Any or tp in _PLAIN:
+        return True
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        return all(_config_settable(a) for a in typing.get_args(tp))
+    return origin in _PLAIN
+
+
 def plugin_kwargs(target: Any, params: Mapping[str, Any], path: str, provided: tuple[str, ...] = ()) -> dict[str, Any]:
     """Check ``params`` against the signature of ``target`` (a plug-in class or factory) and type them.
 
@@ -246,7 +259,7 @@ def plugin_kwargs(target: Any, params: Mapping[str, Any], path: str, provided: t
             if dataclasses.is_dataclass(tp):
                 nested[n] = tp  # type: ignore[assignment]
     flat = {f.name: n for n, tp in nested.items() for f in dataclasses.fields(tp) if f.init and f.name not in own}
-    allowed = sorted({*own, *flat})
+    allowed = sorted({*(n for n in own if n in nested or _config_settable(hints.get(n, Any))), *flat})
     out: dict[str, Any] = {}
     grouped: dict[str, dict[str, Any]] = {}
     for key, value in params.items():
@@ -256,6 +269,9 @@ def plugin_kwargs(target: Any, params: Mapping[str, Any], path: str, provided: t
         elif key in nested and isinstance(value, Mapping):
             grouped.setdefault(key, {}).update(value)
         elif key in own:
+            if not _config_settable(hints.get(key, Any)):
+                raise ConfigError(where, f"{key} takes a Python object ({hints[key]}); it can be passed in the Python "
+                                  "API only, not from a config")
             out[key] = _coerce(value, hints.get(key, Any), where)
         else:
             name = getattr(target, "__name__", str(target))
@@ -264,3 +280,27 @@ def plugin_kwargs(target: Any, params: Mapping[str, Any], path: str, provided: t
     for key, values in grouped.items():
         out[key] = from_dict(nested[key], values, path)
     return out
+
+
+def plugin_parameters(target: Any, prefix: str, provided: tuple[str, ...] = ()) -> list[tuple[str, Any, str]]:
+    """(dotted name, default, annotation) of every parameter :func:`plugin_kwargs` accepts, for ``securefrl config``."""
+    fn = target.__init__ if inspect.isclass(target) else target
+    try:
+        hints = typing.get_type_hints(fn)
+    except Exception:
+        hints = {}
+    rows: list[tuple[str, Any, str]] = []
+    for n, p in inspect.signature(fn).parameters.items():
+        if n in ("self", *provided) or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+            continue
+        tp = hints.get(n, p.annotation)
+        nested = next((t for t in (tp, *typing.get_args(tp)) if dataclasses.is_dataclass(t)), None)
+        if nested is not None:  # settable flat by the dataclass's fields
+            rows += [(f"{prefix}{f.name}", f.default, getattr(f.type, "__name__", str(f.type)))
+                     for f in dataclasses.fields(nested) if f.init]
+            continue
+        if not _config_settable(tp):
+            continue  # a Python object (a generator, a mapping of enums): API only
+        default = None if p.default is inspect.Parameter.empty else p.default
+        rows.append((f"{prefix}{n}", default, getattr(tp, "__name__", str(tp)).replace("typing.", "")))
+    return rows

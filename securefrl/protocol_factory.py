@@ -11,6 +11,7 @@ from securefrl.errors import ConfigError
 
 
 def _protocol_class(name: str) -> Any:
+    """The protocol class registered as ``name`` (imported on demand)."""
     if name == "plaintext":
         from protocols.plaintext import PlaintextProtocol
 

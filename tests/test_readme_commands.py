@@ -126,7 +126,8 @@ def _check_claim(argv: list[str], out: str, root: Path) -> None:
         if "--video" in argv:
             assert (root / argv[argv.index("--video") + 1]).stat().st_size > 1000
     elif sub == "config":
-        assert "agent.params." in out if "--agent" in argv else "federation.rounds" in out
+        expected = {"--agent": "agent.params.", "--protocol": "protocol.params."}
+        assert next((v for k, v in expected.items() if k in argv), "federation.rounds") in out
     elif sub == "sweep":
         assert "no DP" in out and "epsilon" in out
 

@@ -147,6 +147,15 @@ def test_ckks_parameters_can_be_set_flat_or_nested(tmp_path):
     assert info.value.field == "protocol.params.poly_modulus_degree" and "integer" in str(info.value)
 
 
+def test_config_lists_a_protocols_parameters(capsys):
+    assert main(["config", "--protocol", "ckks"]) == 0
+    out = capsys.readouterr().out
+    assert "protocol.params.poly_modulus_degree" in out and "2048" in out
+    assert main(["config", "--protocol", "secagg"]) == 0
+    out = capsys.readouterr().out
+    assert "protocol.params.threshold" in out and "rng" not in out  # a Generator cannot come from a config
+
+
 def test_protocol_parameter_errors_are_typed_before_any_training(tmp_path, capsys):
     assert main(["run", "-q", *cli_sets(tmp_path, "protocol.name=secagg", "protocol.params.treshold=2")]) == 2
     err = capsys.readouterr().err
