@@ -252,7 +252,7 @@ class ExperimentConfig:
     """A whole federated RL experiment."""
 
     name: str = "demo"
-    """Run name; the results folder is <output_dir>/<name>."""
+    """Run name; each run writes a new folder <output_dir>/<name>/<timestamp> (see `securefrl runs`)."""
     seed: int = 0
     """Master seed: client physics, sampling, agents and evaluation all derive from it."""
     output_dir: str = "results"

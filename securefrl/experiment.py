@@ -165,9 +165,7 @@ def run_experiment(config: ExperimentConfig, resume: bool | str | Path = False, 
         fed.load_state_dict(state["federation"])
         client_rows = [r for r in read_jsonl(path / "clients.jsonl") if r["round"] < fed.round]
         round_rows = [r for r in read_jsonl(path / "rounds.jsonl") if r["round"] < fed.round]
-    results = ResultsDir(path, tensorboard=tensorboard)
-    if not resuming:
-        results.clear()
+    results = ResultsDir(path, tensorboard=tensorboard, fresh=not resuming)
     results.write_config(config.to_dict())
     results.write_json("environments.json", [{"client": c.client_id, **c.env_spec.to_dict()} for c in fed.clients])
     results.reset_rows(client_rows, round_rows)

@@ -226,9 +226,12 @@ class _TensorBoardLog:
 class ResultsDir:
     """Writes one run's files; rows are appended (JSON lines and CSV) as rounds finish."""
 
-    def __init__(self, path: str | Path, tensorboard: bool = False) -> None:
+    def __init__(self, path: str | Path, tensorboard: bool = False, fresh: bool = False) -> None:
+        """``fresh``: remove an earlier run's files first (a new run or ``--overwrite``, not a resume)."""
         self.path = Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
+        if fresh:
+            self.clear()
         self._csv = {"clients": _CsvLog(self.path / "clients.csv"), "rounds": _CsvLog(self.path / "rounds.csv")}
         self._tb: _TensorBoardLog | None = None
         if tensorboard:

@@ -187,7 +187,12 @@ def test_tensorboard_is_optional(tmp_path, capsys):
 
     res = run_experiment(tiny(tmp_path), progress=False, tensorboard=True)
     if tensorboard_available():
-        assert list((res.path / "tensorboard").iterdir())
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+        events = EventAccumulator(str(res.path / "tensorboard"))
+        events.Reload()
+        (point,) = events.Scalars("federation/mean_return")
+        assert point.step == 0 and point.value == pytest.approx(res.rounds[0]["mean_return"])
     else:
         assert not (res.path / "tensorboard").exists()
         assert "pip install tensorboard" in capsys.readouterr().err
