@@ -84,9 +84,8 @@ class Run(RunInfo):
 
     def agent(self, client: int = 0, model: str = "global") -> Any:
         """Client ``client``'s agent holding the chosen model (call ``.act(obs)`` on it)."""
-        agent = self.federation.clients[client].agent if 0 <= client < len(self.federation.clients) else None
-        flat = self.model(client, model)
-        assert agent is not None
+        flat = self.model(client, model)  # checks client and model first
+        agent = self.federation.clients[client].agent
         agent.set_flat(flat)
         return agent
 

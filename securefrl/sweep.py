@@ -121,7 +121,8 @@ def run_sweep(base: ExperimentConfig, placement: str, seeds: list[int], noise_mu
             returns.append(final_return(res.rounds))
             eps.append(res.summary.get("epsilon"))
             done += 1
-        e = None if eps[0] is None else float(np.mean(eps))
+        reached = [x for x in eps if x is not None]
+        e = float(np.mean(reached)) if reached else None
         points.append(SweepPoint(label, privacy.get("noise_multiplier"), privacy.get("target_epsilon") or None, e,
                                  returns))
     if progress:
@@ -156,10 +157,10 @@ def sweep_figure(points: list[SweepPoint], title: str = "") -> Any:
 
     fig = Figure(figsize=(6.5, 4), dpi=110)
     ax = fig.subplots()
-    dp = sorted((p for p in points if p.epsilon is not None), key=lambda p: p.epsilon)  # type: ignore[arg-type,return-value]
+    dp = sorted(((p.epsilon, p) for p in points if p.epsilon is not None), key=lambda ep: ep[0])
     if dp:
-        err = np.array([[p.mean - p.ci[0], p.ci[1] - p.mean] if p.ci else [0.0, 0.0] for p in dp]).T
-        ax.errorbar([p.epsilon for p in dp], [p.mean for p in dp], yerr=err, marker="o", capsize=3,
+        err = np.array([[p.mean - p.ci[0], p.ci[1] - p.mean] if p.ci else [0.0, 0.0] for _, p in dp]).T
+        ax.errorbar([e for e, _ in dp], [p.mean for _, p in dp], yerr=err, marker="o", capsize=3,
                     label="DP (mean, 95% bootstrap CI over seeds)")
         ax.set_xscale("log")
     for p in points:
