@@ -24,7 +24,7 @@ import textwrap
 import tomllib
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, TypeVar
 
 import yaml
@@ -224,7 +224,7 @@ def check_range(path: str, value: float, lo: float | None = None, hi: float | No
         raise ConfigError(path, f"{value!r} is out of range; allowed: {rng}")
 
 
-_PLAIN = (int, float, str, bool, list, tuple, dict, Mapping, typing.Literal, type(None))
+_PLAIN = (int, float, str, bool, list, tuple, dict, Mapping, Sequence, typing.Literal, type(None))
 
 
 def _config_settable(tp: Any) -> bool:

@@ -175,7 +175,8 @@ def run_experiment(config: ExperimentConfig, resume: bool | str | Path = False, 
     if progress:
         verb = f"resuming at round {fed.round}" if resuming else "results"
         print(f"securefrl: {len(fed.clients)} {config.env.name} clients (heterogeneity {config.env.heterogeneity}),"
-              f" agent {config.agent.name}, protocol {config.protocol.name}, {fed.dim} parameters; {verb} -> {path}",
+              f" agent {config.agent.name}, protocol {config.protocol.name}, {fed.dim} parameters; {verb} -> {path}"
+              + (f"\n  {fed.protocol.label}" if getattr(fed.protocol, "label", None) else ""),
               flush=True)
     bar = _Progress(progress, total, fed.round, fed.dp is not None)
     t_start = time.perf_counter()
@@ -224,6 +225,7 @@ def summarize(config: ExperimentConfig, fed: Federation, rounds: list[dict[str, 
         "env_steps_per_client": rounds[-1]["env_steps_per_client"],
         "parameters": fed.dim,
         "protocol": config.protocol.name,
+        "protocol_mode": getattr(fed.protocol, "label", None),
         "bytes_up_total": sum(r["bytes_up"] for r in rounds),
         "epsilon": rounds[-1].get("epsilon"),
         "delta": config.privacy.delta if config.privacy.placement != "none" else None,

@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from protocols.base import AggregationProtocol
-from protocols.errors import RoundAbortedError
+from protocols.base import AggregationProtocol, release
+from protocols.errors import ProtocolError, RoundAbortedError
 from securefrl.agents import make_agent
 from securefrl.agents.base import Agent
 from securefrl.behaviour import ServerView, make_behaviour, wrap_training_env
@@ -282,7 +282,12 @@ class Federation:
                 for i, reason in result.dropped.items():
                     rows[ids[i]]["rejected"] = f"aggregator: {reason}"
             else:
-                mean = self.protocol.open(aggregate).mean
+                try:  # release: open, then refuse a non-finite or out-of-bound mean before any optimizer step
+                    mean = release(self.protocol, aggregate).mean
+                except ProtocolError as err:  # any failure to open is this round's abort, never the run's end
+                    times["open"] = time.perf_counter() - t0
+                    return self._finish_round(r, sampled, rows, {"n_included": 0}, times, t_round, payloads,
+                                              aborted=f"open failed: {type(err).__name__}: {err}")
             if self.dp is not None:
                 dp_bits = [bits[c] for c in aggregate.included]
                 mean, dp_metrics = self.dp.finish_round(mean, len(aggregate.included), dp_bits,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 from protocols.base import AggregationProtocol
@@ -39,7 +40,7 @@ def make_protocol(name: str, dim: int, n_clients: int, params: dict[str, Any] | 
     provided = ("dim", "n_clients")
     try:
         kwargs = plugin_kwargs(cls, dict(params or {}), "protocol.params", provided)
-        if name == "secagg":
+        if "n_clients" in inspect.signature(cls.__init__).parameters:  # secagg, ckks (threshold keys)
             return cls(dim, n_clients=n_clients, **kwargs)  # type: ignore[no-any-return]
         return cls(dim, **kwargs)  # type: ignore[no-any-return]
     except ProtocolConfigError as err:

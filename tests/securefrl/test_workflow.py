@@ -135,11 +135,11 @@ def test_unknown_keys_get_a_did_you_mean(override, field, hint):
 def test_ckks_parameters_can_be_set_flat_or_nested(tmp_path):
     from securefrl.federation import make_federation
 
-    for form in ("protocol.params.poly_modulus_degree=4096", "protocol.params={params={poly_modulus_degree=4096}}"):
+    for form in ("protocol.params.poly_modulus_degree=8192", "protocol.params={params={poly_modulus_degree=8192}}"):
         fed = make_federation(tiny(tmp_path, "protocol.name=ckks", form))
-        assert fed.protocol.params.poly_modulus_degree == 4096, form
+        assert fed.protocol.params.poly_modulus_degree == 8192, form
     with pytest.raises(ConfigError) as info:
-        make_federation(tiny(tmp_path, "protocol.name=ckks", "protocol.params.poly_modulus_degre=4096"))
+        make_federation(tiny(tmp_path, "protocol.name=ckks", "protocol.params.poly_modulus_degre=8192"))
     assert info.value.field == "protocol.params.poly_modulus_degre"
     assert "did you mean 'poly_modulus_degree'" in str(info.value) and "prime_bits" in str(info.value)
     with pytest.raises(ConfigError) as info:
@@ -150,7 +150,9 @@ def test_ckks_parameters_can_be_set_flat_or_nested(tmp_path):
 def test_config_lists_a_protocols_parameters(capsys):
     assert main(["config", "--protocol", "ckks"]) == 0
     out = capsys.readouterr().out
-    assert "protocol.params.poly_modulus_degree" in out and "2048" in out
+    from protocols.ckks import CKKSParams
+
+    assert f"protocol.params.poly_modulus_degree  = {CKKSParams().poly_modulus_degree}" in out
     assert main(["config", "--protocol", "secagg"]) == 0
     out = capsys.readouterr().out
     assert "protocol.params.threshold" in out and "rng" not in out  # a Generator cannot come from a config
