@@ -132,6 +132,15 @@ def test_unknown_keys_get_a_did_you_mean(override, field, hint):
     assert info.value.field == field and hint in str(info.value)
 
 
+@pytest.mark.parametrize("overrides, hint", [
+    (["attack.name=ipm", "attack.n_malicious=1", "attack.params.epsilom=1"], "did you mean 'epsilon'"),
+    (["federation.aggregator=trimmed_mean", "federation.aggregator_params.beat=0.2"], "did you mean 'beta'"),
+])
+def test_plugin_parameters_get_a_did_you_mean(overrides, hint):
+    with pytest.raises(ConfigError, match=hint):
+        load_config(overrides=overrides)
+
+
 def test_ckks_parameters_can_be_set_flat_or_nested(tmp_path):
     from securefrl.federation import make_federation
 
