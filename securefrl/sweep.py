@@ -57,8 +57,9 @@ class SweepPoint:
     def describe(self) -> str:
         eps = "-" if self.epsilon is None else f"{self.epsilon:.3g}"
         ci = self.ci
-        band = "95% CI n/a (1 seed)" if ci is None else f"95% CI [{ci[0]:.1f}, {ci[1]:.1f}]"
-        return f"{self.label:>10}  epsilon {eps:>8}  final return {self.mean:7.1f}  {band}  ({len(self.returns)} seeds)"
+        n = len(self.returns)
+        band = "(1 seed: CI n/a)" if ci is None else f"95% CI [{ci[0]:.1f}, {ci[1]:.1f}] ({n} seeds)"
+        return f"{self.label:>10}  epsilon {eps:>8}  final return {self.mean:7.1f}  {band}"
 
 
 def final_return(rounds: list[dict[str, Any]], window: int = 3) -> float:

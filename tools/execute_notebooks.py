@@ -28,6 +28,11 @@ def execute(path: Path, small: bool) -> float:
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as scratch:
         NotebookClient(nb, timeout=3600, kernel_name="python3", resources={"metadata": {"path": scratch}}).execute()
+    root = str(NOTEBOOKS.parent) + os.sep
+    for cell in nb.cells:  # warnings name source files: keep paths relative to the repository
+        for out in cell.get("outputs", []):
+            if out.get("output_type") == "stream":
+                out["text"] = out["text"].replace(root, "")
     nb.metadata["securefrl"] = {"executed_with": "SECUREFRL_SMALL=1" if small else "full settings"}
     nbformat.write(nb, path)
     return time.perf_counter() - t0
