@@ -689,16 +689,18 @@ def markdown(agg: dict[str, Any], m: MatrixConfig) -> str:
 
 
 def _heatmap(ax: Any, data: np.ndarray, labels: list[list[str]], rows: list[str], cols: list[str], title: str,
-             vmin: float, vmax: float, cmap: str) -> Any:
+             vmin: float, vmax: float, cmap: str, xlabel: str = "", ylabel: str = "") -> Any:
     masked = np.ma.masked_invalid(data)
-    import matplotlib.pyplot as plt
+    import matplotlib
 
-    cm = plt.get_cmap(cmap).copy()
+    cm = matplotlib.colormaps[cmap].copy()
     cm = cm.with_extremes(bad="#d9d9d9")
     im = ax.imshow(masked, cmap=cm, vmin=vmin, vmax=vmax, aspect="auto")
     ax.set_xticks(range(len(cols)), cols, rotation=40, ha="right", fontsize=8)
     ax.set_yticks(range(len(rows)), rows, fontsize=8)
     ax.set_title(title, fontsize=9)
+    ax.set_xlabel(xlabel, fontsize=8)
+    ax.set_ylabel(ylabel, fontsize=8)
     for i in range(len(rows)):
         for j in range(len(cols)):
             ax.text(j, i, labels[i][j], ha="center", va="center", fontsize=7)
@@ -706,11 +708,11 @@ def _heatmap(ax: Any, data: np.ndarray, labels: list[list[str]], rows: list[str]
 
 
 def plot(agg: dict[str, Any], m: MatrixConfig, out: Path) -> list[Path]:
-    """Heatmaps: relative return per protocol, backdoor success, inference metrics; returns the files written."""
-    import matplotlib
+    """Heatmaps: relative return per protocol, backdoor success, inference metrics; returns the files written.
 
-    matplotlib.use("Agg")
-
+    Drawn on :class:`matplotlib.figure.Figure` objects (no pyplot, no backend switch), so importing or
+    calling this in a notebook leaves the notebook's inline backend alone.
+    """
     written: list[Path] = []
     pois = agg["poisoning"]
     if m.attacks and m.defences:
@@ -720,11 +722,11 @@ def plot(agg: dict[str, Any], m: MatrixConfig, out: Path) -> list[Path]:
 
 
 def _plot_relative(pois: dict[str, Any], m: MatrixConfig, out: Path) -> Path:
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
-    fig, axes = plt.subplots(1, len(m.protocols), figsize=(1.2 + 1.1 * len(m.defences) * len(m.protocols),
-                                                           1.0 + 0.45 * len(m.attacks)), squeeze=False, dpi=110,
-                             layout="constrained")
+    fig = Figure(figsize=(1.2 + 1.1 * len(m.defences) * len(m.protocols), 1.3 + 0.45 * len(m.attacks)), dpi=110,
+                 layout="constrained")
+    axes = fig.subplots(1, len(m.protocols), squeeze=False)
     im = None
     for ax, p in zip(axes[0], m.protocols, strict=True):
         data = np.full((len(m.attacks), len(m.defences)), np.nan)
@@ -737,17 +739,17 @@ def _plot_relative(pois: dict[str, Any], m: MatrixConfig, out: Path) -> Path:
                 elif not math.isnan(e["relative_return"][0]):
                     data[i, j] = e["relative_return"][0]
                     labels[i][j] = f"{data[i, j]:.2f}"
-        im = _heatmap(ax, data, labels, m.attacks, m.defences, f"return / honest-only ({p})", 0.0, 1.1, "RdYlGn")
+        im = _heatmap(ax, data, labels, m.attacks, m.defences, f"return / honest-only ({p})", 0.0, 1.1, "RdYlGn",
+                      xlabel="defence (aggregation rule)", ylabel="attack" if ax is axes[0][0] else "")
     if im is not None:
         fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8)
     path = out / "relative_return.png"
     fig.savefig(path, bbox_inches="tight")
-    plt.close(fig)
     return path
 
 
 def _plot_rest(agg: dict[str, Any], pois: dict[str, Any], m: MatrixConfig, out: Path, written: list[Path]) -> None:
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     bd = [(k, e) for k, e in pois.items() if "asr" in e]
     if bd:
@@ -760,13 +762,14 @@ def _plot_rest(agg: dict[str, Any], pois: dict[str, Any], m: MatrixConfig, out: 
             i, j = attacks.index(a), keys.index((d, p))
             data[i, j] = e["asr"][0]
             labels[i][j] = f"{e['asr'][0]:.2f}\n({e['reference_asr'][0]:.2f})"
-        fig, ax = plt.subplots(figsize=(1.5 + 1.1 * len(keys), 1.2 + 0.5 * len(attacks)), dpi=110)
+        fig = Figure(figsize=(1.5 + 1.1 * len(keys), 1.5 + 0.5 * len(attacks)), dpi=110)
+        ax = fig.subplots()
         im = _heatmap(ax, data, labels, attacks, [f"{d}/{p}" for d, p in keys],
-                      "backdoor success rate (honest-only model, same trigger)", 0.0, 1.0, "Reds")
+                      "backdoor success rate (honest-only model, same trigger)", 0.0, 1.0, "Reds",
+                      xlabel="defence / protocol", ylabel="attack")
         fig.colorbar(im, ax=ax, shrink=0.8)
         path = out / "backdoor.png"
         fig.savefig(path, bbox_inches="tight")
-        plt.close(fig)
         written.append(path)
     if agg["inference"]:
         metrics = sorted({k.split("|", 3)[3] for k in agg["inference"] if k.split("|", 3)[3]})
@@ -789,13 +792,14 @@ def _plot_rest(agg: dict[str, Any], pois: dict[str, Any], m: MatrixConfig, out: 
             lower_is_better = metric.endswith(("relative_mse", "abs_error"))
             data[i, j] = (chance - value) if lower_is_better else (value - chance)
             labels[i][j] = f"{value:.2f}\n({chance:.2f})"
-        fig, ax = plt.subplots(figsize=(2.5 + 1.2 * len(cols), 1.2 + 0.5 * len(metrics)), dpi=110)
+        fig = Figure(figsize=(2.5 + 1.2 * len(cols), 1.5 + 0.5 * len(metrics)), dpi=110)
+        ax = fig.subplots()
         im = _heatmap(ax, data, labels, metrics, [f"{p}\nDP {dp}" for p, dp in cols],
-                      "inference: value (chance); colour = advantage over chance", -0.5, 0.5, "coolwarm")
+                      "inference: value (chance); colour = advantage over chance", -0.5, 0.5, "coolwarm",
+                      xlabel="protocol, DP placement", ylabel="inference attack: metric")
         fig.colorbar(im, ax=ax, shrink=0.8)
         path = out / "inference.png"
         fig.savefig(path, bbox_inches="tight")
-        plt.close(fig)
         written.append(path)
 
 

@@ -14,7 +14,7 @@ from typing import Any, Literal
 import numpy as np
 import yaml
 
-from securefrl.configtools import apply_override, check_range, from_dict, to_dict
+from securefrl.configtools import apply_override, check_range, from_dict, to_dict, yaml_load
 from securefrl.errors import ConfigError
 
 PROTOCOLS = ("plaintext", "ckks", "secagg")
@@ -272,7 +272,7 @@ class ExperimentConfig:
     """A whole federated RL experiment."""
 
     name: str = "demo"
-    """Run name; the results folder is <output_dir>/<name>."""
+    """Run name; each run writes a new folder <output_dir>/<name>/<timestamp> (see `securefrl runs`)."""
     seed: int = 0
     """Master seed: client physics, sampling, agents and evaluation all derive from it."""
     output_dir: str = "results"
@@ -364,7 +364,7 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
             raise ConfigError("config", f"{p} is not valid TOML: {err}") from None
     if p.suffix in (".yaml", ".yml"):
         try:
-            data = yaml.safe_load(text) or {}
+            data = yaml_load(text) or {}
         except yaml.YAMLError as err:
             raise ConfigError("config", f"{p} is not valid YAML: {err}") from None
         if not isinstance(data, dict):

@@ -68,7 +68,8 @@ def _warn_seeded_once() -> None:
         _seeded_warning_issued = True
         warnings.warn(
             "DP noise is drawn from a seeded numpy Generator: reproducible for experiments, but predictable to "
-            "anyone who knows the seed and open to floating-point attacks. Use secure=True for deployment.",
+            "anyone who knows the seed and open to floating-point attacks. For deployment set "
+            "privacy.secure_noise = true in the config (secure=True in the Python API).",
             SeededNoiseWarning,
             stacklevel=3,
         )
