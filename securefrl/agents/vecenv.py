@@ -53,22 +53,51 @@ def _plain(value: Any) -> Any:
         return value.item()
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
     return value
+
+
+def _is_plain(value: Any) -> bool:
+    """Arrays, numbers, None and dicts of them: the kinds of attribute an environment keeps its episode in."""
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _is_plain(v) for k, v in value.items())
+    return value is None or isinstance(value, (np.ndarray, np.generic, bool, int, float))
+
+
+def _unplain(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.numpy().copy()
+    if isinstance(value, dict):
+        return {k: _unplain(v) for k, v in value.items()}
+    return value
+
+
+MUJOCO_DATA = ("qpos", "qvel", "act", "ctrl", "qacc_warmstart")
+"""``MjData`` arrays a MuJoCo environment continues from (with ``time``), restored then ``mj_forward``-ed."""
 
 
 def env_state(env: gym.Env) -> list[dict[str, Any]]:
     """What continuing ``env``'s running episode exactly needs, one dict per wrapper layer.
 
-    Per layer: the :data:`DYNAMIC_ATTRS` it has, the state of every ``numpy.random.Generator`` it
-    holds (the env's own ``np_random``, which draws the next reset; an attack wrapper's noise), and,
-    for a layer with state of its own kind, whatever its ``get_env_state()`` returns (restored by
-    ``set_env_state(state)``). Values are tensors, numbers, strings and dicts/lists of them.
+    Per layer: the :data:`DYNAMIC_ATTRS` it has and, on the innermost environment, every attribute that
+    is an array, a number or a dict of them (episode state such as a cache or a task queue; constants
+    are restored to the same values); the state of every ``numpy.random.Generator`` a layer holds (the
+    env's own ``np_random``, which draws the next reset; an attack wrapper's noise); a MuJoCo env's
+    :data:`MUJOCO_DATA`; and, for a layer with state of its own kind, whatever its ``get_env_state()``
+    returns (restored by ``set_env_state(state)``). Values are tensors, numbers and dicts/lists of them.
     """
     out = []
     for layer in _layers(env):
         attrs = vars(layer)
         entry: dict[str, Any] = {"type": type(layer).__name__}
-        entry["attrs"] = {k: _plain(attrs[k]) for k in DYNAMIC_ATTRS if k in attrs}
+        inner = not isinstance(layer, gym.Wrapper)
+        entry["attrs"] = {k: _plain(v) for k, v in attrs.items()
+                          if (k in DYNAMIC_ATTRS or (inner and not k.startswith("__") and _is_plain(v)))}
+        data = attrs.get("data")
+        if inner and data is not None and all(hasattr(data, k) for k in (*MUJOCO_DATA, "time")):
+            entry["mujoco"] = {k: _plain(np.array(getattr(data, k))) for k in MUJOCO_DATA}
+            entry["mujoco"]["time"] = float(data.time)
         entry["rngs"] = {k: v.bit_generator.state for k, v in attrs.items() if isinstance(v, np.random.Generator)}
         if callable(getattr(layer, "get_env_state", None)):
             entry["custom"] = layer.get_env_state()
@@ -84,7 +113,15 @@ def load_env_state(env: gym.Env, state: list[dict[str, Any]]) -> None:
                          f"environment's {[type(layer).__name__ for layer in layers]}")
     for layer, entry in zip(layers, state, strict=True):
         for k, v in entry["attrs"].items():
-            setattr(layer, k, v.numpy().copy() if isinstance(v, torch.Tensor) else v)
+            setattr(layer, k, _unplain(v))
+        if "mujoco" in entry:
+            import mujoco
+
+            data = layer.data
+            for k in MUJOCO_DATA:
+                getattr(data, k)[...] = entry["mujoco"][k].numpy()
+            data.time = entry["mujoco"]["time"]
+            mujoco.mj_forward(layer.model, data)
         for k, bit_state in entry["rngs"].items():
             rng = vars(layer).get(k)
             if not isinstance(rng, np.random.Generator):

@@ -17,6 +17,7 @@ import torch
 
 from securefrl.agents import DQNConfig, PPOConfig, SACConfig, make_agent
 from securefrl.config import load_config
+from securefrl.envs import draw_client_envs
 from securefrl.federation import Federation, make_federation
 
 SMALL = {
@@ -70,6 +71,24 @@ def test_checkpoint_restores_the_running_episodes(name: str) -> None:
     np.testing.assert_array_equal(a.get_flat(), b.get_flat())
     np.testing.assert_array_equal(a.pool.obs, b.pool.obs)  # type: ignore[attr-defined]
     np.testing.assert_array_equal(a.pool.ep_lengths, b.pool.ep_lengths)  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("family", ["edge_caching", "mec_offloading", "acrobot"])
+def test_checkpoint_restores_episodes_of_environments_with_their_own_state(family: str) -> None:
+    # Arrange: environments whose episode lives in attributes of their own (a cache and request trace, a task queue).
+    spec = draw_client_envs(family, 1, 0.5, np.random.default_rng(0))[0]
+    cfg = PPOConfig(hidden=(8,), n_envs=2, n_steps=8, n_epochs=1)
+    a = make_agent("ppo", spec.make, cfg, seed=1)
+    a.learn(24)
+    b = make_agent("ppo", spec.make, cfg, seed=2)
+    b.load_state_dict(_roundtrip(a.state_dict()))
+    # Act
+    for agent in (a, b):
+        agent.reseed(4)
+        agent.learn(48)
+    # Assert
+    np.testing.assert_array_equal(a.get_flat(), b.get_flat())
+    np.testing.assert_array_equal(a.pool.obs, b.pool.obs)  # type: ignore[attr-defined]
 
 
 # 2 envs x 8 steps per round: with a reset every round, no training episode could last more than 8 steps.
