@@ -225,8 +225,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.merge:
         for path in args.merge:
             runs = json.loads(path.read_text())["runs"]
-            feds.update({int(k): v for k, v in runs["federation"].items()})
-            singles.update(runs["single"])
+            for k, v in runs["federation"].items():  # the same K from several files: their seeds together
+                feds.setdefault(int(k), []).extend(v)
+            for k, v in runs["single"].items():
+                singles.setdefault(k, []).extend(v)
         args.sweep = sorted(singles)
         write_outputs(args, feds, singles, 0.0)
         return 0
