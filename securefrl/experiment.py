@@ -34,13 +34,14 @@ class RunResult:
 
 
 def _header(dp: bool) -> str:
-    eps = f" {'epsilon':>8}" if dp else ""
+    eps = f" {'eps_server':>10} {'eps_outsiders':>13}" if dp else ""  # vs the server / vs model observers
     return f"{'round':>5} {'mean':>8} {'min':>8} {'local':>8} {'steps/cl':>9} {'KB up':>8}{eps} {'time s':>7}"
 
 
 def _row(s: dict[str, Any], dp: bool) -> str:
     local = "-" if s["mean_local_return"] is None else f"{s['mean_local_return']:8.1f}"
-    eps = f" {s.get('epsilon', float('nan')):8.3f}" if dp else ""
+    eps = (f" {s.get('epsilon_server', float('nan')):10.3f} {s.get('epsilon_outsiders', float('nan')):13.3f}"
+           if dp else "")
     note = f"  aborted: {s['aborted']}" if s.get("aborted") else ""
     return (f"{s['round']:>5} {s['mean_return']:8.1f} {s['min_return']:8.1f} {local:>8} "
             f"{s['env_steps_per_client']:>9} {s['bytes_up'] / 1024:8.1f}{eps} {s['round_time']:7.2f}{note}")
@@ -165,6 +166,11 @@ def run_experiment(config: ExperimentConfig, resume: bool | str | Path = False, 
         fed.load_state_dict(state["federation"])
         client_rows = [r for r in read_jsonl(path / "clients.jsonl") if r["round"] < fed.round]
         round_rows = [r for r in read_jsonl(path / "rounds.jsonl") if r["round"] < fed.round]
+        if len(round_rows) != fed.round:
+            raise ConfigError("resume", f"the checkpoint is at round {fed.round} but rounds.jsonl holds "
+                                        f"{len(round_rows)} of those rounds; refusing a mismatched checkpoint")
+        if fed.dp is not None:
+            fed.dp.check_resume(round_rows)  # an edited accountant history is refused
     results = ResultsDir(path, tensorboard=tensorboard, fresh=not resuming)
     results.write_config(config.to_dict())
     results.write_json("environments.json", [{"client": c.client_id, **c.env_spec.to_dict()} for c in fed.clients])
@@ -228,6 +234,10 @@ def summarize(config: ExperimentConfig, fed: Federation, rounds: list[dict[str, 
         "protocol_mode": getattr(fed.protocol, "label", None),
         "bytes_up_total": sum(r["bytes_up"] for r in rounds),
         "epsilon": rounds[-1].get("epsilon"),
+        "epsilon_server": rounds[-1].get("epsilon_server"),
+        "epsilon_outsiders": rounds[-1].get("epsilon_outsiders"),
+        "dp_noise": fed.dp.noise_label if fed.dp is not None else None,
+        "dp_calibrated_against": config.privacy.calibrate_against if fed.dp is not None else None,
         "delta": config.privacy.delta if config.privacy.placement != "none" else None,
         "malicious_clients": fed.malicious_ids,
         "wall_seconds_this_session": seconds,

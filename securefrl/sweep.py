@@ -169,7 +169,7 @@ def sweep_figure(points: list[SweepPoint], title: str = "") -> Any:
             ax.axhline(p.mean, color="black", ls="--", label="no DP")
             if p.ci is not None:
                 ax.axhspan(p.ci[0], p.ci[1], color="black", alpha=0.08)
-    ax.set_xlabel("epsilon (delta as configured)")
+    ax.set_xlabel("epsilon against the server, or as privacy.calibrate_against says (delta as configured)")
     ax.set_ylabel("final return (mean of the last 3 rounds)")
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
