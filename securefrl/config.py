@@ -73,7 +73,12 @@ class FederationConfig:
     client_fraction: float = 1.0
     """Fraction of clients sampled each round (at least one client is always sampled)."""
     local_steps: int = 2048
-    """Environment steps each sampled client trains for per round."""
+    """Environment steps each sampled client trains for per round (derived from round_batch when that is set)."""
+    round_batch: int = 0
+    """If > 0, the environment steps the whole round collects: each sampled client trains
+    ceil(round_batch / sampled clients) steps, rounded up to whole vector steps of its agent, and local_steps is
+    set to that. With round_batch = one single agent's rollout (PPO: n_envs * n_steps) every client makes one
+    update per round on a K-th of that batch, so the federation gathers one single-agent batch per update."""
     weighting: Literal["samples", "uniform"] = "samples"
     """FedAvg weights: by the environment steps each client trained on, or uniform."""
     clip_norm: float = 0.0
@@ -111,6 +116,7 @@ class FederationConfig:
         check_range(f"{path}.rounds", self.rounds, 1)
         check_range(f"{path}.client_fraction", self.client_fraction, 0.0, 1.0, lo_open=True)
         check_range(f"{path}.local_steps", self.local_steps, 1)
+        check_range(f"{path}.round_batch", self.round_batch, 0)
         check_range(f"{path}.clip_norm", self.clip_norm, 0.0)
         check_range(f"{path}.server_lr", self.server_lr, 0.0, lo_open=True)
         check_range(f"{path}.server_momentum", self.server_momentum, 0.0, 1.0, hi_open=True)
@@ -300,7 +306,12 @@ class ExperimentConfig:
         resolve_env(self.env.name, field="env.name")
         if self.agent.name not in AGENT_CONFIGS:
             raise ConfigError("agent.name", f"unknown agent {self.agent.name!r}; choose one of {sorted(AGENT_CONFIGS)}")
-        from_dict(AGENT_CONFIGS[self.agent.name], self.agent.params, "agent.params")
+        agent_cfg = from_dict(AGENT_CONFIGS[self.agent.name], self.agent.params, "agent.params")
+        if self.federation.round_batch > 0:  # one round gathers ~round_batch steps over the sampled clients
+            fed = self.federation
+            n_sampled = max(1, int(np.ceil(fed.client_fraction * fed.n_clients - 1e-9)))
+            n_envs = int(getattr(agent_cfg, "n_envs", 1))
+            fed.local_steps = n_envs * -(-fed.round_batch // (n_sampled * n_envs))
         check_range("attack.n_malicious", self.attack.n_malicious, 0, self.federation.n_clients - 1)
         if self.attack.name != "none":
             if self.attack.n_malicious == 0:

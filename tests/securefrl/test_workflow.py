@@ -161,7 +161,7 @@ def test_config_lists_a_protocols_parameters(capsys):
     out = capsys.readouterr().out
     from protocols.ckks import CKKSParams
 
-    assert re.search(rf"protocol.params.poly_modulus_degree +=  *{CKKSParams().poly_modulus_degree}\b", out)
+    assert re.search(rf"protocol\.params\.poly_modulus_degree +\= {CKKSParams().poly_modulus_degree}\b", out)
     assert main(["config", "--protocol", "secagg"]) == 0
     out = capsys.readouterr().out
     assert "protocol.params.threshold" in out
