@@ -146,7 +146,7 @@ def test_crt_lift_is_centred_and_encoder_round_trips():
 def test_weighted_mean_matches_plaintext_protocol(proto):
     ups = _updates(1, N_CLIENTS, DIM)
     weights = {0: 0.5, 1: 2.0, 2: 1.25, 3: 1.0, 4: 3.0}
-    plain = PlaintextProtocol(DIM)
+    plain = PlaintextProtocol(DIM, public_weights=False)  # weights that differ must travel
     expected = plain.open(plain.combine(0, {c: plain.protect(c, 0, ups[c], weights[c]) for c in ups}))
 
     opened = proto.open(proto.combine(0, _protect_all(proto, 0, ups, weights)))
