@@ -13,6 +13,7 @@ from __future__ import annotations
 import difflib
 import inspect
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -168,8 +169,8 @@ def draw_client_envs(
         box = family.ranges()
     else:
         env_id = env
-        if h > 0.0 and not ranges:
-            raise ConfigError("heterogeneity", _plain_id_without_ranges_message(env_id, h))
+        if h > 0.0 and not ranges:  # runs, with identical clients: the default h must not refuse "any gymnasium id"
+            warnings.warn(NothingVariesWarning(_plain_id_without_ranges_message(env_id, h)), stacklevel=2)
         defaults = _read_defaults(env_id, overrides, ranges)
         box = {}
     for name, value in ranges.items():
@@ -269,8 +270,13 @@ def _unknown_env_message(env: object) -> str:
     return msg
 
 
+class NothingVariesWarning(UserWarning):
+    """A plain gymnasium id at heterogeneity > 0 without ``env.ranges``: every client gets the same environment."""
+
+
 def _plain_id_without_ranges_message(env_id: str, h: float) -> str:
-    msg = f"is {h} but {env_id!r} is a plain gymnasium id and no ranges were given, so nothing would vary"
+    msg = (f"env.heterogeneity is {h} but {env_id!r} is a plain gymnasium id and no env.ranges were given, so every "
+           "client gets the same environment")
     try:
         probe = gym.make(env_id)
     except Exception:  # the id is registered but cannot be built here; the hint is optional
@@ -279,8 +285,8 @@ def _plain_id_without_ranges_message(env_id: str, h: float) -> str:
         family = family_for_env(probe.unwrapped)
         probe.close()
         if family is not None:
-            return msg + f"; use env={family.name!r} or give ranges"
-    return msg + f"; give ranges, use heterogeneity 0, or use a family ({', '.join(family_names())})"
+            return msg + f"; to vary its physics use env.name={family.name!r} or give env.ranges"
+    return msg + f"; to vary it give env.ranges, or use a family ({', '.join(family_names())})"
 
 
 def _check_mapping(fld: str, value: object) -> dict[str, Any]:

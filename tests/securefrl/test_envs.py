@@ -300,7 +300,6 @@ def rng() -> np.random.Generator:
         ({"ranges": {"gravity": (12.0, 5.0)}}, "ranges.gravity", "low <= high"),
         ({"ranges": {"gravity": 5.0}}, "ranges.gravity", "(low, high)"),
         ({"overrides": {"gravity": 9.0}, "ranges": {"gravity": (8.0, 9.0)}}, "overrides.gravity", "not both"),
-        ({"env": "CartPole-v1"}, "heterogeneity", "use env='cartpole'"),
         ({"env": "CartPole-v1", "ranges": {"pole_length": (1, 2)}}, "ranges.pole_length", "masspole"),
         ({"env": "CartPole-v1", "ranges": {"_sutton_barto_reward": (0, 1)}}, "ranges._sutton_barto_reward", "'_'"),
         ({"env": "CartPole-v1", "overrides": {"kinematics_integrator": 1.0}, "heterogeneity": 0.0},
@@ -483,3 +482,13 @@ def test_a_family_behind_a_missing_extra_is_refused_naming_the_extra() -> None:
     assert info.value.field == "env.name"
     with pytest.raises(ConfigError, match="securefrl_no_such_module"):
         missing.env_type()
+
+
+def test_a_plain_gymnasium_id_runs_at_the_default_heterogeneity_with_identical_clients() -> None:
+    from securefrl.envs.spec import NothingVariesWarning
+
+    with pytest.warns(NothingVariesWarning, match="env.ranges"):
+        specs = draw_client_envs("MountainCarContinuous-v0", 3, 0.5, np.random.default_rng(0))
+    assert len(specs) == 3 and all(s == specs[0] for s in specs)
+    with pytest.warns(NothingVariesWarning, match="env.name='cartpole'"):  # a known family is named as the way out
+        draw_client_envs("CartPole-v1", 2, 0.5, np.random.default_rng(0))
