@@ -25,7 +25,7 @@ from securefrl.agents.base import Agent
 from securefrl.behaviour import ServerView, make_behaviour, wrap_training_env
 from securefrl.config import ExperimentConfig
 from securefrl.envs import EnvSpec, draw_client_envs
-from securefrl.errors import ConfigError, UpdateRejectedError
+from securefrl.errors import UpdateRejectedError
 from securefrl.protocol_factory import make_protocol
 from securefrl.seeding import derive_rng, derive_seed
 from securefrl.server_opt import ServerOptimizer
@@ -106,9 +106,6 @@ class Federation:
         if cfg.privacy.placement != "none":
             from securefrl.privacy.federated import ClientLevelDP  # deferred: pulls in opacus
 
-            if fed.clip_norm > 0:
-                raise ConfigError("federation.clip_norm", "with differential privacy the clip bound is "
-                                  "privacy.clip_norm; leave federation.clip_norm at 0")
             self.dp = ClientLevelDP(cfg.privacy, cfg.protocol.name, fed.n_clients, len(self.sample_clients(0)),
                                     fed.rounds)
         if self.protocol is None:
@@ -391,23 +388,17 @@ def _to_numpy(obj: Any) -> Any:
 
 
 def make_federation(config: ExperimentConfig, **kwargs: Any) -> Federation:
-    """The federation ``config.federation.simulation`` / ``backend`` ask for (all share :class:`Federation`'s round).
+    """The federation ``config`` asks for: its personalization method, simulation and backend.
 
     ``loop`` + ``local`` is :class:`Federation` itself, the reference; ``vectorized`` batches every
     sampled client (:mod:`securefrl.vectorized`); ``ray`` trains clients as Ray tasks (:mod:`securefrl.ray_backend`).
+    Which combinations run is decided by :mod:`securefrl.compat` when the config is validated.
     """
-    fed = config.federation
-    method = getattr(getattr(config, "personalization", None), "method", "none")
-    if method != "none":
-        from securefrl.personalization import make_personalized_federation  # deferred: imports this module
+    from securefrl.axes import ALGORITHMS, EXECUTORS
+    from securefrl.compat import executor_name
 
-        return make_personalized_federation(config, **kwargs)
-    if getattr(fed, "simulation", "loop") == "vectorized":
-        from securefrl.vectorized import VectorizedFederation  # deferred: imports this module
-
-        return VectorizedFederation(config, **kwargs)
-    if getattr(fed, "backend", "local") == "ray":
-        from securefrl.ray_backend import RayFederation  # deferred: needs the optional ray package
-
-        return RayFederation(config, **kwargs)
-    return Federation(config, **kwargs)
+    if config.personalization.method != "none":
+        cls = ALGORITHMS.get(config.personalization.method)
+    else:
+        cls = EXECUTORS.get(executor_name(config))
+    return cls(config, **kwargs)

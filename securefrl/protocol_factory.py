@@ -1,32 +1,40 @@
-"""Build the aggregation protocol named in the config (imports are lazy: CKKS pulls TenSEAL)."""
+"""The aggregation protocols by name (:data:`PROTOCOLS`) and how the federation builds one.
+
+Entries are ``"module:Class"`` strings imported on first use (CKKS pulls in TenSEAL). A protocol
+declares its capabilities as class attributes of :class:`~protocols.base.AggregationProtocol`
+(``reveals_individual_updates``, ``server_can_open``); compatibility rules read those, never names
+(:mod:`securefrl.compat`). Third parties register through the ``securefrl.protocols`` entry-point group.
+"""
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 from protocols.base import AggregationProtocol
 from protocols.errors import ProtocolConfigError
 from securefrl.errors import ConfigError
+from securefrl.registry import Registry
+
+PROTOCOLS: Registry[type[AggregationProtocol]] = Registry("protocol", "protocol.name", group="securefrl.protocols")
+"""Protocol classes by name; each is built as ``cls(dim, [n_clients=...,] **protocol.params)``."""
+PROTOCOLS.register("plaintext", "protocols.plaintext:PlaintextProtocol")
+PROTOCOLS.register("ckks", "protocols.ckks:CKKSProtocol")
+PROTOCOLS.register("secagg", "protocols.secagg:SecAggProtocol")
 
 
 def make_protocol(name: str, dim: int, n_clients: int, params: dict[str, Any] | None = None) -> AggregationProtocol:
-    """The protocol ``name`` for flat vectors of length ``dim`` among ``n_clients`` clients."""
+    """The protocol ``name`` for flat vectors of length ``dim`` among ``n_clients`` clients.
+
+    ``n_clients`` is passed to protocols whose constructor takes it (SecAgg's key set-up needs it).
+    """
+    cls = PROTOCOLS.get(name)
     params = dict(params or {})
+    if "n_clients" in inspect.signature(cls).parameters:
+        params["n_clients"] = n_clients
     try:
-        if name == "plaintext":
-            from protocols.plaintext import PlaintextProtocol
-
-            return PlaintextProtocol(dim, **params)
-        if name == "ckks":
-            from protocols.ckks import CKKSProtocol
-
-            return CKKSProtocol(dim, **params)
-        if name == "secagg":
-            from protocols.secagg import SecAggProtocol
-
-            return SecAggProtocol(dim, n_clients=n_clients, **params)
+        return cls(dim, **params)
     except TypeError as err:  # unknown keyword in protocol.params
         raise ConfigError("protocol.params", f"{err}") from None
     except ProtocolConfigError as err:
         raise ConfigError("protocol.params", str(err)) from None
-    raise ConfigError("protocol.name", f"unknown protocol {name!r}; choose plaintext, ckks or secagg")

@@ -126,13 +126,7 @@ class RayFederation(Federation):
 
     def __post_init__(self) -> None:
         fed = self.config.federation
-        if fed.simulation != "loop":
-            raise ConfigError("federation.backend", "backend=ray runs simulation=loop clients; the vectorized "
-                              "simulation is one process (use backend=local)")
         super().__post_init__()
-        if self.behaviour is not None and callable(getattr(self.behaviour, "wrap_env", None)):
-            raise ConfigError("attack.name", f"{self.config.attack.name!r} wraps environments with state that lives "
-                              "in the driver's agents; use backend=local")
         self.started_ray = connect(fed.ray_address, fed.ray_num_cpus)
         import ray
 

@@ -8,8 +8,7 @@ Stable-Baselines3 zoo settings for CartPole, which keeps per-step overhead low.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -18,73 +17,11 @@ import torch.nn.functional as F
 
 from securefrl.agents.base import Agent, EnvFn
 from securefrl.agents.common import Streams, check_checkpoint, config_state, episode_stats, init_generator, obs_dim_of
+from securefrl.agents.configs import DQNConfig
 from securefrl.agents.networks import frozen_copy, hard_update, mlp
 from securefrl.agents.replay import ReplayBuffer
 from securefrl.agents.vecenv import EnvPool
-from securefrl.configtools import check_range
 from securefrl.errors import ConfigError
-
-
-@dataclass
-class DQNConfig:
-    """DQN hyperparameters; defaults reach CartPole-v1 eval return >= 475 within 100k steps.
-
-    Adapted from the rl-baselines3-zoo CartPole-v1 setting (lr 2.3e-3, batch 64, training phases
-    every 256 steps, epsilon 1 -> 0.04 over 16k steps) with a 128x128 network and half the gradient
-    steps per phase, which measured steadier. DQN on CartPole still oscillates after solving it
-    (evaluations alternate between 500 and much lower); PPO is the steadier learner there.
-    """
-
-    hidden: tuple[int, ...] = (128, 128)
-    """Hidden layer widths of the Q-network MLP (ReLU); 64x64 learns CartPole too but less reliably."""
-    lr: float = 2.3e-3
-    """Adam learning rate."""
-    gamma: float = 0.99
-    """Discount factor."""
-    buffer_size: int = 100_000
-    """Replay buffer capacity in transitions."""
-    batch_size: int = 64
-    """Transitions per gradient step."""
-    learning_starts: int = 1_000
-    """Environment steps of pure collection before the first gradient step."""
-    train_freq: int = 256
-    """Environment steps between training phases."""
-    gradient_steps: int = 64
-    """Gradient steps per training phase."""
-    target_update_interval: int = 64
-    """Gradient steps between copies of the online network into the target network."""
-    exploration_initial_eps: float = 1.0
-    """Epsilon at step 0 of the linear epsilon-greedy schedule."""
-    exploration_final_eps: float = 0.04
-    """Epsilon after ``exploration_steps`` environment steps (held from then on)."""
-    exploration_steps: int = 16_000
-    """Environment steps over which epsilon decays linearly (counted across learn() calls)."""
-    max_grad_norm: float = 10.0
-    """Global gradient-norm clip per step (0 disables)."""
-    double_dqn: bool = True
-    """Pick next actions with the online net and value them with the target net (van Hasselt et al. 2016)."""
-    n_envs: int = 1
-    """Environment copies stepped together (steps are counted summed over copies)."""
-    batch_sampling: Literal["uniform", "poisson"] = "uniform"
-    """uniform: batch_size transitions drawn with replacement; poisson: each stored transition joins a step
-    independently with rate batch_size / stored (variable size; what record-level DP-SGD needs, see
-    securefrl.agents.dp)."""
-
-    def validate(self, path: str = "DQNConfig") -> None:
-        """Refuse out-of-range values with the field name and the allowed range."""
-        check_range(f"{path}.lr", self.lr, 0.0, None, lo_open=True)
-        check_range(f"{path}.gamma", self.gamma, 0.0, 1.0)
-        check_range(f"{path}.exploration_initial_eps", self.exploration_initial_eps, 0.0, 1.0)
-        check_range(f"{path}.exploration_final_eps", self.exploration_final_eps, 0.0, 1.0)
-        check_range(f"{path}.max_grad_norm", self.max_grad_norm, 0.0, None)
-        for name in ("buffer_size", "batch_size", "train_freq", "gradient_steps", "target_update_interval", "n_envs"):
-            check_range(f"{path}.{name}", getattr(self, name), 1, None)
-        for name in ("learning_starts", "exploration_steps"):
-            check_range(f"{path}.{name}", getattr(self, name), 0, None)
-        if not self.hidden or any(h < 1 for h in self.hidden):
-            raise ConfigError(f"{path}.hidden", f"need at least one positive layer width, got {self.hidden}")
-        if self.batch_sampling not in ("uniform", "poisson"):
-            raise ConfigError(f"{path}.batch_sampling", f"must be uniform or poisson, got {self.batch_sampling!r}")
 
 
 class DQNAgent(Agent):

@@ -10,8 +10,7 @@ annealing; time-limit truncations bootstrap from the critic (Pardo et al. 2018).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -19,9 +18,9 @@ import torch
 
 from securefrl.agents.base import Agent, EnvFn
 from securefrl.agents.common import Streams, check_checkpoint, config_state, episode_stats, init_generator, obs_dim_of
+from securefrl.agents.configs import PPOConfig
 from securefrl.agents.networks import mlp
 from securefrl.agents.vecenv import EnvPool
-from securefrl.configtools import check_range
 from securefrl.errors import ConfigError
 
 
@@ -42,71 +41,6 @@ def compute_gae(rewards: np.ndarray, values: np.ndarray, dones: np.ndarray, last
         adv[i] = gae
         next_value = values[i]
     return adv
-
-
-@dataclass
-class PPOConfig:
-    """PPO hyperparameters; defaults solve CartPole-v1 (greedy eval return >= 475) within 100k steps.
-
-    Defaults follow the rl-baselines3-zoo CartPole-v1 setting (8 envs x 32 steps, 20 epochs of one
-    full-batch step, gamma 0.98, lambda 0.8, no entropy bonus, annealed lr 1e-3), which measured far
-    steadier than the CleanRL Atari-style setting (4 x 128, 4 epochs x 4 minibatches) on this task.
-    """
-
-    hidden: tuple[int, ...] = (64, 64)
-    """Hidden layer widths of the actor and of the critic (separate tanh MLPs)."""
-    n_envs: int = 8
-    """Environment copies stepped together; a rollout holds n_envs * n_steps transitions."""
-    n_steps: int = 32
-    """Vector steps per rollout."""
-    n_epochs: int = 20
-    """Passes over each rollout."""
-    n_minibatches: int = 1
-    """Minibatches per epoch (rollout size / n_minibatches transitions each)."""
-    lr: float = 1e-3
-    """Initial Adam learning rate."""
-    anneal_steps: int = 100_000
-    """Environment steps over which the learning rate decays linearly to lr * lr_final_fraction (0 = constant)."""
-    lr_final_fraction: float = 0.1
-    """Learning-rate floor after annealing, as a fraction of lr."""
-    gamma: float = 0.98
-    """Discount factor."""
-    gae_lambda: float = 0.8
-    """GAE lambda: bias-variance trade-off of the advantage estimate."""
-    clip_coef: float = 0.2
-    """Clip range of the probability ratio in the surrogate objective."""
-    clip_vloss: bool = False
-    """Clip the value update around the rollout's values, like the policy ratio."""
-    ent_coef: float = 0.0
-    """Weight of the entropy bonus."""
-    vf_coef: float = 0.5
-    """Weight of the value loss."""
-    max_grad_norm: float = 0.5
-    """Global gradient-norm clip per step (0 disables)."""
-    norm_adv: bool = True
-    """Normalise advantages within each minibatch."""
-    batch_sampling: Literal["shuffle", "poisson"] = "shuffle"
-    """shuffle: each epoch splits a permutation of the rollout into n_minibatches; poisson: n_epochs * n_minibatches
-    steps, each on a Poisson sample of the rollout at rate 1 / n_minibatches (what record-level DP-SGD needs)."""
-
-    def validate(self, path: str = "PPOConfig") -> None:
-        """Refuse out-of-range values with the field name and the allowed range."""
-        for name in ("n_envs", "n_steps", "n_epochs", "n_minibatches"):
-            check_range(f"{path}.{name}", getattr(self, name), 1, None)
-        check_range(f"{path}.lr", self.lr, 0.0, None, lo_open=True)
-        check_range(f"{path}.anneal_steps", self.anneal_steps, 0, None)
-        check_range(f"{path}.lr_final_fraction", self.lr_final_fraction, 0.0, 1.0)
-        check_range(f"{path}.gamma", self.gamma, 0.0, 1.0)
-        check_range(f"{path}.gae_lambda", self.gae_lambda, 0.0, 1.0)
-        check_range(f"{path}.clip_coef", self.clip_coef, 0.0, None, lo_open=True)
-        for name in ("ent_coef", "vf_coef", "max_grad_norm"):
-            check_range(f"{path}.{name}", getattr(self, name), 0.0, None)
-        if self.n_minibatches > self.n_envs * self.n_steps:
-            raise ConfigError(f"{path}.n_minibatches", f"must be <= n_envs * n_steps = {self.n_envs * self.n_steps}")
-        if not self.hidden or any(h < 1 for h in self.hidden):
-            raise ConfigError(f"{path}.hidden", f"need at least one positive layer width, got {self.hidden}")
-        if self.batch_sampling not in ("shuffle", "poisson"):
-            raise ConfigError(f"{path}.batch_sampling", f"must be shuffle or poisson, got {self.batch_sampling!r}")
 
 
 class PPOAgent(Agent):

@@ -52,27 +52,26 @@ client's own model under ``local``, the fine-tuned global model under ``finetune
 ``return_global``).
 """
 
-from securefrl.personalization.checks import check_personalization
-from securefrl.personalization.federations import (
-    FEDERATIONS,
-    ClusteredFederation,
-    DittoFederation,
-    FedProxFederation,
-    FineTuneFederation,
-    LocalOnlyFederation,
-    PartialFederation,
-    PersonalizedFederation,
-    make_personalized_federation,
-)
-from securefrl.personalization.grouping import assign_groups, bin_edges
-from securefrl.personalization.parts import (
-    EnvEmbeddingInput,
-    attach_env_embedding,
-    embedding_parameter_names,
-    frozen,
-    head_parameter_names,
-)
-from securefrl.personalization.slots import decode_slots, encode_slots, slot_length
+from importlib import import_module
+from typing import Any
+
+_LAZY = {  # importing the package does not import torch: the implementations load on first use
+    **dict.fromkeys(("FEDERATIONS", "ClusteredFederation", "DittoFederation", "FedProxFederation",
+                     "FineTuneFederation", "LocalOnlyFederation", "PartialFederation", "PersonalizedFederation",
+                     "make_personalized_federation"), "securefrl.personalization.federations"),
+    "check_personalization": "securefrl.personalization.checks",
+    **dict.fromkeys(("assign_groups", "bin_edges"), "securefrl.personalization.grouping"),
+    **dict.fromkeys(("EnvEmbeddingInput", "attach_env_embedding", "embedding_parameter_names", "frozen",
+                     "head_parameter_names"), "securefrl.personalization.parts"),
+    **dict.fromkeys(("decode_slots", "encode_slots", "slot_length"), "securefrl.personalization.slots"),
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(import_module(_LAZY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "FEDERATIONS",

@@ -9,7 +9,7 @@
 """
 
 from securefrl.vectorized.cartpole import CartPoleBatch, greedy_returns, physics_of
-from securefrl.vectorized.federation import ClientSlot, VectorizedFederation, check_vectorized
+from securefrl.vectorized.federation import ClientSlot, VectorizedFederation
 from securefrl.vectorized.ppo import PPOPopulation, batched_mlp
 
 __all__ = [
@@ -18,7 +18,6 @@ __all__ = [
     "PPOPopulation",
     "VectorizedFederation",
     "batched_mlp",
-    "check_vectorized",
     "greedy_returns",
     "physics_of",
 ]

@@ -10,7 +10,7 @@ The remaining calls of the round read those results. Each client's agent is a
 rows of the population, so everything the round loop does with ``client.agent`` still holds.
 
 Supported: CartPole (family or ``CartPole-v1``) + PPO, any protocol, local backend; attacks that
-only craft updates. Anything else is refused with a :class:`~securefrl.errors.ConfigError`.
+only craft updates. Anything else is refused by :mod:`securefrl.compat` (declared in :data:`securefrl.axes.EXECUTORS`).
 """
 
 from __future__ import annotations
@@ -23,35 +23,11 @@ import torch
 
 from securefrl.agents import make_agent
 from securefrl.agents.base import Agent
-from securefrl.config import ExperimentConfig
 from securefrl.envs import EnvSpec
-from securefrl.errors import ConfigError
 from securefrl.federation import Client, Federation
 from securefrl.seeding import derive_seed
 from securefrl.vectorized.cartpole import physics_of
 from securefrl.vectorized.ppo import PPOPopulation, batched_mlp
-
-CARTPOLE_NAMES = ("cartpole", "CartPole-v1")
-
-
-def check_vectorized(config: ExperimentConfig) -> None:
-    """Refuse configurations the vectorized simulation does not implement, naming the field."""
-    fed = config.federation
-    if config.agent.name != "ppo":
-        raise ConfigError("federation.simulation", f"vectorized simulation runs agent ppo only, not "
-                          f"{config.agent.name!r}; use federation.simulation=loop")
-    if config.env.name not in CARTPOLE_NAMES:
-        raise ConfigError("federation.simulation", f"vectorized simulation runs env {' or '.join(CARTPOLE_NAMES)} "
-                          f"only, not {config.env.name!r}; use federation.simulation=loop")
-    if getattr(fed, "backend", "local") != "local":
-        raise ConfigError("federation.backend", "vectorized simulation runs in this process; use backend=local "
-                          "(or simulation=loop with backend=ray)")
-    if config.attack.name != "none":
-        from securefrl.behaviour import make_behaviour
-
-        if callable(getattr(make_behaviour(config.attack.name, **config.attack.params), "wrap_env", None)):
-            raise ConfigError("attack.name", f"{config.attack.name!r} changes the malicious clients' environments, "
-                              "which the batched CartPole does not model; use federation.simulation=loop")
 
 
 class ClientSlot(Agent):
@@ -108,7 +84,6 @@ class VectorizedFederation(Federation):
     """:class:`~securefrl.federation.Federation` whose clients train and evaluate as one batch per round."""
 
     def __post_init__(self) -> None:
-        check_vectorized(self.config)
         agent_cfg = self.config.agent_config()
         template = make_agent("ppo", EnvSpec("CartPole-v1").make, agent_cfg, seed=0)  # names and shapes only
         self.population = PPOPopulation(agent_cfg, template.parameter_spec(), self.config.federation.n_clients)
