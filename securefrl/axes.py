@@ -33,31 +33,26 @@ ALGORITHMS: Registry[Any] = Registry("personalization method", "personalization.
                                      group="securefrl.algorithms")
 """Client algorithms by name (``none`` is FedAvg of the whole model)."""
 
-_P = "securefrl.personalization.federations"
+_P = "securefrl.personalization.algorithms"
 _CHECK = "securefrl.personalization.checks:check_personalization"
-_S = "per_client_state"  # personalized federations still subclass the loop (until they plug into the axes)
-ALGORITHMS.register("none", "securefrl.federation:Federation", record_dp=True)
-ALGORITHMS.register("local", f"{_P}:LocalOnlyFederation", sends=False, task_features=(_S,))
-ALGORITHMS.register("finetune", f"{_P}:FineTuneFederation", record_dp=True, task_features=(_S,))
-ALGORITHMS.register("fedprox", f"{_P}:FedProxFederation", agent_needs=("proximal",),
-                    task_features=("proximal", _S), record_dp=True)
-ALGORITHMS.register("fedper", f"{_P}:PartialFederation", task_features=(_S,))
-ALGORITHMS.register("fedrep", f"{_P}:PartialFederation", agent_needs=("freeze",), task_features=("freeze", _S))
-ALGORITHMS.register("embedding", f"{_P}:PartialFederation", agent_needs=("embedding",),
-                    task_features=("embedding", _S))
-ALGORITHMS.register("group", f"{_P}:ClusteredFederation", client_dp=False, robust=False, task_features=(_S,),
-                    check=_CHECK)
-ALGORITHMS.register("ifca", f"{_P}:ClusteredFederation", client_dp=False, robust=False, task_features=(_S,),
-                    check=_CHECK)
-ALGORITHMS.register("ditto", f"{_P}:DittoFederation", agent_needs=("proximal",),
-                    task_features=("proximal", "second_agent", _S))
+ALGORITHMS.register("none", "securefrl.algorithm:FedAvg", record_dp=True)
+ALGORITHMS.register("local", f"{_P}:LocalOnly", sends=False)
+ALGORITHMS.register("finetune", f"{_P}:FineTune", record_dp=True)
+ALGORITHMS.register("fedprox", f"{_P}:FedProx", agent_needs=("proximal",), task_features=("proximal",),
+                    record_dp=True)
+ALGORITHMS.register("fedper", f"{_P}:Partial")
+ALGORITHMS.register("fedrep", f"{_P}:Partial", agent_needs=("freeze",), task_features=("freeze",))
+ALGORITHMS.register("embedding", f"{_P}:Partial", agent_needs=("embedding",), task_features=("embedding",))
+ALGORITHMS.register("group", f"{_P}:Clustered", client_dp=False, robust=False, check=_CHECK)
+ALGORITHMS.register("ifca", f"{_P}:Clustered", client_dp=False, robust=False, check=_CHECK)
+ALGORITHMS.register("ditto", f"{_P}:Ditto", agent_needs=("proximal",), task_features=("proximal", "second_agent"))
 
 EXECUTORS: Registry[Any] = Registry("executor", "federation.simulation", group="securefrl.executors")
 """Executors by name: ``local`` (simulation=loop, backend=local), ``vectorized``, ``ray``."""
-EXECUTORS.register("local", "securefrl.federation:Federation",
-                   features=("proximal", "freeze", "embedding", "second_agent", "env_attacks", "record_dp",
-                             "poisson_batches", _S))
-EXECUTORS.register("vectorized", "securefrl.vectorized.federation:VectorizedFederation", features=(),
+EXECUTORS.register("local", "securefrl.executors:LocalExecutor",
+                   features=("proximal", "freeze", "embedding", "second_agent", "custom", "env_attacks", "record_dp",
+                             "poisson_batches"))
+EXECUTORS.register("vectorized", "securefrl.vectorized.executor:VectorizedExecutor", features=(),
                    agent_needs=("batched",), envs=("cartpole", "CartPole-v1"))
-EXECUTORS.register("ray", "securefrl.ray_backend:RayFederation",
+EXECUTORS.register("ray", "securefrl.ray_backend:RayExecutor",
                    features=("proximal", "freeze", "second_agent", "poisson_batches"))

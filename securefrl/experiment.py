@@ -97,6 +97,7 @@ def run_experiment(config: ExperimentConfig, resume: bool = False, progress: boo
             bar.update(1)
     if bar is not None:
         bar.close()
+    fed.close()  # a local Ray instance started for this run shuts down (the driver's state stays readable)
     summary = summarize(config, fed, round_rows, time.perf_counter() - t_start)
     summary["stopped_reason"] = stopped
     out.write_json("summary.json", summary)

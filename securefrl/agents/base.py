@@ -9,8 +9,9 @@ round, and checkpoint everything needed to continue exactly.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any, ClassVar
 
 import gymnasium as gym
 import numpy as np
@@ -22,6 +23,20 @@ from securefrl.params import ParamSpec, set_flat
 EnvFn = Callable[[], gym.Env]
 
 
+@contextmanager
+def frozen(agent: Agent, names: Sequence[str]) -> Iterator[None]:
+    """Within the block, the named federated tensors get no gradient (so the optimizer skips them)."""
+    params = dict(agent.federated_parameters())
+    saved = {n: params[n].requires_grad for n in names}
+    try:
+        for n in names:
+            params[n].requires_grad_(False)
+        yield
+    finally:
+        for n, flag in saved.items():
+            params[n].requires_grad_(flag)
+
+
 class Agent(ABC):
     """Base class of DQN, PPO and SAC agents.
 
@@ -30,6 +45,8 @@ class Agent(ABC):
     """
 
     name: str = "abstract"
+    capabilities: ClassVar[frozenset[str]] = frozenset()
+    """What the agent implements (see :mod:`securefrl.agents.registry`); the registry entry declares the same."""
     supports_proximal: bool = False
     """True if every gradient step of :meth:`learn` adds :meth:`proximal_loss` (DQN and PPO)."""
     _proximal: tuple[float, list[torch.Tensor]] | None = None

@@ -56,9 +56,8 @@ from importlib import import_module
 from typing import Any
 
 _LAZY = {  # importing the package does not import torch: the implementations load on first use
-    **dict.fromkeys(("FEDERATIONS", "ClusteredFederation", "DittoFederation", "FedProxFederation",
-                     "FineTuneFederation", "LocalOnlyFederation", "PartialFederation", "PersonalizedFederation",
-                     "make_personalized_federation"), "securefrl.personalization.federations"),
+    **dict.fromkeys(("Clustered", "Ditto", "FedProx", "FineTune", "LocalOnly", "Partial", "Personalized"),
+                    "securefrl.personalization.algorithms"),
     "check_personalization": "securefrl.personalization.checks",
     **dict.fromkeys(("assign_groups", "bin_edges"), "securefrl.personalization.grouping"),
     **dict.fromkeys(("EnvEmbeddingInput", "attach_env_embedding", "embedding_parameter_names", "frozen",
@@ -74,15 +73,14 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
-    "FEDERATIONS",
-    "ClusteredFederation",
-    "DittoFederation",
+    "Clustered",
+    "Ditto",
     "EnvEmbeddingInput",
-    "FedProxFederation",
-    "FineTuneFederation",
-    "LocalOnlyFederation",
-    "PartialFederation",
-    "PersonalizedFederation",
+    "FedProx",
+    "FineTune",
+    "LocalOnly",
+    "Partial",
+    "Personalized",
     "assign_groups",
     "attach_env_embedding",
     "bin_edges",
@@ -92,6 +90,5 @@ __all__ = [
     "encode_slots",
     "frozen",
     "head_parameter_names",
-    "make_personalized_federation",
     "slot_length",
 ]

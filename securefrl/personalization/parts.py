@@ -13,15 +13,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from securefrl.agents.base import Agent
+from securefrl.agents.base import Agent, frozen
 from securefrl.agents.dqn import DQNAgent
 from securefrl.agents.networks import frozen_copy
 from securefrl.agents.ppo import PPOAgent
@@ -122,15 +121,5 @@ def attach_env_embedding(agent: Agent, dim: int, scale: float, generator: torch.
     return agent
 
 
-@contextmanager
-def frozen(agent: Agent, names: Sequence[str]) -> Iterator[None]:
-    """Within the block, the named federated tensors get no gradient (so the optimizer skips them)."""
-    params = dict(agent.federated_parameters())
-    saved = {n: params[n].requires_grad for n in names}
-    try:
-        for n in names:
-            params[n].requires_grad_(False)
-        yield
-    finally:
-        for n, flag in saved.items():
-            params[n].requires_grad_(flag)
+__all__ = ["EnvEmbeddingInput", "attach_env_embedding", "embedding_parameter_names", "frozen",
+           "head_parameter_names"]

@@ -9,10 +9,11 @@ import torch
 from securefrl.config import load_config
 from securefrl.errors import ConfigError
 from securefrl.federation import Federation, make_federation
+from securefrl.seeding import derive_seed, eval_seed
 
 ray = pytest.importorskip("ray")
 
-from securefrl.ray_backend import RayFederation, train_client  # noqa: E402  (needs ray importable)
+from securefrl.ray_backend import RayExecutor, agent_payload, task_payload, train_client  # noqa: E402  (needs ray)
 
 TINY = ["federation.n_clients=3", "federation.rounds=2", "federation.local_steps=64", "federation.eval_episodes=1",
         "federation.client_fraction=0.6", "env.heterogeneity=1.0", "agent.params={n_envs: 2, n_steps: 16}"]
@@ -38,7 +39,7 @@ def test_ray_backend_gives_the_same_metrics_as_local(local_ray):
     # Arrange
     local = Federation(load_config(overrides=TINY))
     remote = make_federation(load_config(overrides=[*TINY, "federation.backend=ray"]))
-    assert isinstance(remote, RayFederation) and not remote.started_ray  # joined the fixture's instance
+    assert isinstance(remote.executor, RayExecutor) and not remote.started_ray  # joined the fixture's instance
     for _ in range(2):
         # Act
         a, b = local.run_round(), remote.run_round()
@@ -55,7 +56,9 @@ def test_task_payloads_are_bytes_and_primitives():
     client = fed.clients[0]
     buf = io.BytesIO()
     torch.save(client.agent.state_dict(), buf)
-    args = (fed.config.to_dict(), client.env_spec.to_dict(), 0, 0, fed.global_params.astype("<f4").tobytes(),
+    (task,) = fed.algorithm.train_tasks(client, 0)
+    args = (agent_payload(fed.config), client.env_spec.to_dict(),
+            task_payload(task, derive_seed(fed.config.seed, "agent", 0), eval_seed(fed.config.seed, "local", 0, 0)),
             buf.getvalue())
     # Act: run the task body in this process (what a Ray worker runs), and the local update.
     out = train_client(*args)
