@@ -112,6 +112,20 @@ def verify(verify_key: bytes, message: bytes, signature: bytes) -> None:
         raise SignatureError("signature does not verify under the registered identity key") from None
 
 
+def digest(*parts: bytes) -> bytes:
+    """SHA-256 over length-prefixed ``parts`` under the project's domain (so no two part lists collide).
+
+    Used for commitments (to a client's self-mask seed), the graph seed every client derives, and registry
+    and survivor-set digests.
+    """
+    h = hashes.Hash(hashes.SHA256())
+    h.update(_DOMAIN)
+    for part in parts:
+        h.update(struct.pack("<Q", len(part)))
+        h.update(part)
+    return h.finalize()
+
+
 def derive_key(secret: bytes, purpose: str, round_id: int, a: int, b: int) -> bytes:
     """HKDF-SHA256 key for ``purpose`` in round ``round_id`` between parties ``a`` and ``b``.
 

@@ -14,8 +14,9 @@ whatever the secret is, i.e. they carry no information about it.
 
 from __future__ import annotations
 
+import itertools
 import secrets
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from functools import lru_cache
 
 from protocols.errors import PayloadError, ProtocolError
@@ -32,6 +33,10 @@ class InsufficientSharesError(ProtocolError, ValueError):
 
 class ShareFormatError(PayloadError):
     """A share received from a peer is not a valid field element."""
+
+
+class ReconstructionError(ProtocolError):
+    """No ``threshold`` of the offered shares rebuild a secret that passes its check (too many forged shares)."""
 
 
 def evaluate(coefficients: Sequence[int], x: int, prime: int = PRIME) -> int:
@@ -76,15 +81,67 @@ def reconstruct(shares: Mapping[int, int], threshold: int, prime: int = PRIME) -
 @lru_cache(maxsize=256)
 def lagrange_at_zero(xs: tuple[int, ...], prime: int = PRIME) -> tuple[int, ...]:
     """Lagrange basis coefficients ``l_i(0) = prod_{j != i} x_j / (x_j - x_i)`` modulo ``prime``."""
+    return lagrange_at(xs, 0, prime)
+
+
+@lru_cache(maxsize=4096)
+def lagrange_at(xs: tuple[int, ...], x: int, prime: int = PRIME) -> tuple[int, ...]:
+    """Lagrange basis coefficients ``l_i(x) = prod_{j != i} (x - x_j) / (x_i - x_j)`` modulo ``prime``."""
     out = []
     for i, xi in enumerate(xs):
         num, den = 1, 1
         for j, xj in enumerate(xs):
             if j != i:
-                num = num * xj % prime
-                den = den * (xj - xi) % prime
+                num = num * (x - xj) % prime
+                den = den * (xi - xj) % prime
         out.append(num * pow(den, -1, prime) % prime)
     return tuple(out)
+
+
+def _candidate_subsets(xs: list[int], t: int, max_tries: int) -> Iterator[tuple[int, ...]]:
+    """t-subsets to try, most likely first: the canonical first t, then each leaving out one or two points."""
+    yield tuple(xs[:t])
+    tried = 1
+    for drop in (1, 2):
+        for out in itertools.combinations(xs, drop):
+            rest = [x for x in xs if x not in out]
+            if len(rest) < t:
+                return
+            yield tuple(rest[:t])
+            tried += 1
+            if tried >= max_tries:
+                return
+
+
+def robust_reconstruct(
+    shares: Mapping[int, int], threshold: int, check: Callable[[int], bool], max_tries: int = 256,
+    prime: int = PRIME,
+) -> tuple[int, frozenset[int]]:
+    """Recover a secret that passes ``check`` from shares some of which may be forged; name the forgers.
+
+    Robust reconstruction for SecAgg against lying share holders (Bonawitz et al. 2017, §6.2, commitments
+    to the secrets): the secret of a t-subset is accepted only if ``check`` (e.g. against the owner's
+    commitment) passes; the polynomial through that subset is then evaluated at every other offered point,
+    and shares that disagree are forgeries. With ``m`` shares of which ``e`` are forged, a clean subset
+    exists whenever ``m - e >= t``; subsets leaving out up to two points are tried (enough for ``e <= 2``,
+    and more when the liars sit among the highest points). Returns ``(secret, forged x's)``; raises
+    :class:`ReconstructionError` if no subset passes.
+    """
+    if len(shares) < threshold:
+        raise InsufficientSharesError(f"{len(shares)} shares offered, {threshold} needed to reconstruct")
+    xs = sorted(shares)
+    _check_points(xs, prime)
+    for base in _candidate_subsets(xs, threshold, max_tries):
+        secret = sum(lam * shares[x] for lam, x in zip(lagrange_at_zero(base, prime), base, strict=True)) % prime
+        if not check(secret):
+            continue
+        forged = frozenset(
+            x for x in xs if x not in base
+            and sum(lam * shares[b] for lam, b in zip(lagrange_at(base, x, prime), base, strict=True)) % prime
+            != shares[x]
+        )
+        return secret, forged
+    raise ReconstructionError(f"no {threshold} of the {len(xs)} shares rebuild a secret that passes its check")
 
 
 def encode_share(value: int) -> bytes:

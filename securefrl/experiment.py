@@ -73,7 +73,8 @@ def run_experiment(config: ExperimentConfig, resume: bool = False, progress: boo
         from tqdm.auto import tqdm
 
         print(f"securefrl: {len(fed.clients)} {config.env.name} clients (heterogeneity {config.env.heterogeneity}),"
-              f" agent {config.agent.name}, protocol {config.protocol.name}, {fed.dim} parameters -> {out.path}",
+              f" agent {config.agent.name}, protocol {config.protocol.name}, {fed.dim} parameters -> {out.path}"
+              + (f"\n  {fed.protocol.label}" if getattr(fed.protocol, "label", None) else ""),
               file=sys.stderr)
         bar = tqdm(total=total, initial=fed.round, desc="rounds", unit="round", file=sys.stderr, leave=False)
         tqdm.write(_header(fed.dp is not None), file=sys.stderr)
@@ -129,6 +130,7 @@ def summarize(config: ExperimentConfig, fed: Federation, rounds: list[dict[str, 
         "env_steps_per_client": rounds[-1]["env_steps_per_client"],
         "parameters": fed.dim,
         "protocol": config.protocol.name,
+        "protocol_mode": getattr(fed.protocol, "label", None),
         "bytes_up_total": sum(r["bytes_up"] for r in rounds),
         "epsilon": rounds[-1].get("epsilon"),
         "delta": config.privacy.delta if config.privacy.placement != "none" else None,

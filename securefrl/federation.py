@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from protocols.base import AggregationProtocol
-from protocols.errors import RoundAbortedError
+from protocols.errors import ProtocolError, RoundAbortedError
 from securefrl.agents.base import Agent
 from securefrl.algorithm import ClientAlgorithm
 from securefrl.behaviour import ServerView, make_behaviour, wrap_training_env
@@ -296,7 +296,11 @@ class Federation:
             if cid in rows:
                 rows[cid]["bytes_up"] = rows[cid].get("bytes_up", 0) + extra_bytes
         t0 = time.perf_counter()
-        opened = self.aggregation.open(r, self.protocol, aggregate, payloads, weight)
+        try:
+            opened = self.aggregation.open(r, self.protocol, aggregate, payloads, weight)
+        except ProtocolError as err:  # any failure to open is this round's abort, never the run's end
+            times["open"] = time.perf_counter() - t0
+            return payloads, {"n_included": 0}, f"open failed: {type(err).__name__}: {err}"
         for cid, reason in opened.dropped.items():
             rows[cid]["rejected"] = f"aggregator: {reason}"
         if opened.mean is not None:

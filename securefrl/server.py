@@ -1,6 +1,7 @@
 """The server-aggregation axis: from the combined payloads to one mean update.
 
-:class:`ProtocolOpen` lets the protocol's key holder open the aggregate (FedAvg's weighted mean);
+:class:`ProtocolOpen` lets the protocol's key holder open the aggregate (FedAvg's weighted mean) through
+:func:`protocols.base.release`, which refuses a non-finite or out-of-bound mean (the round aborts);
 :class:`RobustAggregation` runs a robust rule (:mod:`securefrl.aggregators`) over the individual updates,
 which only protocols that reveal them provide (checked at config time by :mod:`securefrl.compat`).
 :class:`DPAggregation` wraps either: it records each client's clip bit before the pipeline, then noises the
@@ -16,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from protocols.base import Aggregate, AggregationProtocol
+from protocols.base import Aggregate, AggregationProtocol, release
 
 __all__ = ["DPAggregation", "Opened", "ProtocolOpen", "RobustAggregation", "ServerAggregation", "make_aggregation"]
 
@@ -65,7 +66,9 @@ class ProtocolOpen(ServerAggregation):
     def open(self, round_id: int, protocol: AggregationProtocol, aggregate: Aggregate, payloads: Mapping[int, bytes],
              weight: float) -> Opened:
         individual = self._individual(round_id, protocol, aggregate, payloads)
-        mean = protocol.open(aggregate).mean if aggregate.included else None
+        # release: open, then refuse a non-finite or out-of-bound mean before any optimizer step (raises
+        # ProtocolError, which aborts the round)
+        mean = release(protocol, aggregate).mean if aggregate.included else None
         return Opened(mean, individual)
 
 
@@ -90,7 +93,7 @@ class RobustAggregation(ServerAggregation):
         if not aggregate.included:
             return Opened(None, individual)
         if not individual:
-            return Opened(protocol.open(aggregate).mean, individual)
+            return Opened(release(protocol, aggregate).mean, individual)
         ids = sorted(individual)
         result = self.rule(np.stack([individual[c] for c in ids]), np.full(len(ids), weight), self._state)
         self._state = result.state

@@ -1,410 +1,577 @@
-"""The three CKKS roles: key dealer, key holder (client side) and server, and their wire formats.
+"""The CKKS roles: a client (key owner, encryptor, partial decryptor) and the server (adder, combiner).
 
-* :class:`CKKSKeyDealer` makes the SEAL secret key, a random key id and an integrity (MAC) key,
-  and hands each role only what it needs.
-* :class:`CKKSKeyHolder` (every client, and whoever opens the aggregate) holds the secret key:
-  it encrypts updates (:meth:`~CKKSKeyHolder.protect`) and decrypts aggregates
-  (:meth:`~CKKSKeyHolder.open`).
-* :class:`CKKSServer` holds the public SEAL context, the key fingerprint and the MAC key, and
-  never a secret key: it adds ciphertexts (:meth:`~CKKSServer.combine`) and cannot open them.
+Wire bodies (inside :mod:`protocols.wire` envelopes, protocol ``"ckks"``, little endian; n = ciphertexts
+per update, N = ring degree, W = bytes of all residues of one coefficient, sig = Ed25519 over the whole
+envelope before it)::
 
-Wire bodies (inside :mod:`protocols.wire` envelopes, protocol ``"ckks"``; W = bytes per coefficient,
-n = ciphertexts per update, N = ring degree, little endian)::
+    update     (kind 1): weight f64 | n*N coefficients W | sig 64
+    aggregate  (kind 2): k u32 | k x client u32 | k x weight f64 | n*N coefficients W      (server's own)
+    inclusion  (kind 3): k u32 | k x client u32 | sig 64          "I, a member, was summed into exactly this set"
+    partial    (kind 4): d u32 | d x decryptor u32 | n*N coefficients W | sig 64
+    release    (kind 5): k u32 | k x client u32 | dim x float32 | sig 64   (shared-key opener's answer)
+    key share  (kind 6): AES-256-GCM(N residues W) bound to (sender, recipient)
 
-    update    (kind 1): fingerprint 16 | nonce 12 | n u32 | n x seed 65 | n*N x c0 W | tag 16
-    aggregate (kind 2): fingerprint 16 | nonce 12 | n u32 | k u32 | k x client u32 | k*n x seed 65
-                        | n*N x sum(c0) W | tag 16
-
-``tag`` is a GMAC (AES-256-GCM with empty plaintext, NIST SP 800-38D) over the whole envelope
-before the tag, so round, sender, kind and every byte of the body are authenticated.
+Coefficients are those of c0 (coefficient domain, one residue per prime). The common polynomial a of
+round r and ciphertext k is public: expanded from the enrolment's public seed, never sent.
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
+import math
 import struct
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
-import tenseal.sealapi as seal
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from protocols import wire
+from protocols import crypto, wire
 from protocols.base import Aggregate, OpenedAggregate
-from protocols.ckks._seal_io import PRNG_INFO_SIZE, ScratchDir, SealCodec, seal_version
-from protocols.ckks.errors import (
-    CiphertextFormatError,
-    CoefficientRangeError,
-    IntegrityError,
-    KeyMismatchError,
-    KeyRoleError,
-    UpdateRangeError,
-)
+from protocols.ckks.errors import CiphertextFormatError, CoefficientRangeError, KeyRoleError, UpdateRangeError
 from protocols.ckks.params import CKKSParams
-from protocols.errors import PayloadError, ProtocolConfigError
+from protocols.ckks.ring import (
+    Encoder,
+    RandomSource,
+    RNSRing,
+    _addmod,
+    expand_shift,
+    floor_shift,
+    mulmod,
+    ring_for,
+)
+from protocols.errors import PayloadError, ProtocolConfigError, ProtocolError, RoundAbortedError, WrongRoundError
 from protocols.plaintext import _check_update
+from protocols.shamir import lagrange_at_zero
 
 PROTOCOL = "ckks"
-KIND_UPDATE = 1
-KIND_AGGREGATE = 2
-_UPDATE_HEAD = struct.Struct("<16s12sI")
-_AGG_HEAD = struct.Struct("<16s12sII")
-_TAG = 16
-_NONCE = 12
-_PRNG_TYPES = (1, 2)
+KIND_UPDATE, KIND_AGGREGATE, KIND_INCLUSION, KIND_PARTIAL, KIND_RELEASE, KIND_SHARE = 1, 2, 3, 4, 5, 6
+_SIG = crypto.SIGNATURE_BYTES
+_U32 = struct.Struct("<I")
 
 
-class SharedKeyMaterial:
-    """What every role holds: parameters, model size, key fingerprint and the MAC key (no secret key).
+class RefusedError(ProtocolError):
+    """A client refused a request that would open less than an honest aggregate (k too small, replay, ...)."""
 
-    The MAC key is shared with the server on purpose: it authenticates payloads against outsiders,
-    not against insiders (see the package docstring). The fingerprint binds ciphertexts to one
-    dealer's key set, so a ciphertext made under another secret key (same parameters) is refused
-    instead of silently adding garbage to the sum.
+
+class Suite:
+    """Public state every role shares: parameters, ring, encoder, the roster of identity keys, the round seed.
+
+    ``a_seed`` is public randomness fixed at enrolment; :meth:`common_poly` expands the fresh common
+    polynomial a_{r,k} for round r and ciphertext k from it (sampled directly in the NTT domain, where
+    a uniform polynomial is still uniform). Fresh per round is essential: one key with the same a twice
+    would leak the difference of two updates.
     """
 
-    def __init__(self, params: CKKSParams, dim: int, key_id: bytes, mac_key: bytes) -> None:
+    def __init__(self, params: CKKSParams, dim: int, a_seed: bytes, verify_keys: Mapping[int, bytes]) -> None:
         if dim <= 0:
             raise ProtocolConfigError(f"dim must be positive, got {dim}")
-        self.params = params
-        self.dim = dim
+        self.params, self.dim, self.a_seed = params, dim, a_seed
+        self.verify_keys = dict(verify_keys)
+        self.ring = ring_for(params.poly_modulus_degree, params.primes)
+        self.encoder = Encoder(params.poly_modulus_degree, params.scale_bits)
         self.n_cts = params.ciphertexts_for(dim)
-        self.n_coeffs = self.n_cts * params.poly_modulus_degree
-        self.fingerprint = hashlib.sha256(
-            b"securefrl/ckks/key-fingerprint/v1"
-            + key_id
-            + struct.pack("<IIQ", params.poly_modulus_degree, params.scale_bits, params.modulus)
-        ).digest()[:16]
-        self._gmac = AESGCM(mac_key)
-        self.update_body_size = (
-            _UPDATE_HEAD.size + self.n_cts * PRNG_INFO_SIZE + self.n_coeffs * params.coeff_bytes + _TAG
+        self.n = params.poly_modulus_degree
+        self.n_coeffs = self.n_cts * self.n
+        self.agg_bytes = self.n_coeffs * params.coeff_bytes  # the server's own sum: full residues
+        self.drop_bits = params.drop_bits
+        self.wire_width = params.wire_coeff_bytes
+        self._h_max = (self.ring.modulus - 1) >> self.drop_bits
+        self.poly_bytes = self.n_coeffs * self.wire_width  # c0 and partials: high-order bits only
+        self.update_size = wire.HEADER_SIZE + 8 + self.poly_bytes + _SIG
+        self._a_cache: tuple[int, np.ndarray] | None = None
+
+    def common_poly(self, round_id: int) -> np.ndarray:
+        """a_{r,k} for every ciphertext k of round r, NTT domain, shape (n_cts, L, N)."""
+        if self._a_cache is not None and self._a_cache[0] == round_id:
+            return self._a_cache[1]
+        src = RandomSource(hashlib.sha256(b"securefrl/ckks/a/v1" + self.a_seed + struct.pack("<Q", round_id)).digest())
+        a = np.stack(
+            [src.uniform_mod(q, (self.n_cts, self.n), f"a/{i}") for i, q in enumerate(self.ring.primes)], axis=1
         )
-        self.update_size = wire.HEADER_SIZE + self.update_body_size
+        self._a_cache = (round_id, a)
+        return a
 
-    def aggregate_body_size(self, n_clients: int) -> int:
-        """Body bytes of an aggregate over ``n_clients`` updates."""
-        return (
-            _AGG_HEAD.size
-            + 4 * n_clients
-            + n_clients * self.n_cts * PRNG_INFO_SIZE
-            + self.n_coeffs * self.params.coeff_bytes
-            + _TAG
-        )
+    # -- residue packing --------------------------------------------------------------------------------
+    def pack(self, poly: np.ndarray) -> bytes:
+        """(n_cts, L, N) residues -> for each coefficient, each prime's residue in its own byte width."""
+        cols = []
+        flat = poly.transpose(0, 2, 1).reshape(-1, self.ring.levels)
+        for i, width in enumerate(self.params.prime_bytes):
+            le = np.ascontiguousarray(flat[:, i], dtype="<u8").view(np.uint8).reshape(-1, 8)
+            cols.append(le[:, :width])
+        return np.concatenate(cols, axis=1).tobytes()
 
-    def seal_envelope(self, round_id: int, client_id: int, kind: int, body_without_tag: bytes, nonce: bytes) -> bytes:
-        """Envelope around ``body_without_tag`` followed by a GMAC tag over everything before it."""
-        env = bytearray(wire.pack(PROTOCOL, round_id, client_id, body_without_tag + bytes(_TAG), kind=kind))
-        view = memoryview(env)
-        view[-_TAG:] = self._gmac.encrypt(nonce, b"", view[:-_TAG])
-        return bytes(env)
-
-    def verify(self, data: bytes, nonce: bytes) -> None:
-        """Check the envelope's GMAC tag; any flipped bit anywhere in the payload fails here."""
-        view = memoryview(data)
-        try:
-            self._gmac.decrypt(nonce, view[-_TAG:], view[:-_TAG])
-        except InvalidTag:
-            raise IntegrityError("authentication tag does not verify: payload corrupted or forged") from None
-
-    def pack_coeffs(self, coeffs: np.ndarray) -> bytes:
-        """uint64 coefficients (< q) to W little-endian bytes each: only the bytes q needs."""
+    def unpack(self, data: bytes | memoryview, offset: int, count: int | None = None) -> np.ndarray:
+        """Inverse of :meth:`pack`, refusing any residue not reduced modulo its prime."""
+        n_coeffs = self.n_coeffs if count is None else count
         width = self.params.coeff_bytes
-        le = np.ascontiguousarray(coeffs, dtype="<u8").view(np.uint8).reshape(-1, 8)
-        return le[:, :width].tobytes()
+        raw = np.frombuffer(data, dtype=np.uint8, count=n_coeffs * width, offset=offset).reshape(n_coeffs, width)
+        out = np.empty((n_coeffs, self.ring.levels), dtype=np.uint64)
+        col = 0
+        for i, (w, q) in enumerate(zip(self.params.prime_bytes, self.ring.primes, strict=True)):
+            buf = np.zeros((n_coeffs, 8), dtype=np.uint8)
+            buf[:, :w] = raw[:, col : col + w]
+            out[:, i] = buf.view("<u8").reshape(-1)
+            col += w
+            if n_coeffs and int(out[:, i].max()) >= q:
+                raise CoefficientRangeError(f"{int(np.count_nonzero(out[:, i] >= np.uint64(q)))} residues >= q_{i}")
+        return out.reshape(-1, self.n, self.ring.levels).transpose(0, 2, 1).copy()
 
-    def unpack_coeffs(self, data: bytes, offset: int, out: np.ndarray | None = None) -> np.ndarray:
-        """W-byte coefficients at ``offset`` to uint64, rejecting any value not reduced modulo q.
+    def pack_wire(self, poly: np.ndarray) -> bytes:
+        """(n_cts, L, N) residues -> floor(x / 2^drop_bits) of each coefficient x in [0, Q), W bytes each."""
+        h = floor_shift(self.ring, poly, self.drop_bits).reshape(-1)
+        return np.ascontiguousarray(h, dtype="<u8").view(np.uint8).reshape(-1, 8)[:, : self.wire_width].tobytes()
 
-        Reads 8-byte words at stride W (one byte past the last coefficient must exist: the tag
-        follows) and masks them to W bytes: a zero-copy strided view, then one pass into ``out``
-        (reused across clients by the server, so no fresh pages per client).
-        """
-        width = self.params.coeff_bytes
-        view = np.ndarray((self.n_coeffs,), dtype="<u8", buffer=data, offset=offset, strides=(width,))
-        coeffs = np.empty(self.n_coeffs, dtype=np.uint64) if out is None else out
-        if width < 8:
-            np.bitwise_and(view, np.uint64((1 << (8 * width)) - 1), out=coeffs)
-        else:
-            np.copyto(coeffs, view)
-        if coeffs.size and int(coeffs.max()) >= self.params.modulus:
-            raise CoefficientRangeError(
-                f"{int(np.count_nonzero(coeffs >= np.uint64(self.params.modulus)))} ciphertext coefficients "
-                f"are >= q = {self.params.modulus}"
-            )
-        return coeffs
+    def unpack_wire(self, data: bytes | memoryview, offset: int) -> np.ndarray:
+        """Inverse of :meth:`pack_wire` (to the centre of the dropped interval); refuses values >= Q."""
+        w = self.wire_width
+        raw = np.frombuffer(data, dtype=np.uint8, count=self.n_coeffs * w, offset=offset).reshape(-1, w)
+        buf = np.zeros((self.n_coeffs, 8), dtype=np.uint8)
+        buf[:, :w] = raw
+        h = buf.view("<u8").reshape(self.n_cts, self.n)
+        if h.size and int(h.max()) > self._h_max:
+            raise CoefficientRangeError(f"{int(np.count_nonzero(h > np.uint64(self._h_max)))} coefficients >= Q")
+        return expand_shift(self.ring, h, self.drop_bits)
 
-    def check_prng(self, seeds: bytes) -> None:
-        """Every seed descriptor must name a PRNG SEAL knows (1 = BLAKE2xb, 2 = SHAKE256)."""
-        types = np.frombuffer(seeds, dtype=np.uint8)[::PRNG_INFO_SIZE]
-        if not np.isin(types, _PRNG_TYPES).all():
-            raise CiphertextFormatError("a ciphertext seed names an unknown PRNG type")
+    def verify_signed(self, data: bytes, signer: int) -> None:
+        key = self.verify_keys.get(signer)
+        if key is None:
+            raise PayloadError(f"client {signer} is not enrolled")
+        crypto.verify(key, data[:-_SIG], data[-_SIG:])
+
+    def inclusion_message(self, round_id: int, included: Sequence[int]) -> bytes:
+        ids = sorted(included)
+        return struct.pack(f"<QI{len(ids)}I", round_id, len(ids), *ids)
 
 
-class CKKSKeyDealer:
-    """Creates the key set once and hands out role objects (Cheon et al., 2017, symmetric-key CKKS).
+def _mul_small(a: np.ndarray, x: np.ndarray, q: int) -> np.ndarray:
+    """``a * x mod q`` for residues ``a`` and small multipliers ``x``: one uint64 product when it cannot wrap."""
+    if q * (int(x.max()) + 1) < 2**64:
+        return a * x % np.uint64(q)
+    return mulmod(a, x, q)
 
-    The dealer is a set-up role (e.g. run by the clients jointly or by a trusted party); in a
-    real deployment it ships the secret key to the clients over a confidential channel and only
-    :class:`CKKSServer`'s material to the server. Keys stay in memory here; nothing is pickled.
+
+def _ids_body(ids: Sequence[int]) -> bytes:
+    return struct.pack(f"<I{len(ids)}I", len(ids), *ids)
+
+
+def _read_ids(body: bytes, limit: int) -> tuple[list[int], int]:
+    if len(body) < 4:
+        raise CiphertextFormatError("body is shorter than its id count")
+    (k,) = _U32.unpack_from(body)
+    if k > limit or len(body) < 4 + 4 * k:
+        raise CiphertextFormatError(f"body declares {k} ids (limit {limit})")
+    ids = list(struct.unpack_from(f"<{k}I", body, 4))
+    if len(set(ids)) != k or ids != sorted(ids):
+        raise CiphertextFormatError("ids must be distinct and sorted")
+    return ids, 4 + 4 * k
+
+
+class CKKSClient:
+    """One client: owns its secret key s_j (or, in the shared-key mode, a copy of the one key) and shares.
+
+    Threshold mode (the default): s_j is uniform ternary, Shamir-shared t-of-n coefficient-wise over each
+    CKKS prime to every enrolled client over an authenticated pairwise channel (X25519 + HKDF +
+    AES-256-GCM, the X25519 key signed with the client's Ed25519 identity key). The client refuses, per
+    round: a second encryption (same a and s twice would leak a difference), a second inclusion
+    signature, and a second partial decryption; a partial for a set of fewer than ``min_clients``
+    distinct clients, for a set whose members did not all sign their inclusion, or for another round.
     """
 
-    def __init__(self, params: CKKSParams | None = None) -> None:
-        self.params = params or CKKSParams()
-        self._context = self.params.seal_context()
-        self._secret_key = seal.KeyGenerator(self._context).secret_key()
-        self._key_id = os.urandom(16)
-        self._mac_key = os.urandom(32)
+    def __init__(
+        self, cid: int, params: CKKSParams, dim: int, rng: RandomSource, *, shared_key: np.ndarray | None = None
+    ) -> None:
+        self.cid = cid
+        self.params = params
+        self.dim = dim
+        self.rng = rng
+        self.identity = crypto.generate_signing_key()
+        self.verify_key = crypto.verify_key_bytes(self.identity)
+        self._dh = crypto.generate_private_key()
+        self.dh_public = crypto.public_bytes(self._dh)
+        self.dh_signature = crypto.sign(self.identity, b"securefrl/ckks/dh" + _U32.pack(cid) + self.dh_public)
+        ring_n = params.poly_modulus_degree
+        self._secret = (
+            shared_key if shared_key is not None else rng.ternary((ring_n,), f"sk/{cid}")
+        )  # signed coefficients
+        self._verified: dict[int, tuple[bytes, bytes]] = {}
+        self._shares: dict[int, np.ndarray] = {}  # sender -> share_sender(self) residues (L, N), coefficient domain
+        self.suite: Suite | None = None
+        self.threshold = 1
+        self.min_clients = 2
+        self.shared_mode = shared_key is not None
+        self._round = -1
+        self._did: set[str] = set()
 
-    def key_holder(self, dim: int) -> CKKSKeyHolder:
-        """Client-side role: holds the secret key, encrypts updates and opens aggregates."""
-        return CKKSKeyHolder(SharedKeyMaterial(self.params, dim, self._key_id, self._mac_key), self._secret_key)
+    # -- enrolment -----------------------------------------------------------------------------------
+    def make_shares(self, roster: Mapping[int, tuple[bytes, bytes, bytes]], threshold: int) -> dict[int, bytes]:
+        """Shamir-share s_j to every client in ``roster`` ({id: (verify key, dh public, dh signature)})."""
+        ring = ring_for(self.params.poly_modulus_degree, self.params.primes)
+        ids = sorted(roster)
+        if self.cid not in ids or not 1 <= threshold <= len(ids):
+            raise ProtocolConfigError(f"threshold {threshold} of {len(ids)} enrolled clients")
+        secret = ring.from_signed(self._secret)  # (L, N)
+        xs = np.array([rid + 1 for rid in ids], dtype=np.uint64).reshape(-1, 1)  # share points, never 0
+        shares = np.empty((len(ids), ring.levels, ring.n), dtype=np.uint64)
+        for i, q in enumerate(ring.primes):
+            # Horner over all recipients at once; the t-1 higher coefficients are uniform mod q_i.
+            acc = np.zeros((len(ids), ring.n), dtype=np.uint64)
+            for d in range(threshold - 1, 0, -1):
+                coeff = self.rng.uniform_mod(q, (ring.n,), f"shamir/{self.cid}/{d}/{i}")
+                acc = _addmod(_mul_small(acc, xs, q), np.broadcast_to(coeff, acc.shape), q)
+            shares[:, i] = _addmod(_mul_small(acc, xs, q), np.broadcast_to(secret[i], acc.shape), q)
+        out: dict[int, bytes] = {}
+        for rid, share in zip(ids, shares, strict=True):
+            if rid == self.cid:
+                self._shares[self.cid] = share
+                continue
+            key = crypto.derive_key(crypto.agree(self._dh, self._peer_dh(rid, roster)), "ckks-keyshare", 0,
+                                    self.cid, rid)
+            out[rid] = crypto.seal(key, self._pack_poly(share[None]), crypto.associated_data(0, self.cid, rid))
+        return out
 
-    def server(self, dim: int) -> CKKSServer:
-        """Server role: public context, fingerprint and MAC key, no secret key."""
-        return CKKSServer(SharedKeyMaterial(self.params, dim, self._key_id, self._mac_key))
+    def _peer_dh(self, peer: int, roster: Mapping[int, tuple[bytes, bytes, bytes]]) -> bytes:
+        """The peer's X25519 key, accepted only with its identity signature (checked once per peer)."""
+        vk, dh_pub, dh_sig = roster[peer]
+        if self._verified.get(peer) != (vk, dh_pub):
+            crypto.verify(vk, b"securefrl/ckks/dh" + _U32.pack(peer) + dh_pub, dh_sig)
+            self._verified[peer] = (vk, dh_pub)
+        return dh_pub
+
+    def receive_share(self, sender: int, blob: bytes, roster: Mapping[int, tuple[bytes, bytes, bytes]]) -> None:
+        key = crypto.derive_key(crypto.agree(self._dh, self._peer_dh(sender, roster)), "ckks-keyshare", 0,
+                                sender, self.cid)
+        plain = crypto.unseal(key, blob, crypto.associated_data(0, sender, self.cid))
+        self._shares[sender] = self._unpack_poly(plain)
+
+    def _pack_poly(self, poly: np.ndarray) -> bytes:
+        n, widths = self.params.poly_modulus_degree, self.params.prime_bytes
+        flat = poly.reshape(-1, n).T  # (N, L)
+        cols = [np.ascontiguousarray(flat[:, i], dtype="<u8").view(np.uint8).reshape(-1, 8)[:, :w]
+                for i, w in enumerate(widths)]
+        return np.concatenate(cols, axis=1).tobytes()
+
+    def _unpack_poly(self, data: bytes) -> np.ndarray:
+        n, widths, primes = self.params.poly_modulus_degree, self.params.prime_bytes, self.params.primes
+        if len(data) != n * sum(widths):
+            raise CiphertextFormatError(f"key share holds {len(data)} bytes, expected {n * sum(widths)}")
+        raw = np.frombuffer(data, dtype=np.uint8).reshape(n, -1)
+        out = np.empty((len(widths), n), dtype=np.uint64)
+        col = 0
+        for i, (w, q) in enumerate(zip(widths, primes, strict=True)):
+            buf = np.zeros((n, 8), dtype=np.uint8)
+            buf[:, :w] = raw[:, col : col + w]
+            out[i] = buf.view("<u8").reshape(-1)
+            col += w
+            if int(out[i].max()) >= q:
+                raise CoefficientRangeError("key share residue not reduced modulo its prime")
+        return out
+
+    def finish_enrolment(self, suite: Suite, threshold: int, min_clients: int) -> None:
+        """Keep only shares of enrolled senders; precompute NTT(s_j) for encryption."""
+        self.suite, self.threshold, self.min_clients = suite, threshold, min_clients
+        self._shares = {j: s for j, s in self._shares.items() if j in suite.verify_keys}
+        self._s_hat = suite.ring.ntt(suite.ring.from_signed(self._secret))
+
+    # -- per round -------------------------------------------------------------------------------------
+    def begin_round(self, round_id: int) -> None:
+        if round_id <= self._round:
+            raise RefusedError(f"client {self.cid} already saw round {self._round}; round {round_id} is a replay")
+        self._round = round_id
+        self._did = set()
+
+    def _once(self, what: str, round_id: int) -> None:
+        if round_id != self._round:
+            raise WrongRoundError(f"client {self.cid} is in round {self._round}, request is for round {round_id}")
+        if what in self._did:
+            raise RefusedError(f"client {self.cid} already gave its {what} in round {round_id}")
+        self._did.add(what)
+
+    def _suite(self) -> Suite:
+        if self.suite is None:
+            raise KeyRoleError(f"client {self.cid} is not enrolled")
+        return self.suite
+
+    def protect(self, round_id: int, update: np.ndarray, weight: float) -> bytes:
+        """c0 = -a_{r,k} s_j + Delta*m + e for every ciphertext k; the weight travels in the clear, signed."""
+        su = self._suite()
+        vec = _check_update(update, self.dim)
+        weight = float(weight)
+        if not (np.isfinite(weight) and 0 < weight <= self.params.value_bound):
+            raise ValueError(f"weight must be finite, positive and at most {self.params.value_bound:.4g}, got {weight}")
+        values = np.zeros(su.n_coeffs)
+        np.multiply(vec, weight, out=values[: self.dim])
+        peak = float(np.max(np.abs(values)))
+        if peak > self.params.value_bound:
+            raise UpdateRangeError(
+                f"largest |weight*update| is {peak:.4g} but these parameters allow {self.params.value_bound:.4g} "
+                f"per client (max_clients={self.params.max_clients}, scale 2^{self.params.scale_bits})"
+            )
+        self._once("encryption", round_id)
+        c0 = self.encrypt(round_id, values.reshape(su.n_cts, su.n))
+        return self.signed_update(round_id, c0, weight)
+
+    def encrypt(self, round_id: int, values: np.ndarray) -> np.ndarray:
+        su = self._suite()
+        ring = su.ring
+        a = su.common_poly(round_id)
+        plain = su.encoder.encode(ring, values)
+        err = ring.from_signed(self.rng.error((su.n_cts, su.n), f"e/{self.cid}/{round_id}"))
+        return ring.add(ring.sub(plain, ring.intt(ring.mul(a, self._s_hat[None]))), err)
+
+    def signed_update(self, round_id: int, c0: np.ndarray, weight: float) -> bytes:
+        """Sign an update body (also used by tests to build a malicious client's payload)."""
+        su = self._suite()
+        body = struct.pack("<d", weight) + su.pack_wire(c0) + bytes(_SIG)
+        env = bytearray(wire.pack(PROTOCOL, round_id, self.cid, body, kind=KIND_UPDATE))
+        env[-_SIG:] = crypto.sign(self.identity, bytes(env[:-_SIG]))
+        return bytes(env)
+
+    def sign_inclusion(self, round_id: int, included: Sequence[int]) -> bytes:
+        """Sign "I was summed into exactly the set ``included`` in this round" -- once per round."""
+        su = self._suite()
+        if self.cid not in included:
+            raise RefusedError(f"client {self.cid} is asked to sign a set it is not in")
+        if len(set(included)) < max(2, self.min_clients):
+            raise RefusedError(f"client {self.cid} refuses to sign a set of {len(set(included))} clients "
+                               f"(at least {max(2, self.min_clients)} required)")
+        self._once("inclusion signature", round_id)
+        return crypto.sign(self.identity, su.inclusion_message(round_id, included))
+
+    def _check_request(self, round_id: int, included: Sequence[int], signatures: Mapping[int, bytes]) -> list[int]:
+        su = self._suite()
+        if round_id != self._round:
+            raise WrongRoundError(f"client {self.cid} is in round {self._round}, request is for round {round_id}")
+        ids = sorted(set(included))
+        if len(ids) != len(included) or len(ids) < max(2, self.min_clients):
+            raise RefusedError(
+                f"client {self.cid} refuses to open a set of {len(set(included))} distinct clients "
+                f"(at least {max(2, self.min_clients)} required)"
+            )
+        if not set(ids) <= set(su.verify_keys):
+            raise RefusedError("the set names clients that are not enrolled")
+        msg = su.inclusion_message(round_id, ids)
+        for j in ids:
+            sig = signatures.get(j)
+            if sig is None:
+                raise RefusedError(f"client {j} did not sign its inclusion in this set")
+            crypto.verify(su.verify_keys[j], msg, sig)
+        return ids
+
+    def partial_decrypt(
+        self, round_id: int, included: Sequence[int], signatures: Mapping[int, bytes], decryptors: Sequence[int]
+    ) -> bytes:
+        """lambda_i * a_{r,k} * sum_{j in I} share_j(i) + flooding, for every ciphertext k; once per round."""
+        su = self._suite()
+        if self.shared_mode:
+            raise KeyRoleError("in the shared-key mode the opener decrypts; there are no partial decryptions")
+        ids = self._check_request(round_id, included, signatures)
+        dec = sorted(set(decryptors))
+        if self.cid not in dec or len(dec) != len(decryptors) or len(dec) < self.threshold:
+            raise RefusedError(f"decryptor set {list(decryptors)} is not {self.threshold} or more distinct clients "
+                               f"including {self.cid}")
+        if not set(dec) <= set(su.verify_keys) or len(dec) > self.params.max_clients:
+            raise RefusedError("decryptor set names clients that are not enrolled, or too many")
+        missing = [j for j in ids if j not in self._shares]
+        if missing:
+            raise RefusedError(f"client {self.cid} holds no key share of clients {missing}")
+        self._once("partial decryption", round_id)
+        ring = su.ring
+        share_sum = self._shares[ids[0]]
+        for j in ids[1:]:
+            share_sum = ring.add(share_sum, self._shares[j])
+        xs = tuple(d + 1 for d in dec)
+        lam = [lagrange_at_zero(xs, q)[dec.index(self.cid)] for q in ring.primes]
+        s_hat = ring.scalar(ring.ntt(share_sum), lam)
+        part = ring.intt(ring.mul(su.common_poly(round_id), s_hat[None]))
+        # Sized for every enrolled client: with colluders re-using their own partials, a server can collect
+        # one partial per honest client per round, more than |D| of them (see CKKSParams.flood_bound).
+        part = ring.add(part, ring.from_signed(self.flood(len(ids), len(su.verify_keys), round_id)))
+        body = _ids_body(dec) + su.pack_wire(part) + bytes(_SIG)
+        env = bytearray(wire.pack(PROTOCOL, round_id, self.cid, body, kind=KIND_PARTIAL))
+        env[-_SIG:] = crypto.sign(self.identity, bytes(env[:-_SIG]))
+        return bytes(env)
+
+    def flood(self, n_included: int, n_decryptors: int, round_id: int) -> np.ndarray:
+        """Uniform flooding noise on [-B, B] per coefficient, B = :meth:`CKKSParams.flood_bound`."""
+        su = self._suite()
+        bound = self.params.flood_bound(n_included, n_decryptors)
+        return self.rng.uniform_int(bound, (su.n_cts, su.n), f"flood/{self.cid}/{round_id}")
+
+    def open_shared(self, round_id: int, payloads: Mapping[int, bytes]) -> bytes:
+        """Shared-key opener: verify every included client's signed payload, sum, decrypt, flood, float32.
+
+        The opener sums the ciphertexts itself, so a server cannot pass one client's ciphertext (or an
+        old one) off as an aggregate; the answer is signed and holds only float32 values.
+        """
+        su = self._suite()
+        if not self.shared_mode:
+            raise KeyRoleError("only the shared-key mode has a single opener")
+        ids = sorted(payloads)
+        if len(ids) < max(2, self.min_clients):
+            raise RefusedError(f"opener refuses to open {len(ids)} clients (at least {max(2, self.min_clients)})")
+        c0s, weights = [], []
+        for cid in ids:
+            c0, w = parse_update(su, round_id, cid, payloads[cid])
+            c0s.append(c0)
+            weights.append(w)
+        self._once("opening", round_id)
+        ring = su.ring
+        acc = c0s[0]
+        for c in c0s[1:]:
+            acc = ring.add(acc, c)
+        k_s = ring.scalar(self._s_hat, [len(ids) % q for q in ring.primes])
+        plain = ring.add(acc, ring.intt(ring.mul(su.common_poly(round_id), k_s[None])))
+        plain = ring.add(plain, ring.from_signed(self.flood(len(ids), 1, round_id)))
+        mean = (su.encoder.decode(ring, plain).reshape(-1)[: self.dim] / math.fsum(weights)).astype(np.float32)
+        body = _ids_body(ids) + struct.pack("<d", math.fsum(weights)) + mean.tobytes() + bytes(_SIG)
+        env = bytearray(wire.pack(PROTOCOL, round_id, self.cid, body, kind=KIND_RELEASE))
+        env[-_SIG:] = crypto.sign(self.identity, bytes(env[:-_SIG]))
+        return bytes(env)
+
+    def open_exact_unsafe(self, aggregate: Aggregate) -> OpenedAggregate:
+        """The landed behaviour, kept only for the attack's weakened target: trusts the server's sum, no
+        minimum set size, no flooding, exact float64 release. Never reachable from a default."""
+        su = self._suite()
+        ids, weights, c0_sum = parse_aggregate(su, aggregate)
+        ring = su.ring
+        k_s = ring.scalar(self._s_hat, [len(ids) % q for q in ring.primes])
+        plain = ring.add(c0_sum, ring.intt(ring.mul(su.common_poly(aggregate.round_id), k_s[None])))
+        total = math.fsum(weights)
+        return OpenedAggregate(su.encoder.decode(ring, plain).reshape(-1)[: self.dim] / total, total, ids)
+
+
+def parse_update(su: Suite, round_id: int, client_id: int, data: bytes) -> tuple[np.ndarray, float]:
+    """Validate one client's signed update: size, envelope, signature, weight bound, residue range."""
+    env = wire.unpack(data, protocol=PROTOCOL, max_bytes=su.update_size, round_id=round_id, client_id=client_id,
+                      kind=KIND_UPDATE)
+    if len(env.body) != su.update_size - wire.HEADER_SIZE:
+        raise CiphertextFormatError(
+            f"update body holds {len(env.body)} bytes, expected {su.update_size - wire.HEADER_SIZE} "
+            f"({su.n_cts} ciphertexts of N={su.n})"
+        )
+    su.verify_signed(data, client_id)
+    (weight,) = struct.unpack_from("<d", env.body)
+    if not (math.isfinite(weight) and 0 < weight <= su.params.value_bound):
+        raise PayloadError(f"weight {weight!r} is not in (0, {su.params.value_bound:.4g}]: client dropped")
+    return su.unpack_wire(data, wire.HEADER_SIZE + 8), weight
+
+
+def parse_aggregate(su: Suite, aggregate: Aggregate) -> tuple[list[int], list[float], np.ndarray]:
+    env = wire.unpack(aggregate.payload, protocol=PROTOCOL, round_id=aggregate.round_id, client_id=wire.SERVER_ID,
+                      kind=KIND_AGGREGATE)
+    ids, off = _read_ids(env.body, su.params.max_clients)
+    if len(env.body) != off + 8 * len(ids) + su.agg_bytes:
+        raise CiphertextFormatError("aggregate body has the wrong length")
+    weights = list(struct.unpack_from(f"<{len(ids)}d", env.body, off))
+    return ids, weights, su.unpack(aggregate.payload, wire.HEADER_SIZE + off + 8 * len(ids))
 
 
 class CKKSServer:
-    """Adds encrypted updates without any secret key (it holds a public SEAL context only).
+    """Adds c0's and combines partial decryptions; holds public material only (no key, no share).
 
-    Each update is c = (c0, a) with c0 = -a*s + e + m mod q and a expanded from a public seed.
-    The server parses c0 into numpy and adds modulo q; the seeds are forwarded to the key
-    holder, who expands the a's through SEAL and adds them. Because decryption is linear
-    (c0 + a*s), sum(c0) with sum(a) decrypts to sum(m) + sum(e) exactly as the SEAL sum of the
-    full ciphertexts would. This is as secure as adding full ciphertexts: a is a deterministic
-    public function of the seed, so the server sees exactly the information a full ciphertext
-    carries and it relies on the same RLWE assumption; it never sees s, an m or a sum in the clear.
+    What it sees of client j in round r is c0_j = -a s_j + Delta m_j + e_j with a public: an RLWE
+    sample, so m_j is hidden under the RLWE assumption (the secret key s_j is never used with the same
+    a twice). What it receives from decryptors is flooded; what it outputs is rounded to float32.
     """
 
-    def __init__(self, shared: SharedKeyMaterial) -> None:
-        self.shared = shared
-        self.params = shared.params
-        self.dim = shared.dim
-        #: Public SEAL context (parameters only); there is no key here to decrypt with.
-        self.context = self.params.seal_context()
-        q = self.params.modulus
-        self._q = np.uint64(q)
-        # Values below q: this many can be added into a uint64 before a reduction is needed.
-        self._lazy = max(1, min((2**64 - 1) // q - 1, 1 << 20))
-
-    def parse_update(
-        self, round_id: int, client_id: int, data: bytes, out: np.ndarray | None = None
-    ) -> tuple[np.ndarray, bytes]:
-        """Validate one client's payload and return (c0 coefficients, seed descriptors).
-
-        Order: size limit (before parsing) -> envelope -> exact length -> key fingerprint ->
-        GMAC tag -> PRNG types -> coefficient range.
-        """
-        sh = self.shared
-        env = wire.unpack(
-            data, protocol=PROTOCOL, max_bytes=sh.update_size, round_id=round_id, client_id=client_id, kind=KIND_UPDATE
-        )
-        if len(env.body) != sh.update_body_size:
-            raise CiphertextFormatError(
-                f"update body holds {len(env.body)} bytes, expected {sh.update_body_size} "
-                f"({sh.n_cts} ciphertexts of N={self.params.poly_modulus_degree})"
-            )
-        fingerprint, nonce, n_cts = _UPDATE_HEAD.unpack_from(env.body)
-        if fingerprint != sh.fingerprint:
-            raise KeyMismatchError("ciphertext was made under another key set (key fingerprint differs)")
-        if n_cts != sh.n_cts:
-            raise CiphertextFormatError(f"update declares {n_cts} ciphertexts, expected {sh.n_cts}")
-        sh.verify(data, nonce)
-        seeds_off = wire.HEADER_SIZE + _UPDATE_HEAD.size
-        seeds = bytes(data[seeds_off : seeds_off + sh.n_cts * PRNG_INFO_SIZE])
-        sh.check_prng(seeds)
-        return sh.unpack_coeffs(data, seeds_off + len(seeds), out), seeds
+    def __init__(self, suite: Suite, threshold: int, min_clients: int) -> None:
+        self.suite = suite
+        self.params = suite.params
+        self.dim = suite.dim
+        self.threshold = threshold
+        self.min_clients = min_clients
+        self.received: dict[int, dict[int, bytes]] = {}  # the current round's valid payloads (the server's view)
 
     def combine(self, round_id: int, payloads: Mapping[int, bytes]) -> Aggregate:
-        """Sum the valid updates' c0 modulo q; drop each bad payload with its reason."""
-        acc = np.zeros(self.shared.n_coeffs, dtype=np.uint64)
-        buf = np.empty_like(acc)
-        seeds: list[bytes] = []
+        """Sum the valid updates' c0 modulo each prime; drop each bad payload (with its reason)."""
+        su = self.suite
+        ring = su.ring
+        acc = np.zeros((su.n_cts, ring.levels, su.n), dtype=np.uint64)
         included: list[int] = []
+        weights: list[float] = []
         rejected: dict[int, str] = {}
-        pending = 0
+        self.received = {round_id: {}}
         for cid in sorted(payloads):
             if len(included) >= self.params.max_clients:
                 rejected[cid] = f"TooManyClients: aggregate already holds max_clients={self.params.max_clients}"
                 continue
             try:
-                c0, client_seeds = self.parse_update(round_id, cid, payloads[cid], out=buf)
+                c0, w = parse_update(su, round_id, cid, payloads[cid])
             except PayloadError as err:
                 rejected[cid] = f"{type(err).__name__}: {err}"
                 continue
-            np.add(acc, c0, out=acc)
-            pending += 1
-            if pending >= self._lazy:
-                np.remainder(acc, self._q, out=acc)
-                pending = 0
-            seeds.append(client_seeds)
+            acc = ring.add(acc, c0)
             included.append(cid)
-        np.remainder(acc, self._q, out=acc)
-        nonce = os.urandom(_NONCE)
-        body = b"".join(
-            (
-                _AGG_HEAD.pack(self.shared.fingerprint, nonce, self.shared.n_cts, len(included)),
-                struct.pack(f"<{len(included)}I", *included),
-                *seeds,
-                self.shared.pack_coeffs(acc),
+            weights.append(w)
+            self.received[round_id][cid] = payloads[cid]
+        body = _ids_body(included) + struct.pack(f"<{len(weights)}d", *weights) + su.pack(acc)
+        return Aggregate(round_id, wire.pack(PROTOCOL, round_id, wire.SERVER_ID, body, kind=KIND_AGGREGATE),
+                         included, rejected)
+
+    def flooded_plaintext(self, aggregate: Aggregate, included: Sequence[int], decryptors: Sequence[int],
+                          partials: Mapping[int, bytes]) -> np.ndarray:
+        """sum_{j in I} c0_j + sum_{i in D} partial_i = Delta * sum m_j + errors + flooding (residues)."""
+        su = self.suite
+        ring = su.ring
+        ids, _, c0_sum = parse_aggregate(su, aggregate)
+        if not set(included) <= set(ids):
+            raise RoundAbortedError("inclusion set is not a subset of the aggregate")
+        for j in (j for j in ids if j not in included):  # summed but did not confirm: take its c0 back out
+            c0, _ = parse_update(su, aggregate.round_id, j, self.received[aggregate.round_id][j])
+            c0_sum = ring.sub(c0_sum, c0)
+        missing = [i for i in decryptors if i not in partials]
+        if len(decryptors) < self.threshold or missing:
+            raise RoundAbortedError(
+                f"{len(decryptors) - len(missing)} of {len(decryptors)} announced decryptors answered; all of at "
+                f"least t={self.threshold} are needed (the partials' Lagrange weights are for that set): nothing "
+                "is released"
             )
-        )
-        payload = self.shared.seal_envelope(round_id, wire.SERVER_ID, KIND_AGGREGATE, body, nonce)
-        return Aggregate(round_id, payload, included, rejected)
+        acc = c0_sum
+        for i in sorted(decryptors):
+            env = wire.unpack(partials[i], protocol=PROTOCOL, round_id=aggregate.round_id, client_id=i,
+                              kind=KIND_PARTIAL)
+            su.verify_signed(partials[i], i)
+            dec, off = _read_ids(env.body, self.params.max_clients)
+            if dec != sorted(decryptors) or len(env.body) != off + su.poly_bytes + _SIG:
+                raise RoundAbortedError(f"partial decryption of client {i} is for another decryptor set")
+            acc = ring.add(acc, su.unpack_wire(partials[i], wire.HEADER_SIZE + off))
+        return acc
+
+    def finish(self, aggregate: Aggregate, included: Sequence[int], decryptors: Sequence[int],
+               partials: Mapping[int, bytes]) -> OpenedAggregate:
+        """Combine the partials, decode, divide by the included weights and round to float32."""
+        su = self.suite
+        plain = self.flooded_plaintext(aggregate, included, decryptors, partials)
+        ids, weights, _ = parse_aggregate(su, aggregate)
+        total = math.fsum(w for j, w in zip(ids, weights, strict=True) if j in included)
+        values = su.encoder.decode(su.ring, plain).reshape(-1)[: self.dim]
+        return OpenedAggregate((values / total).astype(np.float32), total, sorted(included))
+
+    def read_release(self, round_id: int, opener: int, release: bytes) -> OpenedAggregate:
+        su = self.suite
+        env = wire.unpack(release, protocol=PROTOCOL, round_id=round_id, client_id=opener, kind=KIND_RELEASE)
+        su.verify_signed(release, opener)
+        ids, off = _read_ids(env.body, self.params.max_clients)
+        if len(env.body) != off + 8 + 4 * self.dim + _SIG:
+            raise CiphertextFormatError("release body has the wrong length")
+        (total,) = struct.unpack_from("<d", env.body, off)
+        mean = np.frombuffer(env.body, dtype="<f4", count=self.dim, offset=off + 8).astype(np.float32)
+        return OpenedAggregate(mean.copy(), total, ids)
 
     def open(self, aggregate: Aggregate) -> OpenedAggregate:
-        """Always refused: the server holds no secret key (the key holder opens aggregates)."""
-        raise KeyRoleError("the CKKS server holds no secret key and cannot open an aggregate; a key holder must")
+        """Always refused: the server holds no key and no share."""
+        raise KeyRoleError("the CKKS server holds no secret key and cannot open an aggregate")
 
 
-class CKKSKeyHolder:
-    """Client-side role holding the secret key: encrypts updates, opens aggregates.
-
-    Updates are encrypted with SEAL's seeded symmetric-key encryption, which halves the
-    ciphertext (c1 is replaced by its seed), and only ceil(log2 q / 8) bytes are sent per c0
-    coefficient. The weight rides in the spare slot after the update so it stays encrypted.
-    """
-
-    def __init__(self, shared: SharedKeyMaterial, secret_key: seal.SecretKey) -> None:
-        self.shared = shared
-        self.params = shared.params
-        self.dim = shared.dim
-        self.context = self.params.seal_context()
-        self._encoder = seal.CKKSEncoder(self.context)
-        self._encryptor = seal.Encryptor(self.context, secret_key)
-        self._decryptor = seal.Decryptor(self.context, secret_key)
-        self._evaluator = seal.Evaluator(self.context)
-        self._scratch = ScratchDir()
-        probe = self._seal_bytes(np.zeros(self.params.reals_per_ciphertext))
-        self._codec = SealCodec(
-            parms_id=tuple(self.context.first_parms_id()),
-            poly_modulus_degree=self.params.poly_modulus_degree,
-            scale=self.params.scale,
-            version=seal_version(probe),
-        )
-        self._zero_c0 = bytes(8 * self.params.poly_modulus_degree)
-        self._self_test()
-
-    # -- client side ---------------------------------------------------------------------------
-    def _seal_bytes(self, reals: np.ndarray) -> bytes:
-        """Encode N reals (two per complex slot) and encrypt; SEAL's seeded serialization bytes."""
-        half = self.params.poly_modulus_degree // 2
-        plain = seal.Plaintext()
-        self._encoder.encode((reals[:half] + 1j * reals[half:]).tolist(), self.params.scale, plain)
-        path = self._scratch.file()
-        self._encryptor.encrypt_symmetric(plain).save(path)
-        with open(path, "rb") as fh:
-            return fh.read()
-
-    def protect(self, client_id: int, round_id: int, update: np.ndarray, weight: float) -> bytes:
-        """Encrypt ``weight * update`` and ``weight`` (spare slot) into one authenticated payload."""
-        sh = self.shared
-        vec = _check_update(update, self.dim)
-        weight = float(weight)
-        if not (np.isfinite(weight) and weight > 0):
-            raise ValueError(f"weight must be finite and positive, got {weight}")
-        values = np.zeros(sh.n_coeffs)
-        np.multiply(vec, weight, out=values[: self.dim])
-        values[self.dim] = weight
-        peak = float(np.max(np.abs(values)))
-        if peak > self.params.value_bound:
-            raise UpdateRangeError(
-                f"largest |weight*update| or weight is {peak:.4g} but these parameters allow "
-                f"{self.params.value_bound:.4g} per client (max_clients={self.params.max_clients}, "
-                f"scale 2^{self.params.scale_bits}, {self.params.prime_bits}-bit q); normalise the weights "
-                "(e.g. to fractions of the round's samples) or lower scale_bits/max_clients"
-            )
-        n = self.params.reals_per_ciphertext
-        c0 = np.empty((sh.n_cts, n), dtype=np.uint64)
-        seeds = []
-        for j in range(sh.n_cts):
-            c0[j], prng = self._codec.split_seeded(self._seal_bytes(values[j * n : (j + 1) * n]))
-            seeds.append(prng)
-        nonce = os.urandom(_NONCE)
-        body = b"".join((_UPDATE_HEAD.pack(sh.fingerprint, nonce, sh.n_cts), *seeds, sh.pack_coeffs(c0)))
-        return sh.seal_envelope(round_id, client_id, KIND_UPDATE, body, nonce)
-
-    # -- opener side ---------------------------------------------------------------------------
-    def _load(self, c0: bytes, prng: bytes) -> seal.Ciphertext:
-        """Expand (c0, seed) into a full SEAL ciphertext through SEAL's own loader."""
-        path = self._scratch.file()
-        with open(path, "wb") as fh:
-            fh.write(self._codec.build_seeded(c0, prng))
-        ct = seal.Ciphertext()
-        try:
-            ct.load(self.context, path)
-        except (ValueError, RuntimeError) as err:
-            raise CiphertextFormatError(f"SEAL refused a ciphertext: {err}") from err
-        return ct
-
-    def _decrypt(self, ct: seal.Ciphertext) -> np.ndarray:
-        plain = seal.Plaintext()
-        self._decryptor.decrypt(ct, plain)
-        z = np.asarray(self._encoder.decode_complex(plain))
-        return np.concatenate((z.real, z.imag))
-
-    def open(self, aggregate: Aggregate) -> OpenedAggregate:
-        """Verify the server's aggregate, add the clients' expanded a's to sum(c0), decrypt.
-
-        Raises a :class:`PayloadError` subclass if the aggregate is malformed, foreign or tampered.
-        """
-        sh = self.shared
-        max_size = wire.HEADER_SIZE + sh.aggregate_body_size(self.params.max_clients)
-        env = wire.unpack(
-            aggregate.payload,
-            protocol=PROTOCOL,
-            max_bytes=max_size,
-            round_id=aggregate.round_id,
-            client_id=wire.SERVER_ID,
-            kind=KIND_AGGREGATE,
-        )
-        if len(env.body) < _AGG_HEAD.size:
-            raise CiphertextFormatError("aggregate body is shorter than its header")
-        fingerprint, nonce, n_cts, k = _AGG_HEAD.unpack_from(env.body)
-        if fingerprint != sh.fingerprint:
-            raise KeyMismatchError("aggregate was made under another key set (key fingerprint differs)")
-        if n_cts != sh.n_cts or k > self.params.max_clients or len(env.body) != sh.aggregate_body_size(k):
-            raise CiphertextFormatError(
-                f"aggregate declares {n_cts} ciphertexts and {k} clients in {len(env.body)} bytes; "
-                f"expected {sh.n_cts} ciphertexts and {sh.aggregate_body_size(k)} bytes"
-            )
-        sh.verify(aggregate.payload, nonce)
-        off = wire.HEADER_SIZE + _AGG_HEAD.size
-        ids = list(struct.unpack_from(f"<{k}I", aggregate.payload, off))
-        if ids != list(aggregate.included):
-            raise CiphertextFormatError(f"aggregate holds clients {ids} but claims {aggregate.included}")
-        if k == 0:
-            return OpenedAggregate(np.zeros(self.dim), 0.0, [])
-        off += 4 * k
-        seed_block = aggregate.payload[off : off + k * sh.n_cts * PRNG_INFO_SIZE]
-        sh.check_prng(seed_block)
-        c0_sum = sh.unpack_coeffs(aggregate.payload, off + len(seed_block)).reshape(sh.n_cts, -1)
-        values = np.empty(sh.n_coeffs)
-        n = self.params.reals_per_ciphertext
-        for j in range(sh.n_cts):
-            acc = None
-            for i in range(k):
-                start = (i * sh.n_cts + j) * PRNG_INFO_SIZE
-                prng = seed_block[start : start + PRNG_INFO_SIZE]
-                if acc is None:
-                    acc = self._load(c0_sum[j].astype("<u8").tobytes(), prng)
-                else:
-                    self._evaluator.add_inplace(acc, self._load(self._zero_c0, prng))
-            values[j * n : (j + 1) * n] = self._decrypt(acc)
-        total_weight = float(values[self.dim])
-        if not total_weight > 0:
-            raise PayloadError(
-                f"decrypted total weight is {total_weight:.4g}: the sum overflowed q or was not made under this key"
-            )
-        return OpenedAggregate(values[: self.dim] / total_weight, total_weight, ids)
-
-    def _self_test(self) -> None:
-        """Round-trip one ciphertext through split/rebuild/load/decrypt; refuses an unknown SEAL layout."""
-        n = self.params.reals_per_ciphertext
-        probe = np.linspace(-0.5, 0.5, n)
-        c0, prng = self._codec.split_seeded(self._seal_bytes(probe))
-        got = self._decrypt(self._load(c0.astype("<u8").tobytes(), prng))
-        if not np.allclose(got, probe, rtol=0.0, atol=2.0 ** (12 - self.params.scale_bits)):
-            raise ProtocolConfigError("CKKS self-test failed: this SEAL build's ciphertext layout is not supported")
+def invert_ntt(ring: RNSRing, a: np.ndarray) -> np.ndarray:
+    """Pointwise inverse modulo each prime (Fermat); used by the key-recovery attack."""
+    out = []
+    for i, q in enumerate(ring.primes):
+        base, e, acc = a[..., i, :].copy(), q - 2, np.ones_like(a[..., i, :])
+        while e:
+            if e & 1:
+                acc = mulmod(acc, base, q)
+            base = mulmod(base, base, q)
+            e >>= 1
+        out.append(acc)
+    return np.stack(out, axis=-2)

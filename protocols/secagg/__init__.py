@@ -4,10 +4,17 @@
 are the stage machines it drives, usable directly to study dropouts or adversarial servers.
 """
 
-from protocols.crypto import AuthenticationError, KeyAgreementError
+from protocols.crypto import AuthenticationError, KeyAgreementError, SignatureError
 from protocols.secagg.client import DoubleRevealError, SecAggClient
+from protocols.secagg.identity import IdentityRegistry, enrol
 from protocols.secagg.messages import Kind, MessageCodec, MessageFormatError, ShareKind, Stage
-from protocols.secagg.params import RoundPlan, SecAggParams, logarithmic_degree, neighbour_graph
+from protocols.secagg.params import (
+    RoundPlan,
+    SecAggParams,
+    logarithmic_degree,
+    neighbour_graph,
+    secagg_plus_parameters,
+)
 from protocols.secagg.protocol import SecAggProtocol
 from protocols.secagg.quantize import Quantizer
 from protocols.secagg.server import SecAggResult, SecAggServer
@@ -15,6 +22,7 @@ from protocols.secagg.server import SecAggResult, SecAggServer
 __all__ = [
     "AuthenticationError",
     "DoubleRevealError",
+    "IdentityRegistry",
     "KeyAgreementError",
     "Kind",
     "MessageCodec",
@@ -27,7 +35,10 @@ __all__ = [
     "SecAggResult",
     "SecAggServer",
     "ShareKind",
+    "SignatureError",
     "Stage",
+    "enrol",
     "logarithmic_degree",
     "neighbour_graph",
+    "secagg_plus_parameters",
 ]

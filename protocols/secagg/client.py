@@ -1,41 +1,59 @@
-"""The client side of SecAgg+: a state machine over the four stages of one round.
+"""The client side of SecAgg+: a state machine over the stages of one round.
 
 Bonawitz et al. 2017 (CCS, "Practical Secure Aggregation for Privacy-Preserving Machine Learning",
-Fig. 4) with the sparse neighbourhoods of Bell et al. 2020 (CCS, SecAgg+). A client
+Fig. 4, with the malicious-server additions of §6.2) over the sparse neighbourhoods of Bell et al. 2020
+(CCS, SecAgg+). A client
 
-1. advertises two fresh X25519 public keys (share channel ``c``, pairwise masks ``s``);
-2. Shamir-shares its self-mask seed ``b`` and its mask private key ``s_sk`` among its neighbourhood
-   (itself included) and sends each neighbour its share pair under AES-GCM, keyed by ``c``-agreement
-   and bound to (round, sender, recipient);
+1. advertises two fresh X25519 public keys (share channel ``c``, pairwise masks ``s``), signed with its
+   long-term identity key;
+2. checks every entry of the server's key book against the enrolment registry (a substituted key fails
+   its owner's signature), derives the neighbour graph from a digest of the book, commits to a fresh
+   self-mask seed ``b``, and Shamir-shares ``b`` and its mask private key ``s_sk`` among its
+   neighbourhood (itself included) under AES-GCM keyed by ``c``-agreement and bound to
+   (round, sender, recipient);
 3. sends ``x + PRG(b) + sum_{v > u} PRG(s_uv) - sum_{v < u} PRG(s_uv)`` mod 2^b over the neighbours
-   whose shares reached it;
-4. reveals, for each neighbour, the share of ``b_v`` if the server says v survived or of ``s_sk_v``
-   if it says v dropped -- never both for the same peer, and nothing at all below the threshold.
+   whose shares reached it, signed (bound to round, sender and stage);
+4. (consistency check) signs the set of clients whose input the server says arrived;
+5. reveals, for each neighbour, the share of ``b_v`` if v is in that set or of ``s_sk_v`` if not --
+   never both for one peer, nothing below the threshold, and nothing unless at least t members of the
+   peer's neighbourhood signed the same set (so the server cannot tell two groups different stories).
 
 Calls out of order raise :class:`StageError`; any refusal of peer bytes aborts the client for the
-round (``stage`` becomes ``ABORTED``), as Bonawitz et al. prescribe.
+round (``stage`` becomes ``ABORTED``), as Bonawitz et al. prescribe. With ``params.authenticated=False``
+steps 1, 2 and 5 skip every signature and stage 4 is skipped: the semi-honest protocol, for attack studies.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TypeVar
 
 import numpy as np
 
 from protocols import crypto
-from protocols.errors import PayloadError, ProtocolError, RoundAbortedError, StageError, WrongRoundError
+from protocols.errors import (
+    PayloadError,
+    ProtocolConfigError,
+    ProtocolError,
+    RoundAbortedError,
+    StageError,
+    WrongRoundError,
+)
 from protocols.secagg.messages import (
     SHARE_PAIR_BYTES,
     AdvertiseKeys,
+    KeyList,
+    Kind,
     MessageCodec,
     ShareKeys,
     ShareKind,
     Stage,
     UnmaskShares,
+    encode_ids,
+    signed_message,
 )
-from protocols.secagg.params import SecAggParams
+from protocols.secagg.params import RoundPlan, SecAggParams
 from protocols.secagg.quantize import Quantizer
 from protocols.shamir import SHARE_BYTES, decode_share, encode_share, split
 
@@ -57,20 +75,30 @@ class SecAggClient:
     params:
         Public protocol parameters shared with the server.
     round_id, client_id, roster:
-        The round, this client, and every client sampled for the round; with ``params`` they
-        determine the public neighbour graph and threshold, computed here independently of the server.
+        The round, this client, and every client sampled for the round.
+    identity, registry:
+        This client's long-term Ed25519 signing key and the enrolment registry of every client's
+        verification key (:func:`protocols.secagg.identity.enrol`); required when ``params.authenticated``.
     """
 
-    def __init__(self, params: SecAggParams, round_id: int, client_id: int, roster: Sequence[int]) -> None:
+    def __init__(self, params: SecAggParams, round_id: int, client_id: int, roster: Sequence[int],
+                 identity: crypto.Ed25519PrivateKey | None = None, registry: Mapping[int, bytes] | None = None) -> None:
         self.params = params
-        self.plan = params.plan(round_id, roster)
+        self.plan: RoundPlan = params.plan(round_id, roster)
         if client_id not in self.plan.neighbours:
             raise ValueError(f"client {client_id} is not in the roster of round {round_id}")
+        if params.authenticated:
+            if identity is None or registry is None:
+                raise ProtocolConfigError("authenticated SecAgg needs the client's identity key and the registry")
+            if registry.get(client_id) != crypto.verify_key_bytes(identity):
+                raise ProtocolConfigError(f"the registry does not hold client {client_id}'s identity key")
         self.round_id = round_id
         self.client_id = client_id
-        self.codec = MessageCodec(params)
+        self.identity = identity
+        self.codec = MessageCodec(params, registry)
         self.quantizer = Quantizer(params)
         self.stage = Stage.ADVERTISE_KEYS
+        self._roster = frozenset(self.plan.roster)
         self._enc_key = crypto.generate_private_key()
         self._mask_key = crypto.generate_private_key()
         self._peer_keys: dict[int, tuple[bytes, bytes]] = {}  # v -> (enc_public, mask_public)
@@ -78,18 +106,19 @@ class SecAggClient:
         self._self_seed = b""
         self._pairwise: frozenset[int] = frozenset()
         self._revealed: dict[int, ShareKind] = {}
+        self._signed_set: tuple[int, ...] | None = None
 
     # -- stage 1 ----------------------------------------------------------------------------------
     def advertise_keys(self) -> bytes:
-        """Stage 1: the two public keys, bound to this round and client."""
+        """Stage 1: the two public keys, signed and bound to this round and client."""
         self._expect(Stage.ADVERTISE_KEYS, "advertise keys")
         msg = AdvertiseKeys(crypto.public_bytes(self._enc_key), crypto.public_bytes(self._mask_key))
         self.stage = Stage.SHARE_KEYS
-        return self.codec.encode_advertise(self.round_id, self.client_id, msg)
+        return self.codec.encode_advertise(self.round_id, self.client_id, msg, self.identity)
 
     # -- stage 2 ----------------------------------------------------------------------------------
     def share_keys(self, key_list: bytes) -> bytes:
-        """Stage 2: check the server's key list, then send encrypted shares of ``b`` and ``s_sk``."""
+        """Stage 2: check the server's key book, then send encrypted shares of ``b`` and ``s_sk``."""
         self._expect(Stage.SHARE_KEYS, "share keys")
         return self._guard(lambda: self._share_keys(key_list))
 
@@ -99,19 +128,28 @@ class SecAggClient:
         entries = {e.client_id: (e.enc_public, e.mask_public) for e in msg.entries}
         own = (crypto.public_bytes(self._enc_key), crypto.public_bytes(self._mask_key))
         if entries.get(self.client_id) != own:
-            raise PayloadError("the server's key list omits or alters this client's own public keys")
-        strangers = set(entries) - self.plan.neighbourhood(self.client_id)
+            raise PayloadError("the server's key book omits or alters this client's own public keys")
+        strangers = set(entries) - self._roster
         if strangers:
-            raise PayloadError(f"key list names clients {sorted(strangers)} that are not neighbours")
+            raise PayloadError(f"key book names clients {sorted(strangers)} that are not in this round")
+        if self.params.authenticated:
+            for entry in msg.entries:  # a key the server substituted does not carry its owner's signature
+                self.codec.verify_entry(self.round_id, entry)
         all_keys = [k for pair in entries.values() for k in pair]
         if len(set(all_keys)) != len(all_keys):
-            raise PayloadError("key list repeats a public key")
+            raise PayloadError("key book repeats a public key")
+        try:
+            self.plan = self.params.plan(self.round_id, sorted(entries), book_digest(msg))
+        except ProtocolConfigError as err:
+            raise RoundAbortedError(f"only {len(entries)} clients advertised keys: {err}") from None
+        neighbourhood = self.plan.neighbourhood(self.client_id)
         t = self.plan.threshold
-        if len(entries) < t:
-            raise RoundAbortedError(f"only {len(entries)} of this client's neighbourhood advertised keys, need {t}")
-        self._peer_keys = {v: keys for v, keys in entries.items() if v != self.client_id}
+        if len(neighbourhood) < t:
+            raise RoundAbortedError(f"only {len(neighbourhood)} of this client's neighbourhood advertised keys, "
+                                    f"need {t}")
+        self._peer_keys = {v: entries[v] for v in neighbourhood if v != self.client_id}
         self._self_seed = os.urandom(crypto.SEED_BYTES)
-        xs = [v + 1 for v in sorted(entries)]
+        xs = [v + 1 for v in sorted(neighbourhood)]
         seed_shares = split(int.from_bytes(self._self_seed, "big"), t, xs)
         key_shares = split(int.from_bytes(crypto.private_bytes(self._mask_key), "big"), t, xs)
         cts = []
@@ -123,7 +161,9 @@ class SecAggClient:
         me = self.client_id + 1
         self._held[self.client_id] = (encode_share(seed_shares[me]), encode_share(key_shares[me]))
         self.stage = Stage.MASKED_INPUT
-        return self.codec.encode_share_keys(self.round_id, self.client_id, ShareKeys(tuple(cts)))
+        commitment = seed_commitment(self._self_seed, self.round_id, self.client_id)
+        return self.codec.encode_share_keys(self.round_id, self.client_id, ShareKeys(tuple(cts), commitment),
+                                            self.identity)
 
     # -- stage 3 ----------------------------------------------------------------------------------
     def masked_input(
@@ -138,13 +178,25 @@ class SecAggClient:
         encoded = self.quantizer.encode(update, weight, rng)
         return self._guard(lambda: self._masked_input(forwarded, encoded))
 
+    def masked_input_encoded(self, forwarded: bytes, encoded: np.ndarray) -> bytes:
+        """Stage 3 on an already-encoded integer vector (what :meth:`masked_input` does after quantizing).
+
+        Exposed because a malicious client can send any vector of the modulus: the server cannot tell,
+        which is why the opened aggregate is bounds-checked (attack studies call this directly).
+        """
+        self._expect(Stage.MASKED_INPUT, "send its masked input")
+        vec = np.ascontiguousarray(encoded, dtype=self.params.dtype)
+        if vec.shape != (self.params.vector_length,):
+            raise ValueError(f"encoded input has shape {vec.shape}, expected ({self.params.vector_length},)")
+        return self._guard(lambda: self._masked_input(forwarded, vec))
+
     def _masked_input(self, data: bytes, encoded: np.ndarray) -> bytes:
         msg = self.codec.decode_forwarded(data, self.round_id)
         self._check_recipient(msg.recipient)
         held: dict[int, tuple[bytes, bytes]] = {}
         for v, ct in msg.ciphertexts:
             if v not in self._peer_keys:
-                raise PayloadError(f"forwarded shares name sender {v}, who is not in this client's key list")
+                raise PayloadError(f"forwarded shares name sender {v}, who is not in this client's neighbourhood")
             key = crypto.derive_key(crypto.agree(self._enc_key, self._peer_keys[v][0]), "share-key", self.round_id,
                                     v, self.client_id)
             pair = crypto.unseal(key, ct, crypto.associated_data(self.round_id, v, self.client_id))
@@ -165,12 +217,35 @@ class SecAggClient:
             expander.add(acc, seed, pairwise_sign(self.client_id, v))
         self._held.update(held)
         self._pairwise = frozenset(held)
-        self.stage = Stage.UNMASK
-        return self.codec.encode_masked(self.round_id, self.client_id, acc)
+        self.stage = Stage.CONSISTENCY if self.params.authenticated else Stage.UNMASK
+        return self.codec.encode_masked(self.round_id, self.client_id, acc, self.identity)
 
-    # -- stage 4 ----------------------------------------------------------------------------------
+    # -- stage 4: consistency check -----------------------------------------------------------------
+    def sign_survivors(self, request: bytes) -> bytes:
+        """Stage 4: sign the set of clients whose masked input arrived (Bonawitz et al. 2017, ConsistencyCheck)."""
+        self._expect(Stage.CONSISTENCY, "sign the survivor set")
+        return self._guard(lambda: self._sign_survivors(request))
+
+    def _sign_survivors(self, data: bytes) -> bytes:
+        msg = self.codec.decode_consistency_request(data, self.round_id)
+        self._check_recipient(msg.recipient)
+        survivors = set(msg.survivor_set)
+        if self.client_id not in survivors:
+            raise PayloadError("survivor set omits this client, which sent its input")
+        if survivors - set(self.plan.roster):
+            raise PayloadError("survivor set names clients that did not advertise keys this round")
+        t = self.plan.threshold
+        live = survivors & self.plan.neighbourhood(self.client_id)
+        if len(live) < t:
+            raise RoundAbortedError(f"only {len(live)} of this client's neighbourhood survived, need {t}")
+        self._signed_set = msg.survivor_set
+        self.stage = Stage.UNMASK
+        return self.codec.encode_consistency_signature(self.round_id, self.client_id, msg.survivor_set,
+                                                       self.identity)
+
+    # -- stage 5 ----------------------------------------------------------------------------------
     def unmask(self, request: bytes) -> bytes:
-        """Stage 4: reveal one share per listed neighbour -- seed share if it survived, key share if not."""
+        """Stage 5: reveal one share per listed neighbour -- seed share if it survived, key share if not."""
         self._expect(Stage.UNMASK, "unmask")
         return self._guard(lambda: self._unmask(request))
 
@@ -193,10 +268,37 @@ class SecAggClient:
         t = self.plan.threshold
         if len(survivors) < t:
             raise RoundAbortedError(f"only {len(survivors)} neighbours survived, need {t}: revealing nothing")
+        if self.params.authenticated:
+            self._check_consistency(msg.survivor_set, msg.signatures, survivors, dropped)
         shares = tuple((v, kind, self._held[v][int(kind)]) for v, kind in sorted(wanted.items()))
         self._revealed.update(wanted)
         self.stage = Stage.DONE
-        return self.codec.encode_unmask_shares(self.round_id, self.client_id, UnmaskShares(shares))
+        return self.codec.encode_unmask_shares(self.round_id, self.client_id, UnmaskShares(shares), self.identity)
+
+    def _check_consistency(self, survivor_set: tuple[int, ...], signatures: tuple[tuple[int, bytes], ...],
+                           survivors: set[int], dropped: set[int]) -> None:
+        """Reveal only what the signed survivor set implies, and only if >= t of each neighbourhood signed it."""
+        if survivor_set != self._signed_set:
+            raise PayloadError("unmask request carries a survivor set other than the one this client signed")
+        live = set(survivor_set)
+        if survivors != live & self.plan.neighbourhood(self.client_id) or dropped != self._pairwise - live:
+            raise PayloadError("unmask request disagrees with the signed survivor set")
+        body = encode_ids(survivor_set)
+        signers = set()
+        for signer, signature in signatures:
+            if signer not in live:
+                raise PayloadError(f"consistency signature from client {signer}, who is not in the survivor set")
+            key = self.codec.registry.get(signer) if self.codec.registry is not None else None
+            if key is None:
+                raise crypto.SignatureError(f"client {signer} is not enrolled")
+            crypto.verify(key, signed_message(Kind.CONSISTENCY_SIGNATURE, self.round_id, signer, body), signature)
+            signers.add(signer)
+        t = self.plan.threshold
+        for v in survivors | dropped:
+            agreeing = len(signers & self.plan.neighbourhood(v))
+            if agreeing < t:
+                raise RoundAbortedError(f"only {agreeing} of client {v}'s neighbourhood signed the survivor set, "
+                                        f"need {t}: revealing nothing")
 
     # -- helpers ----------------------------------------------------------------------------------
     def _expect(self, stage: Stage, action: str) -> None:
@@ -214,6 +316,18 @@ class SecAggClient:
     def _check_recipient(self, recipient: int) -> None:
         if recipient != self.client_id:
             raise WrongRoundError(f"message is addressed to client {recipient}, not {self.client_id}")
+
+
+def book_digest(book: KeyList) -> bytes:
+    """Digest of a key book's entries (ids, keys, signatures): the seed material of the round's graph."""
+    return crypto.digest(b"key-book", *(e.client_id.to_bytes(4, "little") + e.enc_public + e.mask_public
+                                        + e.signature for e in book.entries))
+
+
+def seed_commitment(seed: bytes, round_id: int, client_id: int) -> bytes:
+    """Commitment to a self-mask seed (the seed has 256 bits of entropy, so the hash hides it)."""
+    return crypto.digest(b"self-mask-seed-commitment", round_id.to_bytes(8, "little"),
+                         client_id.to_bytes(4, "little"), seed)
 
 
 def self_mask_key(seed: bytes, round_id: int, client_id: int) -> bytes:

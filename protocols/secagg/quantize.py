@@ -2,8 +2,9 @@
 
 Masking works over integers modulo 2^b (Bonawitz et al. 2017, CCS, §3), so each client clips its
 update, multiplies by its weight and rounds onto a uniform grid of ``levels`` points over
-``[-clip, clip] * max_weight``; the weight itself rides along in one extra coordinate on a grid over
-``[0, max_weight]``. Grid indices are non-negative, so the server's modular sum of ``n`` vectors is
+``[-clip, clip] * max_weight``; when weights travel (``public_weights=False``) the weight rides along
+in one extra coordinate on a grid over ``[0, max_weight]``; with public weights (the default) every
+weight is 1 and nothing is sent for it. Grid indices are non-negative, so the server's modular sum of ``n`` vectors is
 the exact integer sum (the overflow check in :class:`SecAggParams` guarantees it) and decoding only
 needs the number of summed clients to undo the offset.
 
@@ -37,6 +38,9 @@ class Quantizer:
         if not np.all(np.isfinite(vec)):
             raise ValueError("update holds NaN or Inf values")
         weight = float(weight)
+        if p.public_weights and weight != 1.0:
+            raise ValueError(f"weights are public (every client's is 1), got {weight}; build the protocol with "
+                             "public_weights=False, min_weight and max_weight to send weights")
         if not (np.isfinite(weight) and 0 < weight <= p.max_weight):
             raise ValueError(
                 f"weight {weight} must lie in (0, max_weight={p.max_weight}]; raise the protocol's max_weight "
@@ -47,7 +51,8 @@ class Quantizer:
         scaled[: p.dim] *= weight
         scaled[: p.dim] += self.bound
         scaled[: p.dim] /= self.value_step
-        scaled[p.dim] = weight / self.weight_step
+        if not p.public_weights:
+            scaled[p.dim] = weight / self.weight_step
         if rng is None:
             np.rint(scaled, out=scaled)
         else:
@@ -61,9 +66,12 @@ class Quantizer:
         p = self.params
         ints = np.asarray(total).astype(np.float64)
         values = ints[: p.dim] * self.value_step - count * self.bound
+        if p.public_weights:
+            return values, float(count)
         return values, float(ints[p.dim] * self.weight_step)
 
     def error_bound(self, count: int, stochastic: bool = False) -> tuple[float, float]:
         """Worst-case absolute rounding error of a decoded sum over ``count`` clients: (values, weight)."""
         per_client = 1.0 if stochastic else 0.5
-        return count * per_client * self.value_step, count * per_client * self.weight_step
+        weight_err = 0.0 if self.params.public_weights else count * per_client * self.weight_step
+        return count * per_client * self.value_step, weight_err

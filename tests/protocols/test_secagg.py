@@ -24,24 +24,36 @@ from protocols.secagg import (
     SecAggParams,
     SecAggProtocol,
     SecAggServer,
+    SignatureError,
     Stage,
+    enrol,
 )
 from protocols.secagg.messages import AdvertiseKeys, ForwardedShares, KeyEntry, KeyList, UnmaskRequest
 
-ADV, SHARE, MASK, UNMASK = Stage.ADVERTISE_KEYS, Stage.SHARE_KEYS, Stage.MASKED_INPUT, Stage.UNMASK
+ADV, SHARE, MASK, CHECK, UNMASK = (Stage.ADVERTISE_KEYS, Stage.SHARE_KEYS, Stage.MASKED_INPUT, Stage.CONSISTENCY,
+                                   Stage.UNMASK)
 N, T, DIM = 20, 14, 16
+REG, KEYS = enrol(range(64))  # one enrolment for the module: identity keys are long-term
+
+
+def _server(params: SecAggParams, round_id: int, roster) -> SecAggServer:
+    return SecAggServer(params, round_id, roster, REG)
+
+
+def _client(params: SecAggParams, round_id: int, c: int, roster) -> SecAggClient:
+    return SecAggClient(params, round_id, c, roster, KEYS[c], REG)
 
 
 def _inputs(n: int, dim: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
-    return rng.uniform(-1, 1, size=(n, dim)), rng.uniform(0.1, 1.0, size=n)
+    return rng.uniform(-1, 1, size=(n, dim)), np.ones(n)  # public weights: every client's is 1
 
 
 def _run(params: SecAggParams, roster, updates, weights, drops=None, round_id: int = 1):
     """Drive one round through the client and server stage machines; ``drops`` silences clients per stage."""
     drops = {s: set(ids) for s, ids in (drops or {}).items()}
-    server = SecAggServer(params, round_id, roster)
-    clients = {c: SecAggClient(params, round_id, c, roster) for c in roster}
+    server = _server(params, round_id, roster)
+    clients = {c: _client(params, round_id, c, roster) for c in roster}
     for c in roster:
         if c not in drops.get(ADV, ()):
             server.receive(c, clients[c].advertise_keys())
@@ -51,6 +63,10 @@ def _run(params: SecAggParams, roster, updates, weights, drops=None, round_id: i
     for c, msg in server.forward_shares().items():
         if c not in drops.get(MASK, ()):
             server.receive(c, clients[c].masked_input(msg, updates[c], weights[c]))
+    if params.authenticated:
+        for c, msg in server.request_consistency().items():
+            if c not in drops.get(CHECK, ()):
+                server.receive(c, clients[c].sign_survivors(msg))
     for c, msg in server.request_unmask().items():
         if c not in drops.get(UNMASK, ()):
             server.receive(c, clients[c].unmask(msg))
@@ -70,10 +86,10 @@ def _expected_total(params: SecAggParams, included, updates, weights) -> np.ndar
 
 @pytest.mark.parametrize("seeded", [False, True], ids=["nearest", "stochastic"])
 def test_masked_weighted_mean_matches_plaintext_within_quantization_bound(seeded):
-    updates, weights = _inputs(12, 300, seed=1)
-    weights = weights * 50.0
+    updates, _ = _inputs(12, 300, seed=1)
+    weights = np.random.default_rng(1).uniform(5.0, 50.0, size=12)
     rng = np.random.default_rng(7) if seeded else None
-    proto = SecAggProtocol(300, n_clients=12, max_weight=50.0, rng=rng)
+    proto = SecAggProtocol(300, n_clients=12, max_weight=50.0, public_weights=False, min_weight=5.0, rng=rng)
     proto.begin_round(0, range(12))
     payloads = {c: proto.protect(c, 0, updates[c], weights[c]) for c in range(12)}
     opened = proto.open(proto.combine(0, payloads))
@@ -100,7 +116,7 @@ def test_masked_input_hides_the_update():
     proto = SecAggProtocol(4000, n_clients=3)
     proto.begin_round(0, [0, 1, 2])
     data = proto.protect(0, 0, np.zeros(4000), 1.0)
-    words = np.frombuffer(data[wire.HEADER_SIZE :], dtype="<u4")
+    words = np.frombuffer(data[wire.HEADER_SIZE : -64], dtype="<u4")  # the Ed25519 signature trails the body
     encoded = Quantizer(proto.params).encode(np.zeros(4000), 1.0)
     assert np.mean(words == encoded) < 0.01
     assert abs(words.mean() / 2**32 - 0.5) < 6 * (12 * words.size) ** -0.5
@@ -109,7 +125,7 @@ def test_masked_input_hides_the_update():
 # -- dropouts -----------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("stage", [ADV, SHARE, MASK, UNMASK], ids=lambda s: s.name)
+@pytest.mark.parametrize("stage", [ADV, SHARE, MASK, CHECK, UNMASK], ids=lambda s: s.name)
 @pytest.mark.parametrize("n_drop", [N - T, N - T + 1], ids=["n-t", "n-t+1"])
 def test_dropout_matrix_single_stage(stage, n_drop):
     params = SecAggParams(dim=DIM, max_clients=N, threshold=T)
@@ -120,7 +136,7 @@ def test_dropout_matrix_single_stage(stage, n_drop):
             _run(params, range(N), updates, weights, {stage: dropped})
         return
     result, _, _ = _run(params, range(N), updates, weights, {stage: dropped})
-    survivors = [c for c in range(N) if stage == UNMASK or c not in dropped]
+    survivors = [c for c in range(N) if stage in (CHECK, UNMASK) or c not in dropped]
     assert result.included == survivors
     np.testing.assert_array_equal(result.total, _expected_total(params, survivors, updates, weights))
     assert result.dropouts[stage] == sorted(dropped)
@@ -153,8 +169,8 @@ def test_dropout_matrix_mixed_stages(drops, ok):
 def test_aborted_server_releases_nothing_afterwards():
     params = SecAggParams(dim=DIM, max_clients=N, threshold=T)
     updates, weights = _inputs(N, DIM)
-    server = SecAggServer(params, 1, range(N))
-    clients = {c: SecAggClient(params, 1, c, range(N)) for c in range(N)}
+    server = _server(params, 1, range(N))
+    clients = {c: _client(params, 1, c, range(N)) for c in range(N)}
     for c in range(N):
         server.receive(c, clients[c].advertise_keys())
     for c, msg in server.broadcast_keys().items():
@@ -163,7 +179,7 @@ def test_aborted_server_releases_nothing_afterwards():
         if c >= N - T + 1:  # only t - 1 inputs arrive
             server.receive(c, clients[c].masked_input(msg, updates[c], weights[c]))
     with pytest.raises(RoundAbortedError):
-        server.request_unmask()
+        server.request_consistency()
     assert server.stage == Stage.ABORTED
     with pytest.raises(StageError):
         server.finalize()
@@ -219,16 +235,18 @@ def test_sparse_graph_round_is_exact_and_each_client_masks_only_with_its_neighbo
 
 def test_log_degree_graph_is_sparse_for_large_rosters():
     params = SecAggParams(dim=1, max_clients=1000, neighbours="log")
-    assert (params.degree(1000), params.degree(10), params.degree(5)) == (20, 8, 4)
+    assert params.degree(1000) < 400 and (params.degree(10), params.degree(5)) == (9, 4)  # small rosters: complete
+    relaxed = SecAggParams(dim=1, max_clients=1000, neighbours="log", corrupt_fraction=0.05, dropout_fraction=0.05)
+    assert relaxed.degree(1000) < 100
 
 
 # -- adversarial server and replay ---------------------------------------------------------------------
 
 
-def _up_to_masked_input(n: int = 5, t: int = 3, round_id: int = 1):
-    params = SecAggParams(dim=DIM, max_clients=n, threshold=t)
-    server = SecAggServer(params, round_id, range(n))
-    clients = {c: SecAggClient(params, round_id, c, range(n)) for c in range(n)}
+def _up_to_masked_input(n: int = 5, t: int = 3, round_id: int = 1, authenticated: bool = True):
+    params = SecAggParams(dim=DIM, max_clients=n, threshold=t, authenticated=authenticated)
+    server = _server(params, round_id, range(n))
+    clients = {c: _client(params, round_id, c, range(n)) for c in range(n)}
     for c in range(n):
         server.receive(c, clients[c].advertise_keys())
     for c, msg in server.broadcast_keys().items():
@@ -285,10 +303,13 @@ def test_adapter_rejects_a_payload_replayed_from_the_previous_round():
     assert "WrongRoundError" in agg.rejected[0] and agg.included == [1, 2, 3]
 
 
-def _to_unmask(n: int = 5, t: int = 3):
-    params, server, clients, forwarded = _up_to_masked_input(n, t)
+def _to_unmask(n: int = 5, t: int = 3, authenticated: bool = True):
+    params, server, clients, forwarded = _up_to_masked_input(n, t, authenticated=authenticated)
     for c, msg in forwarded.items():
         server.receive(c, clients[c].masked_input(msg, np.zeros(DIM), 1.0))
+    if authenticated:
+        for c, msg in server.request_consistency().items():
+            server.receive(c, clients[c].sign_survivors(msg))
     return params, server, clients, server.request_unmask()
 
 
@@ -316,7 +337,7 @@ def test_client_refuses_to_reveal_below_threshold_or_for_unknown_peers():
 
 
 def test_server_rejects_reveals_that_do_not_match_its_request():
-    params, server, clients, requests = _to_unmask()
+    params, server, clients, requests = _to_unmask(authenticated=False)  # a client that answers a forged request
     codec = MessageCodec(params)
     other = codec.encode_unmask_request(1, UnmaskRequest(0, (0, 1, 2), (3, 4)))
     with pytest.raises(PayloadError):
@@ -329,15 +350,15 @@ def test_server_rejects_reveals_that_do_not_match_its_request():
 
 def test_key_list_that_alters_a_clients_own_keys_or_is_misaddressed_is_refused():
     params = SecAggParams(dim=DIM, max_clients=4, threshold=3)
-    server = SecAggServer(params, 0, range(4))
-    clients = {c: SecAggClient(params, 0, c, range(4)) for c in range(4)}
+    server = _server(params, 0, range(4))
+    clients = {c: _client(params, 0, c, range(4)) for c in range(4)}
     for c in range(4):
         server.receive(c, clients[c].advertise_keys())
     lists = server.broadcast_keys()
     codec = MessageCodec(params)
     key_list = codec.decode_key_list(lists[0], 0)
     own, other = key_list.entries[0], key_list.entries[1]
-    swapped = (KeyEntry(own.client_id, own.enc_public, other.mask_public), *key_list.entries[1:])
+    swapped = (KeyEntry(own.client_id, own.enc_public, other.mask_public, own.signature), *key_list.entries[1:])
     with pytest.raises(PayloadError):
         clients[0].share_keys(codec.encode_key_list(0, KeyList(0, swapped)))
     with pytest.raises(StageError):
@@ -348,8 +369,8 @@ def test_key_list_that_alters_a_clients_own_keys_or_is_misaddressed_is_refused()
 
 def test_low_order_public_key_is_rejected_by_the_server():
     params = SecAggParams(dim=DIM, max_clients=3)
-    server = SecAggServer(params, 0, range(3))
-    bad = MessageCodec(params).encode_advertise(0, 1, AdvertiseKeys(bytes(32), bytes(31) + b"\x01"))
+    server = _server(params, 0, range(3))
+    bad = MessageCodec(params).encode_advertise(0, 1, AdvertiseKeys(bytes(32), bytes(31) + b"\x01"), KEYS[1])
     with pytest.raises(KeyAgreementError):
         server.receive(1, bad)
 
@@ -359,7 +380,7 @@ def test_low_order_public_key_is_rejected_by_the_server():
 
 def test_illegal_transitions_raise_stage_error():
     params = SecAggParams(dim=DIM, max_clients=3)
-    client = SecAggClient(params, 0, 0, range(3))
+    client = _client(params, 0, 0, range(3))
     with pytest.raises(StageError):
         client.share_keys(b"")
     with pytest.raises(StageError):
@@ -367,7 +388,7 @@ def test_illegal_transitions_raise_stage_error():
     client.advertise_keys()
     with pytest.raises(StageError):
         client.advertise_keys()
-    server = SecAggServer(params, 0, range(3))
+    server = _server(params, 0, range(3))
     for close in (server.forward_shares, server.request_unmask, server.finalize):
         with pytest.raises(StageError):
             close()
@@ -383,7 +404,7 @@ def test_illegal_transitions_raise_stage_error():
 
 def test_message_of_the_wrong_stage_is_rejected():
     params, server, _, _ = _up_to_masked_input()
-    stale = SecAggClient(params, 1, 0, range(5)).advertise_keys()  # a stage-1 message in stage 3
+    stale = _client(params, 1, 0, range(5)).advertise_keys()  # a stage-1 message in stage 3
     with pytest.raises(WrongRoundError):
         server.receive(0, stale)
 
@@ -433,7 +454,7 @@ def test_wire_expansion_is_small():
     payloads = {c: proto.protect(c, 0, np.zeros(dim), 1.0) for c in range(n)}
     proto.combine(0, payloads)
     per_client = [sum(stages.values()) for stages in proto.traffic.values()]
-    assert set(len(s) for s in proto.traffic.values()) == {4}
+    assert set(len(s) for s in proto.traffic.values()) == {5}
     assert max(per_client) / (4 * dim) < 1.1
 
 
@@ -459,3 +480,111 @@ def test_64_bit_modulus_round_is_exact():
     result, _, _ = _run(params, range(6), updates, weights, {MASK: {2}})
     assert result.total.dtype == np.dtype("<u8")
     np.testing.assert_array_equal(result.total, _expected_total(params, [0, 1, 3, 4, 5], updates, weights))
+
+
+# -- malicious server: authentication, consistency check, robust reconstruction ------------------------
+
+
+def test_registry_is_immutable_and_clients_refuse_a_foreign_identity():
+    with pytest.raises(AttributeError):
+        REG.digest = b""  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        REG[0] = b"x" * 32  # type: ignore[index]
+    params = SecAggParams(dim=DIM, max_clients=3)
+    with pytest.raises(ProtocolConfigError):
+        SecAggClient(params, 0, 0, range(3), KEYS[1], REG)  # client 0 holding client 1's key
+    with pytest.raises(ProtocolConfigError):
+        SecAggClient(params, 0, 0, range(3))  # authenticated by default: identity required
+
+
+def test_edited_or_reattributed_client_message_fails_its_signature():
+    _, server, clients, forwarded = _up_to_masked_input()
+    data = bytearray(clients[0].masked_input(forwarded[0], np.zeros(DIM), 1.0))
+    data[40] ^= 1  # one bit of the masked vector
+    with pytest.raises(SignatureError):
+        server.receive(0, bytes(data))
+    data = bytearray(clients[1].masked_input(forwarded[1], np.zeros(DIM), 1.0))
+    data[16:20] = (2).to_bytes(4, "little")  # claim it came from client 2
+    with pytest.raises(SignatureError):
+        server.receive(2, bytes(data))
+
+
+def test_equivocating_server_gets_no_shares():
+    # t = 7 of 9: the server tells 4 clients that client 8 survived and 5 that it dropped; neither survivor
+    # set gathers t signatures, so no client reveals anything.
+    n = 9
+    params = SecAggParams(dim=DIM, max_clients=n)
+    server = _server(params, 1, range(n))
+    clients = {c: _client(params, 1, c, range(n)) for c in range(n)}
+    for c in range(n):
+        server.receive(c, clients[c].advertise_keys())
+    for c, msg in server.broadcast_keys().items():
+        server.receive(c, clients[c].share_keys(msg))
+    for c, msg in server.forward_shares().items():
+        server.receive(c, clients[c].masked_input(msg, np.zeros(DIM), 1.0))
+    server.request_consistency()
+    codec = MessageCodec(params, REG)
+    from protocols.secagg.messages import ConsistencyRequest
+
+    sets = {c: tuple(range(n)) if c < 4 else tuple(range(n - 1)) for c in range(n - 1)}
+    signed = {c: clients[c].sign_survivors(codec.encode_consistency_request(1, ConsistencyRequest(c, sets[c])))
+              for c in sets}
+    sigs = {c: codec.decode_consistency_signature(signed[c], 1, c)[1] for c in signed}
+    for c in range(n - 1):
+        same = tuple(sorted((v, s) for v, s in sigs.items() if sets[v] == sets[c]))
+        live = set(sets[c])
+        req = UnmaskRequest(c, tuple(sorted(live)), tuple(sorted(set(range(n)) - live - {c})), sets[c], same)
+        with pytest.raises(RoundAbortedError):
+            clients[c].unmask(codec.encode_unmask_request(1, req))
+
+
+def test_robust_reconstruction_finds_the_forgers():
+    from protocols.shamir import ReconstructionError, robust_reconstruct, split
+
+    secret = 123456789
+    shares = split(secret, 4, list(range(1, 8)))
+    shares[2] += 1
+    shares[6] += 5
+    value, forged = robust_reconstruct(shares, 4, lambda s: s == secret)
+    assert value == secret and forged == {2, 6}
+    with pytest.raises(ReconstructionError):
+        robust_reconstruct(shares, 4, lambda s: False)
+
+
+def test_secagg_plus_parameters_meet_the_stated_failure_bound():
+    from protocols.secagg import secagg_plus_parameters
+
+    k, t = secagg_plus_parameters(1000, 1 / 3, 0.1)
+    assert k < 999 and (k + 1) / 2 < t <= k + 1
+    k9, t9 = secagg_plus_parameters(9, 1 / 3, 0.1)
+    assert (k9, t9) == (8, 7)  # small rosters need the complete graph
+    # 2 log2 n would isolate honest clients; the selected degree is far above it.
+    assert secagg_plus_parameters(1000, 0.05, 0.05)[0] > 2 * 10
+
+
+# -- weights -----------------------------------------------------------------------------------------
+
+
+def test_public_weights_send_no_weight_slot_and_divide_by_the_count():
+    proto = SecAggProtocol(DIM, n_clients=4)
+    assert proto.params.vector_length == DIM and proto.public_weights
+    proto.begin_round(0, range(4))
+    updates, _ = _inputs(4, DIM, seed=7)
+    with pytest.raises(ValueError):
+        proto.protect(0, 0, updates[0], 0.5)  # a public weight is 1
+    opened = proto.open(proto.combine(0, {c: proto.protect(c, 0, updates[c], 1.0) for c in range(4)}))
+    assert opened.total_weight == 4.0
+    assert np.max(np.abs(opened.mean - updates.mean(axis=0))) < 1e-6
+
+
+def test_travelling_weight_outside_its_bounds_aborts_the_round():
+    from protocols.base import AggregateBoundsError, release
+
+    proto = SecAggProtocol(DIM, n_clients=4, public_weights=False, min_weight=0.5, max_weight=1.0)
+    proto.begin_round(0, range(4))
+    payloads = {c: proto.protect(c, 0, np.zeros(DIM), 1.0) for c in range(3)}
+    crafted = proto.quantizer.encode(np.zeros(DIM), 1.0)
+    crafted[DIM] = np.uint32(2**32 - 3 * (proto.params.levels - 1) + 1)  # cancels the other three weights
+    payloads[3] = proto.protect_encoded(3, 0, crafted)
+    with pytest.raises(AggregateBoundsError):
+        release(proto, proto.combine(0, payloads))

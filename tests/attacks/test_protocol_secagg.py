@@ -1,0 +1,49 @@
+"""Protocol attacks on SecAgg+: each breaks the weakened (semi-honest) target and fails against the default."""
+
+from __future__ import annotations
+
+import pytest
+
+from attacks.protocol import PROTOCOL_ATTACKS, load_all
+
+load_all()
+SECAGG_ATTACKS = ["secagg_key_substitution", "secagg_share_forgery", "secagg_replay", "weight_amplification"]
+
+
+@pytest.mark.parametrize("name", SECAGG_ATTACKS)
+def test_attack_succeeds_against_the_weakened_protocol(name):
+    out = PROTOCOL_ATTACKS[name]().run(weakened=True, seed=0)
+    assert out.succeeded, out.reason
+    assert "default" not in out.target
+
+
+@pytest.mark.parametrize("name", SECAGG_ATTACKS)
+def test_attack_fails_against_the_default_with_a_reason(name):
+    out = PROTOCOL_ATTACKS[name]().run(weakened=False, seed=1)
+    assert not out.succeeded, out.reason
+    assert out.reason and "default" in out.target
+
+
+def test_key_substitution_recovers_the_individual_update_only_when_weakened():
+    weak = PROTOCOL_ATTACKS["secagg_key_substitution"]().run(True, 2)
+    assert weak.metric < 1e-6  # the victim's update, to quantization error
+    strong = PROTOCOL_ATTACKS["secagg_key_substitution"]().run(False, 2)
+    assert "SignatureError" in strong.reason
+
+
+def test_share_forgery_names_the_forger_and_keeps_the_sum_exact():
+    out = PROTOCOL_ATTACKS["secagg_share_forgery"]().run(False, 3)
+    assert out.details["rejected"] == [1] and out.metric < 1e-6
+
+
+def test_every_secagg_attack_states_its_threat_model():
+    for name in SECAGG_ATTACKS:
+        doc = PROTOCOL_ATTACKS[name].threat_model
+        assert "Threat model" in doc and "Defence" in doc and "Not covered" in doc
+
+
+def test_weight_amplification_blows_the_mean_up_only_when_weights_travel_unchecked():
+    weak = PROTOCOL_ATTACKS["weight_amplification"]().run(True, 4)
+    assert weak.metric > 1e6 and weak.details["total_weight"] < 1e-6
+    strong = PROTOCOL_ATTACKS["weight_amplification"]().run(False, 4)
+    assert "round dropped" in strong.reason
