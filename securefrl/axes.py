@@ -47,7 +47,7 @@ ALGORITHMS.register("group", f"{_P}:Clustered", client_dp=False, robust=False, c
 ALGORITHMS.register("ifca", f"{_P}:Clustered", client_dp=False, robust=False, check=_CHECK)
 ALGORITHMS.register("ditto", f"{_P}:Ditto", agent_needs=("proximal",), task_features=("proximal", "second_agent"))
 
-EXECUTORS: Registry[Any] = Registry("executor", "federation.simulation", group="securefrl.executors")
+EXECUTORS: Registry[Any] = Registry("executor", "federation.executor", group="securefrl.executors")
 """Executors by name: ``local`` (simulation=loop, backend=local), ``vectorized``, ``ray``."""
 EXECUTORS.register("local", "securefrl.executors:LocalExecutor",
                    features=("proximal", "freeze", "embedding", "second_agent", "custom", "env_attacks", "record_dp",

@@ -21,6 +21,8 @@ if TYPE_CHECKING:
 def executor_name(config: ExperimentConfig) -> str:
     """The executor ``federation.simulation`` x ``federation.backend`` select (see :data:`securefrl.axes.EXECUTORS`)."""
     fed = config.federation
+    if fed.executor:
+        return fed.executor
     if fed.simulation == "vectorized":
         return "vectorized" if fed.backend == "local" else f"vectorized+{fed.backend}"
     return "local" if fed.backend == "local" else fed.backend
@@ -65,6 +67,8 @@ def check_experiment(config: ExperimentConfig) -> None:
     method = config.personalization.method
     alg = ALGORITHMS.meta(method)
     ex_name = executor_name(config)
+    if config.federation.executor:
+        EXECUTORS.check(ex_name)
     if ex_name not in EXECUTORS:
         raise ConfigError("federation.backend", f"no executor runs simulation={config.federation.simulation} with "
                           f"backend={config.federation.backend}; executors: {', '.join(EXECUTORS.names())}")

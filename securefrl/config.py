@@ -105,6 +105,9 @@ class FederationConfig:
     """Ray cluster to join with backend=ray; empty = the RAY_ADDRESS environment variable, else start a local Ray."""
     ray_num_cpus: int = 2
     """CPUs of the local Ray instance started when no cluster address is given."""
+    executor: str = ""
+    """Executor by registry name (securefrl.axes.EXECUTORS); empty = the one simulation x backend select
+    (local, vectorized or ray). Set it to run a registered third-party executor."""
 
     def validate(self, path: str) -> None:
         check_range(f"{path}.n_clients", self.n_clients, 1)
