@@ -43,6 +43,37 @@ def compute_gae(rewards: np.ndarray, values: np.ndarray, dones: np.ndarray, last
     return adv
 
 
+def ppo_loss(cfg: PPOConfig, logits: torch.Tensor, values: torch.Tensor,
+             mb: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """PPO's clipped surrogate + (clipped) value loss - entropy bonus (Schulman et al. 2017), per minibatch.
+
+    The one PPO loss of the project, shared by :class:`PPOAgent` and the batched population
+    (:mod:`securefrl.vectorized.ppo`): samples lie along the last axis, any leading axes (the population's
+    clients) are kept, so ``logits`` is ``(..., n, actions)`` and ``values`` / every ``mb`` entry ``(..., n)``.
+    Returns the loss per leading index and its terms (``ratio`` and ``log_ratio`` for the diagnostics).
+    """
+    logp_all = torch.log_softmax(logits, dim=-1)
+    logp = logp_all.gather(-1, mb["actions"].unsqueeze(-1)).squeeze(-1)
+    entropy = -(logp_all.exp() * logp_all).sum(dim=-1).mean(dim=-1)
+    log_ratio = logp - mb["logprobs"]
+    ratio = log_ratio.exp()
+    adv = mb["advantages"]
+    if cfg.norm_adv and adv.shape[-1] > 1:
+        adv = (adv - adv.mean(dim=-1, keepdim=True)) / (adv.std(dim=-1, keepdim=True) + 1e-8)
+    pg_loss = torch.max(-adv * ratio, -adv * ratio.clamp(1 - cfg.clip_coef, 1 + cfg.clip_coef)).mean(dim=-1)
+    if cfg.clip_vloss:
+        clipped = mb["values"] + (values - mb["values"]).clamp(-cfg.clip_coef, cfg.clip_coef)
+        v_loss = 0.5 * torch.max((values - mb["returns"]) ** 2, (clipped - mb["returns"]) ** 2).mean(dim=-1)
+    else:
+        v_loss = 0.5 * ((values - mb["returns"]) ** 2).mean(dim=-1)
+    loss = pg_loss - cfg.ent_coef * entropy + cfg.vf_coef * v_loss
+    with torch.no_grad():
+        terms = {"policy_loss": pg_loss.detach(), "value_loss": v_loss.detach(), "entropy": entropy.detach(),
+                 "approx_kl": ((ratio - 1) - log_ratio).mean(dim=-1),
+                 "clipfrac": ((ratio - 1).abs() > cfg.clip_coef).float().mean(dim=-1)}
+    return loss, terms
+
+
 class PPOAgent(Agent):
     """PPO for discrete action spaces; ``federated_parameters`` are the actor and the critic.
 
@@ -110,29 +141,9 @@ class PPOAgent(Agent):
 
     # --- learning -------------------------------------------------------------------------
     def compute_loss(self, mb: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
-        """Clipped surrogate + (clipped) value loss - entropy bonus on one minibatch."""
-        cfg = self.config
-        logp_all = torch.log_softmax(self.actor(mb["obs"]), dim=-1)
-        logp = logp_all.gather(1, mb["actions"].view(-1, 1)).squeeze(1)
-        entropy = -(logp_all.exp() * logp_all).sum(dim=1).mean()
-        log_ratio = logp - mb["logprobs"]
-        ratio = log_ratio.exp()
-        adv = mb["advantages"]
-        if cfg.norm_adv and len(adv) > 1:
-            adv = (adv - adv.mean()) / (adv.std() + 1e-8)
-        pg_loss = torch.max(-adv * ratio, -adv * ratio.clamp(1 - cfg.clip_coef, 1 + cfg.clip_coef)).mean()
-        values = self.critic(mb["obs"]).squeeze(1)
-        if cfg.clip_vloss:
-            clipped = mb["values"] + (values - mb["values"]).clamp(-cfg.clip_coef, cfg.clip_coef)
-            v_loss = 0.5 * torch.max((values - mb["returns"]) ** 2, (clipped - mb["returns"]) ** 2).mean()
-        else:
-            v_loss = 0.5 * ((values - mb["returns"]) ** 2).mean()
-        loss = pg_loss - cfg.ent_coef * entropy + cfg.vf_coef * v_loss
-        with torch.no_grad():
-            info = {"policy_loss": float(pg_loss), "value_loss": float(v_loss), "entropy": float(entropy),
-                    "approx_kl": float(((ratio - 1) - log_ratio).mean()),
-                    "clipfrac": float(((ratio - 1).abs() > cfg.clip_coef).float().mean())}
-        return loss, info
+        """Clipped surrogate + (clipped) value loss - entropy bonus on one minibatch (:func:`ppo_loss`)."""
+        loss, terms = ppo_loss(self.config, self.actor(mb["obs"]), self.critic(mb["obs"]).squeeze(1), mb)
+        return loss, {k: float(v) for k, v in terms.items()}
 
     def _update_batch(self, mb: dict[str, torch.Tensor]) -> dict[str, float]:
         """One gradient step on one minibatch (the unit DP-SGD wraps)."""
