@@ -28,6 +28,7 @@ class DQNAgent(Agent):
     """DQN for discrete action spaces; ``federated_parameters`` is the online Q-network."""
 
     name = "dqn"
+    capabilities = frozenset({"proximal", "freeze", "embedding", "dpsgd", "discrete"})
     supports_proximal = True
 
     def __init__(self, env_fn: EnvFn, config: DQNConfig | None = None, seed: int = 0) -> None:
@@ -51,8 +52,12 @@ class DQNAgent(Agent):
     def federated_parameters(self) -> list[tuple[str, torch.nn.Parameter]]:
         return [(f"q.{n}", p) for n, p in self.q_net.named_parameters()]
 
-    def dp_networks(self) -> dict[str, torch.nn.Module]:
+    def networks(self) -> dict[str, torch.nn.Module]:
         return {"q_net": self.q_net}
+
+    def replace_network(self, name: str, module: torch.nn.Module) -> None:
+        super().replace_network(name, module)
+        self.target_net = frozen_copy(self.q_net)  # the target mirrors the (new) Q-network
 
     def after_set_parameters(self) -> None:
         """New global Q-values: bootstrap from them, not from the stale local target."""

@@ -84,6 +84,7 @@ class PPOAgent(Agent):
     """
 
     name = "ppo"
+    capabilities = frozenset({"proximal", "freeze", "embedding", "dpsgd", "batched", "discrete"})
     supports_proximal = True
 
     def __init__(self, env_fn: EnvFn, config: PPOConfig | None = None, seed: int = 0) -> None:
@@ -115,7 +116,7 @@ class PPOAgent(Agent):
         return [*((f"actor.{n}", p) for n, p in self.actor.named_parameters()),
                 *((f"critic.{n}", p) for n, p in self.critic.named_parameters())]
 
-    def dp_networks(self) -> dict[str, torch.nn.Module]:
+    def networks(self) -> dict[str, torch.nn.Module]:
         return {"actor": self.actor, "critic": self.critic}
 
     def reseed(self, seed: int) -> None:

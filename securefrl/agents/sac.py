@@ -35,6 +35,7 @@ class SACAgent(Agent):
     """
 
     name = "sac"
+    capabilities = frozenset({"continuous"})
 
     def __init__(self, env_fn: EnvFn, config: SACConfig | None = None, seed: int = 0) -> None:
         self.config = cfg = config if config is not None else SACConfig()

@@ -21,9 +21,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from securefrl.agents.base import Agent, frozen
-from securefrl.agents.dqn import DQNAgent
-from securefrl.agents.networks import frozen_copy
-from securefrl.agents.ppo import PPOAgent
 from securefrl.errors import ConfigError
 
 EMBEDDING_SUFFIX = ".embedding"
@@ -107,16 +104,13 @@ def attach_env_embedding(agent: Agent, dim: int, scale: float, generator: torch.
     couple two otherwise independent networks). The new tensors join the agent's optimizer as an
     extra parameter group, so learning-rate schedules and gradient clipping cover them.
     """
-    if isinstance(agent, DQNAgent):
-        agent.q_net = EnvEmbeddingInput(agent.q_net, dim, scale, generator)  # type: ignore[assignment]
-        agent.target_net = frozen_copy(agent.q_net)  # type: ignore[assignment]
-        modules = [agent.q_net]
-    elif isinstance(agent, PPOAgent):
-        agent.actor = EnvEmbeddingInput(agent.actor, dim, scale, generator)  # type: ignore[assignment]
-        agent.critic = EnvEmbeddingInput(agent.critic, dim, scale, generator)  # type: ignore[assignment]
-        modules = [agent.actor, agent.critic]
-    else:
-        raise ConfigError("personalization.method", f"embedding extends dqn and ppo agents, not {agent.name!r}")
+    if "embedding" not in agent.capabilities:
+        raise ConfigError("personalization.method", f"agent {agent.name!r} does not declare the embedding capability")
+    modules = []
+    for name, net in agent.networks().items():  # in the agent's fixed order: each draws its embedding in turn
+        wrapped = EnvEmbeddingInput(net, dim, scale, generator)
+        agent.replace_network(name, wrapped)
+        modules.append(wrapped)
     agent.optimizer.add_param_group({"params": [p for m in modules for p in (m.embedding, m.embed_weight)]})
     return agent
 

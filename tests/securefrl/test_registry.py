@@ -124,3 +124,12 @@ def test_server_optimizer_registry_takes_a_new_rule() -> None:
         load_config(overrides=["federation.server_optimizer=signsgd"])
     finally:
         SERVER_OPTIMIZERS.unregister("signsgd")
+
+
+def test_agents_declare_in_the_registry_what_their_class_implements() -> None:
+    from securefrl.agents import AGENTS, agent_capabilities
+
+    for name in AGENTS.names():
+        cls = AGENTS.get(name)
+        assert agent_capabilities(name) == cls.capabilities, name
+        assert ("proximal" in cls.capabilities) == cls.supports_proximal, name
