@@ -253,7 +253,8 @@ def _backdoor_report(fed: Federation, params: np.ndarray, m: MatrixConfig) -> An
     honest = [c for c in fed.clients if not c.malicious]
     agent = honest[0].agent
     agent.set_flat(params)
-    return backdoor_success_rate(agent.act, [c.env_spec.make() for c in honest], fed.behaviour, m.backdoor_episodes,
+    behaviour: Any = fed.behaviour  # an ObservationBackdoor (the caller checked)
+    return backdoor_success_rate(agent.act, [c.env_spec.make() for c in honest], behaviour, m.backdoor_episodes,
                                  derive_seed(fed.config.seed, "backdoor-eval") % (2**31))
 
 
@@ -449,7 +450,8 @@ def _execute(m: MatrixConfig, task: tuple[Any, ...]) -> dict[str, Any]:
     if kind == "inference":
         return _inference_task(m, *key)
     reference = tuple(key[:2]) == ("none", "fedavg")
-    return _poisoning_task(m, *key, keep_params=reference and bool(_backdoor_labels(m)))
+    attack, defence, protocol, seed = key
+    return _poisoning_task(m, attack, defence, protocol, seed, keep_params=reference and bool(_backdoor_labels(m)))
 
 
 def run_matrix(m: MatrixConfig, log: Callable[[str], None] | None = None, workers: int = 1) -> list[dict[str, Any]]:
@@ -631,8 +633,8 @@ def markdown(agg: dict[str, Any], m: MatrixConfig) -> str:
             if e["status"] != "ok":
                 lines.append(f"| {a} | — | {p} | {dp} | *{e['status']}: {_short(e['reason'])}* | |")
             else:
-                lines.append(f"| {a} | {metric} | {p} | {dp} | {_fmt(*e['value'], digits=3)} | "
-                             f"{_fmt(*e['chance'], digits=3)} |")
+                lines.append(f"| {a} | {metric} | {p} | {dp} | {_fmt(*e['value'][:2], digits=3)} | "
+                             f"{_fmt(*e['chance'][:2], digits=3)} |")
         lines.append("")
     return "\n".join(lines)
 

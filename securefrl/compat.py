@@ -44,7 +44,7 @@ def check_experiment(config: ExperimentConfig) -> None:
 
     resolve_env(config.env.name, field="env.name")
     AGENTS.check(config.agent.name)
-    agent_cfg = from_dict(agent_config_class(config.agent.name), config.agent.params, "agent.params")
+    agent_cfg: Any = from_dict(agent_config_class(config.agent.name), config.agent.params, "agent.params")
     protocol = protocol_class(config)
     SERVER_OPTIMIZERS.check(config.federation.server_optimizer)
     ALGORITHMS.check(config.personalization.method)

@@ -110,7 +110,7 @@ class Federation:
         self.algorithm: ClientAlgorithm = ALGORITHMS.get(cfg.personalization.method)(self)
         self.clients = []
         for cid, spec in enumerate(specs):
-            env_fn = spec.make
+            env_fn: Callable[[], Any] = spec.make
             if cid in self.malicious_ids:
                 env_fn = self._poisoned_env_fn(spec, cid)
             client = Client(cid, spec, None, spec.make(), malicious=cid in self.malicious_ids)  # type: ignore[arg-type]

@@ -28,7 +28,7 @@ def make_protocol(name: str, dim: int, n_clients: int, params: dict[str, Any] | 
 
     ``n_clients`` is passed to protocols whose constructor takes it (SecAgg's key set-up needs it).
     """
-    cls = PROTOCOLS.get(name)
+    cls: Any = PROTOCOLS.get(name)  # constructors differ beyond ``dim`` (SecAgg and CKKS take n_clients)
     params = dict(params or {})
     if "n_clients" in inspect.signature(cls).parameters:
         params["n_clients"] = n_clients

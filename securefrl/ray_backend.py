@@ -239,6 +239,7 @@ class RayExecutor:
                 pending.append((batch, self._eval.remote(cfg_ref, [self._specs[t.client_id] for t in batch], seeds,
                                                          episodes, ref)))
         for batch, future in pending:
-            for t, value in zip(batch, self._ray.get(future), strict=True):
+            values: list[float] = self._ray.get(future)
+            for t, value in zip(batch, values, strict=True):
                 results[id(t)] = value
         return [results[id(effective.get(id(t), t))] for t in tasks]

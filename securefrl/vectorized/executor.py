@@ -51,8 +51,8 @@ class ClientSlot(Agent):
         self._rng = np.random.default_rng(derive_seed(cid, "slot-act"))
 
     def federated_parameters(self) -> list[tuple[str, torch.nn.Parameter]]:
-        return [(name, p[self.cid]) for name, p in zip(self.population.spec.names, self.population.params,
-                                                       strict=True)]  # type: ignore[misc]
+        pairs = zip(self.population.spec.names, self.population.params, strict=True)
+        return [(name, p[self.cid]) for name, p in pairs]  # type: ignore[misc]  # row views of the stacked tensors
 
     def reseed(self, seed: int) -> None:
         self._seed, self._calls = int(seed), 0
@@ -141,8 +141,8 @@ class VectorizedExecutor:
         results: dict[int, float] = {}
         groups: dict[tuple[int, int], list[EvalTask]] = {}  # (episodes, shared params object or 0) -> tasks
         for t in tasks:
-            key = (t.episodes or episodes_default, id(t.params) if t.params is not None else 0)
-            groups.setdefault(key, []).append(t)
+            groups.setdefault((t.episodes or episodes_default, id(t.params) if t.params is not None else 0),
+                              []).append(t)
         rows_path: dict[int, list[EvalTask]] = {}
         last: dict[int, np.ndarray] = {}
         for (episodes, key), group in groups.items():
@@ -152,7 +152,7 @@ class VectorizedExecutor:
                 rows_path.setdefault(episodes, []).extend(group)
                 continue
             params = [p.unsqueeze(0) for p in pop.spec.unflatten(np.asarray(group[0].params, dtype=np.float32))]
-            pop.set_rows([t.client_id for t in group], group[0].params)  # the agents hold what they were evaluated with
+            pop.set_rows([t.client_id for t in group], group[0].params)  # type: ignore[arg-type]  # the agents hold what they were evaluated with
             for t in group:
                 last[t.client_id] = group[0].params  # type: ignore[assignment]
             results.update(zip(map(id, group), self._batched(group, params, episodes, per_client=False), strict=True))
