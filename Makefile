@@ -27,5 +27,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
+# Removes the virtualenv and caches only: results/ holds experiments and is never deleted here.
 clean:
-	rm -rf $(VENV) results
+	rm -rf $(VENV) .pytest_cache .ruff_cache
+	find . -name __pycache__ -type d -prune -not -path './.git/*' -exec rm -rf {} +

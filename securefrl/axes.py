@@ -46,6 +46,7 @@ ALGORITHMS.register("embedding", f"{_P}:Partial", agent_needs=("embedding",), ta
 ALGORITHMS.register("group", f"{_P}:Clustered", client_dp=False, robust=False, check=_CHECK)
 ALGORITHMS.register("ifca", f"{_P}:Clustered", client_dp=False, robust=False, check=_CHECK)
 ALGORITHMS.register("ditto", f"{_P}:Ditto", agent_needs=("proximal",), task_features=("proximal", "second_agent"))
+ALGORITHMS.register("relation", "securefrl.personalization.relation:Relation", robust=False, check=_CHECK)
 
 EXECUTORS: Registry[Any] = Registry("executor", "federation.executor", group="securefrl.executors")
 """Executors by name: ``local`` (simulation=loop, backend=local), ``vectorized``, ``ray``."""

@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 import yaml
 
-from securefrl.configtools import apply_override, check_range, from_dict, to_dict
+from securefrl.configtools import apply_override, check_range, from_dict, to_dict, yaml_load
 from securefrl.errors import ConfigError
 from securefrl.protocol_factory import PROTOCOLS
 
@@ -29,7 +29,8 @@ class EnvConfig:
     """Which environment family every client gets, and how much the clients' physics differ."""
 
     name: str = "cartpole"
-    """Environment family (cartpole, acrobot, mountaincar, pendulum) or any registered gymnasium id."""
+    """Environment family (cartpole, acrobot, mountaincar, pendulum, hopper [securefrl[mujoco]], edge_caching,
+    mec_offloading; `securefrl envs` lists them) or any registered gymnasium id."""
     heterogeneity: float = 0.5
     """0 = identical clients at default physics, 1 = the widest documented spread of parameters."""
     overrides: dict[str, float] = field(default_factory=dict)
@@ -102,7 +103,8 @@ class FederationConfig:
     backend: Literal["local", "ray"] = "local"
     """Where clients train: local (this process) or ray (Ray tasks; needs the ray package, see ray_address)."""
     ray_address: str = ""
-    """Ray cluster to join with backend=ray; empty = the RAY_ADDRESS environment variable, else start a local Ray."""
+    """Ray cluster to join with backend=ray: must be empty or equal the operator's RAY_ADDRESS environment variable
+    (a cluster is one trust domain and can run code in the driver); empty = RAY_ADDRESS, else a local Ray."""
     ray_num_cpus: int = 2
     """CPUs of the local Ray instance started when no cluster address is given."""
     executor: str = ""
@@ -144,7 +146,17 @@ class PrivacySection:
     min_survivors: int = 0
     """Distributed noise: shares are calibrated for at least this many surviving clients (0 = all sampled)."""
     secure_noise: bool = False
-    """Draw noise from the OS CSPRNG (deployment); false = seeded noise for reproducible experiments."""
+    """Draw noise from the OS CSPRNG. Under secagg/ckks client-level noise is always secure unless
+    seeded_noise_experiment; with plaintext false = seeded noise (reproducible, regenerable from the seed)."""
+    seeded_noise_experiment: bool = False
+    """Experiment flag: allow seeded (reproducible, hence removable by anyone with the config) DP noise under a
+    secure protocol; the run's rows and summary are marked dp_noise=seeded."""
+    max_colluding: int = 0
+    """Distributed noise: shares are sized so the sum keeps the full noise even if this many included clients
+    withhold theirs (0 assumes every client adds its share honestly)."""
+    calibrate_against: Literal["server", "outsiders"] = "server"
+    """Whom target_epsilon and epsilon_budget hold against: the server (knows who took part: no amplification by
+    sampling, q = 1) or outside observers of the released models (q = clients per round / clients)."""
     adaptive_clipping: bool = False
     """Track a quantile of update norms with the clip bound (Andrew et al. 2021); central placement only."""
     target_quantile: float = 0.5
@@ -169,6 +181,7 @@ class PrivacySection:
         check_range(f"{path}.delta", self.delta, 0.0, 1.0, lo_open=True, hi_open=True)
         check_range(f"{path}.epsilon_budget", self.epsilon_budget, 0.0)
         check_range(f"{path}.min_survivors", self.min_survivors, 0)
+        check_range(f"{path}.max_colluding", self.max_colluding, 0)
         check_range(f"{path}.target_quantile", self.target_quantile, 0.0, 1.0, lo_open=True, hi_open=True)
         check_range(f"{path}.clip_learning_rate", self.clip_learning_rate, 0.0, lo_open=True)
         check_range(f"{path}.dpsgd_noise_multiplier", self.dpsgd_noise_multiplier, 0.0)
@@ -203,7 +216,8 @@ class PersonalizationSection:
     personal head (Arivazhagan et al. 2019 / Collins et al. 2021); embedding: shared network fed a personal environment
     embedding (Jin et al. 2022); group: one model per environment group (Nadiger et al. 2019); ifca: k cluster models,
     each client picks its best (Ghosh et al. 2020); ditto: personal models pulled towards the global one (Li et al.
-    2021); fedprox: proximal term in local training (Li et al. 2020)."""
+    2021); fedprox: proximal term in local training (Li et al. 2020); relation: one model per client, mixed with
+    learned similarity weights (FedAMP, Huang et al. 2021; pFedGraph, Ye et al. 2023; plaintext only)."""
     head_layers: int = 1
     """fedper / fedrep: how many of the last Linear layers of each network stay on the client."""
     fedrep_head_fraction: float = 0.5
@@ -228,6 +242,10 @@ class PersonalizationSection:
     """ditto: environment steps of personal-model training per round (0 = federation.local_steps)."""
     fedprox_mu: float = 0.01
     """fedprox: mu of the proximal term mu/2 ||w - w_global||^2 in local training."""
+    relation_alpha: float = 2.0
+    """relation: strength of the similarity term (0 = FedAvg; larger = weights concentrate on similar clients)."""
+    relation_ema: float = 0.5
+    """relation: weight of the round's update similarities in the moving average that is the relation graph."""
 
     def validate(self, path: str) -> None:
         check_range(f"{path}.head_layers", self.head_layers, 1)
@@ -242,6 +260,8 @@ class PersonalizationSection:
         check_range(f"{path}.ditto_lambda", self.ditto_lambda, 0.0, lo_open=True)
         check_range(f"{path}.ditto_steps", self.ditto_steps, 0)
         check_range(f"{path}.fedprox_mu", self.fedprox_mu, 0.0, lo_open=True)
+        check_range(f"{path}.relation_alpha", self.relation_alpha, 0.0)
+        check_range(f"{path}.relation_ema", self.relation_ema, 0.0, 1.0, lo_open=True)
         if self.method == "group" and bool(self.group_by) == bool(self.groups):
             raise ConfigError(f"{path}.group_by", "method group needs exactly one of group_by (a physics parameter "
                               "to bin) or groups (an explicit group index per client)")
@@ -252,7 +272,7 @@ class ExperimentConfig:
     """A whole federated RL experiment."""
 
     name: str = "demo"
-    """Run name; the results folder is <output_dir>/<name>."""
+    """Run name; each run writes a new folder <output_dir>/<name>/<timestamp> (see `securefrl runs`)."""
     seed: int = 0
     """Master seed: client physics, sampling, agents and evaluation all derive from it."""
     output_dir: str = "results"
@@ -307,7 +327,7 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
             raise ConfigError("config", f"{p} is not valid TOML: {err}") from None
     if p.suffix in (".yaml", ".yml"):
         try:
-            data = yaml.safe_load(text) or {}
+            data = yaml_load(text) or {}
         except yaml.YAMLError as err:
             raise ConfigError("config", f"{p} is not valid YAML: {err}") from None
         if not isinstance(data, dict):

@@ -13,6 +13,7 @@ from typing import Any
 
 from protocols.base import AggregationProtocol
 from protocols.errors import ProtocolConfigError
+from securefrl.configtools import plugin_kwargs
 from securefrl.errors import ConfigError
 from securefrl.registry import Registry
 
@@ -26,15 +27,18 @@ PROTOCOLS.register("secagg", "protocols.secagg:SecAggProtocol")
 def make_protocol(name: str, dim: int, n_clients: int, params: dict[str, Any] | None = None) -> AggregationProtocol:
     """The protocol ``name`` for flat vectors of length ``dim`` among ``n_clients`` clients.
 
-    ``n_clients`` is passed to protocols whose constructor takes it (SecAgg's key set-up needs it).
+    ``n_clients`` is passed to protocols whose constructor takes it (SecAgg's and CKKS's key set-up).
+    ``params`` (``protocol.params``) are checked against the protocol's own constructor: an unknown or
+    mistyped parameter raises :class:`ConfigError` naming it and the allowed ones. A parameter that is
+    a parameter dataclass (CKKS's ``params: CKKSParams``) may be given flat by its fields
+    (``protocol.params.poly_modulus_degree = 4096``) or nested (``protocol.params.params = {...}``).
     """
     cls: Any = PROTOCOLS.get(name)  # constructors differ beyond ``dim`` (SecAgg and CKKS take n_clients)
-    params = dict(params or {})
-    if "n_clients" in inspect.signature(cls).parameters:
-        params["n_clients"] = n_clients
+    provided = ("dim", "n_clients")
     try:
-        return cls(dim, **params)
-    except TypeError as err:  # unknown keyword in protocol.params
-        raise ConfigError("protocol.params", f"{err}") from None
+        kwargs = plugin_kwargs(cls, dict(params or {}), "protocol.params", provided)
+        if "n_clients" in inspect.signature(cls.__init__).parameters:
+            return cls(dim, n_clients=n_clients, **kwargs)  # type: ignore[no-any-return]
+        return cls(dim, **kwargs)  # type: ignore[no-any-return]
     except ProtocolConfigError as err:
         raise ConfigError("protocol.params", str(err)) from None

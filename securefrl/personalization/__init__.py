@@ -27,6 +27,9 @@ method         what is shared / what stays on the client        protected vector
                (Nadiger et al. 2019)
 ``ifca``       k cluster models; each client picks the one       k slots (see below)
                serving it best (Ghosh et al. 2020)
+``relation``   one model per client on the server, mixed with    model delta (plaintext only: the server
+               learned similarity weights (FedAMP, Huang et al.  weighs individual updates; refused under
+               2021; pFedGraph, Ye et al. 2023; :mod:`.relation`) CKKS / SecAgg)
 =============  ===============================================  =======================================
 
 Under CKKS or SecAgg the protected vector is exactly the shared part: the protocol is built for its
@@ -59,6 +62,7 @@ _LAZY = {  # importing the package does not import torch: the implementations lo
     **dict.fromkeys(("Clustered", "Ditto", "FedProx", "FineTune", "LocalOnly", "Partial", "Personalized"),
                     "securefrl.personalization.algorithms"),
     "check_personalization": "securefrl.personalization.checks",
+    **dict.fromkeys(("Relation", "RelationFederation", "relation_round"), "securefrl.personalization.relation"),
     **dict.fromkeys(("assign_groups", "bin_edges"), "securefrl.personalization.grouping"),
     **dict.fromkeys(("EnvEmbeddingInput", "attach_env_embedding", "embedding_parameter_names", "frozen",
                      "head_parameter_names"), "securefrl.personalization.parts"),
@@ -81,6 +85,8 @@ __all__ = [
     "LocalOnly",
     "Partial",
     "Personalized",
+    "Relation",
+    "RelationFederation",
     "assign_groups",
     "attach_env_embedding",
     "bin_edges",
@@ -90,5 +96,6 @@ __all__ = [
     "encode_slots",
     "frozen",
     "head_parameter_names",
+    "relation_round",
     "slot_length",
 ]

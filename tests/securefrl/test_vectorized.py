@@ -166,7 +166,7 @@ def test_run_experiment_logs_one_line_per_round_with_1000_clients(tmp_path, capf
         TINY_PPO, f"output_dir={tmp_path}", "name=big"])
     # Act
     result = run_experiment(cfg, progress=True)
-    err = capfd.readouterr().err
+    err = capfd.readouterr().out  # progress and the table go to stdout
     # Assert: banner + table header + one row per round + the closing line; nothing per client.
     lines = [ln for ln in re.split(r"[\r\n]+", err) if ln.strip() and "rounds:" not in ln]  # drop tqdm's bar
     rows = [ln for ln in lines if re.match(r"^\s+\d+\s+[-\d.]+\s", ln)]
