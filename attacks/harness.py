@@ -696,8 +696,8 @@ def markdown(agg: dict[str, Any], m: MatrixConfig) -> str:
             if e["status"] != "ok":
                 lines.append(f"| {a} | — | {p} | {dp} | *{e['status']}: {_short(e['reason'])}* | |")
             else:
-                lines.append(f"| {a} | {metric} | {p} | {dp} | {_fmt(*e['value'][:2], digits=3)} | "
-                             f"{_fmt(*e['chance'][:2], digits=3)} |")
+                lines.append(f"| {a} | {metric} | {p} | {dp} | {_fmt(e['value'][0], e['value'][1], digits=3)} | "
+                             f"{_fmt(e['chance'][0], e['chance'][1], digits=3)} |")
         lines.append("")
     if agg.get("protocol"):
         lines += ["## Protocol attacks (a malicious server or colluding clients)", "",

@@ -40,13 +40,13 @@ def agent_config_class(name: str) -> type:
     """The hyperparameter dataclass of agent ``name`` (without importing the agent itself)."""
     target = AGENTS.meta(name).get("config")
     if target is None:  # registered without metadata: the class says it
-        return AGENTS.get(name).config_class  # type: ignore[attr-defined,no-any-return]
-    return load_target(target) if isinstance(target, str) else target  # type: ignore[no-any-return]
+        return AGENTS.get(name).config_class  # type: ignore[attr-defined]
+    return load_target(target) if isinstance(target, str) else target
 
 
 def agent_capabilities(name: str) -> frozenset[str]:
     """What agent ``name`` declares it implements (see the module docstring)."""
-    caps = AGENTS.meta(name).get("capabilities")
+    caps: Any = AGENTS.meta(name).get("capabilities")
     if caps is None:
         caps = getattr(AGENTS.get(name), "capabilities", frozenset())
     return frozenset(caps)

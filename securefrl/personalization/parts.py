@@ -108,7 +108,7 @@ def attach_env_embedding(agent: Agent, dim: int, scale: float, generator: torch.
         raise ConfigError("personalization.method", f"agent {agent.name!r} does not declare the embedding capability")
     modules = []
     for name, net in agent.networks().items():  # in the agent's fixed order: each draws its embedding in turn
-        wrapped = EnvEmbeddingInput(net, dim, scale, generator)
+        wrapped = EnvEmbeddingInput(net, dim, scale, generator)  # type: ignore[arg-type]  # the agents' MLPs
         agent.replace_network(name, wrapped)
         modules.append(wrapped)
     agent.optimizer.add_param_group({"params": [p for m in modules for p in (m.embedding, m.embed_weight)]})
