@@ -121,6 +121,21 @@ def check_experiment(config: ExperimentConfig) -> None:
         (load_target(check) if isinstance(check, str) else check)(config)
 
 
+def derive_local_steps(config: ExperimentConfig) -> None:
+    """With ``federation.round_batch``: each sampled client's ``local_steps``, whole vector steps of its agent."""
+    fed = config.federation
+    if fed.round_batch <= 0:
+        return
+    from securefrl.agents.registry import AGENTS, agent_config_class
+    from securefrl.configtools import from_dict
+    from securefrl.seeding import sample_size
+
+    AGENTS.check(config.agent.name)
+    agent_cfg = from_dict(agent_config_class(config.agent.name), config.agent.params, "agent.params")
+    n_envs = int(getattr(agent_cfg, "n_envs", 1))
+    fed.local_steps = n_envs * -(-fed.round_batch // (sample_size(fed.n_clients, fed.client_fraction) * n_envs))
+
+
 def make_rule(config: ExperimentConfig) -> Any:
     """The robust aggregation rule the config names (None for plain FedAvg)."""
     fed = config.federation

@@ -77,7 +77,12 @@ class FederationConfig:
     client_fraction: float = 1.0
     """Fraction of clients sampled each round (at least one client is always sampled)."""
     local_steps: int = 2048
-    """Environment steps each sampled client trains for per round."""
+    """Environment steps each sampled client trains for per round (derived from round_batch when that is set)."""
+    round_batch: int = 0
+    """If > 0, the environment steps the whole round collects: each sampled client trains
+    ceil(round_batch / sampled clients) steps, rounded up to whole vector steps of its agent, and local_steps is
+    set to that. With round_batch = one single agent's rollout (PPO: n_envs * n_steps) every client makes one
+    update per round on a K-th of that batch, so the federation gathers one single-agent batch per update."""
     clip_norm: float = 0.0
     """L2 clip bound on each client's update (0 = no clipping)."""
     server_optimizer: str = "fedavg"
@@ -116,6 +121,7 @@ class FederationConfig:
         check_range(f"{path}.rounds", self.rounds, 1)
         check_range(f"{path}.client_fraction", self.client_fraction, 0.0, 1.0, lo_open=True)
         check_range(f"{path}.local_steps", self.local_steps, 1)
+        check_range(f"{path}.round_batch", self.round_batch, 0)
         check_range(f"{path}.clip_norm", self.clip_norm, 0.0)
         check_range(f"{path}.server_lr", self.server_lr, 0.0, lo_open=True)
         check_range(f"{path}.server_momentum", self.server_momentum, 0.0, 1.0, hi_open=True)
@@ -294,8 +300,9 @@ class ExperimentConfig:
 
     def validate(self, path: str) -> None:
         check_range("seed", self.seed, 0)
-        from securefrl.compat import check_experiment
+        from securefrl.compat import check_experiment, derive_local_steps
 
+        derive_local_steps(self)
         check_experiment(self)
 
     def make_rule(self) -> Any:

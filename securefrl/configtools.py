@@ -232,9 +232,11 @@ def _config_settable(tp: Any) -> bool:
     if tp is Any or tp in _PLAIN:
         return True
     origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        return all(_config_settable(a) for a in typing.get_args(tp))
-    return origin in _PLAIN
+    if origin is typing.Literal:
+        return True
+    if origin in (typing.Union, types.UnionType) or origin in _PLAIN:  # a union or container of settable types
+        return all(a is Ellipsis or _config_settable(a) for a in typing.get_args(tp))
+    return False
 
 
 def plugin_kwargs(target: Any, params: Mapping[str, Any], path: str, provided: tuple[str, ...] = ()) -> dict[str, Any]:

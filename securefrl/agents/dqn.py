@@ -16,7 +16,15 @@ import torch
 import torch.nn.functional as F
 
 from securefrl.agents.base import Agent, EnvFn
-from securefrl.agents.common import Streams, check_checkpoint, config_state, episode_stats, init_generator, obs_dim_of
+from securefrl.agents.common import (
+    Streams,
+    check_checkpoint,
+    config_state,
+    episode_stats,
+    init_generator,
+    load_envs,
+    obs_dim_of,
+)
 from securefrl.agents.configs import DQNConfig
 from securefrl.agents.networks import frozen_copy, hard_update, mlp
 from securefrl.agents.replay import ReplayBuffer
@@ -47,6 +55,7 @@ class DQNAgent(Agent):
         self.num_updates = 0
         self._since_train = 0
         self.reseed(seed)
+        self.pool.reset(self.streams.env_seeds)  # once: episodes then run on across learn() calls and rounds
 
     # --- federation hooks ---------------------------------------------------------------
     def federated_parameters(self) -> list[tuple[str, torch.nn.Parameter]]:
@@ -64,8 +73,8 @@ class DQNAgent(Agent):
         hard_update(self.target_net, self.q_net)
 
     def reseed(self, seed: int) -> None:
+        """New action/minibatch streams from ``seed``; the environments continue their episodes."""
         self.streams = Streams(seed, self.config.n_envs)
-        self.pool.reset(self.streams.env_seeds)
 
     # --- acting ---------------------------------------------------------------------------
     def epsilon(self) -> float:
@@ -177,6 +186,7 @@ class DQNAgent(Agent):
             "counters": {"num_timesteps": self.num_timesteps, "num_updates": self.num_updates,
                          "since_train": self._since_train},
             "rng": self.streams.state_dict(),
+            "envs": self.pool.state_dict(),
             "dpsgd": self.dpsgd.state_dict() if self.dpsgd is not None else None,
         }
 
@@ -194,3 +204,4 @@ class DQNAgent(Agent):
         self.num_timesteps, self.num_updates, self._since_train = (
             int(c["num_timesteps"]), int(c["num_updates"]), int(c["since_train"]))
         self.streams.load_state_dict(state["rng"])
+        load_envs(self.pool, state)

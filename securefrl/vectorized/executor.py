@@ -37,9 +37,10 @@ class ClientSlot(Agent):
     """Client ``cid``'s PPO agent as a view of row ``cid`` of a :class:`PPOPopulation`.
 
     ``set_flat``/``get_flat`` read and write that row; ``learn`` trains this client alone through
-    the batched code (C = 1). Unlike ``PPOAgent``, ``learn`` always starts from environments freshly
-    reset by the seed of the last :meth:`reseed` (the federation reseeds before every round);
-    a second ``learn`` without ``reseed`` continues from a seed derived from that one.
+    the batched code (C = 1), continuing the episodes of the client's environment copies, as
+    ``PPOAgent`` does. Its action and minibatch streams come from the last :meth:`reseed` (the
+    federation reseeds before every round); a second ``learn`` without ``reseed`` draws them from a
+    seed derived from that one.
     """
 
     name = "ppo"
@@ -60,7 +61,7 @@ class ClientSlot(Agent):
 
     def learn(self, env_steps: int) -> dict[str, float]:
         if self._seed is None:
-            raise RuntimeError("reseed the slot before learn: its environments start from that seed")
+            raise RuntimeError("reseed the slot before learn: its action and minibatch streams come from that seed")
         seed = self._seed if self._calls == 0 else derive_seed(self._seed, "learn", self._calls) % (2**31)
         self._calls += 1
         return self.population.learn([self.cid], env_steps, [seed])[0]
@@ -103,6 +104,8 @@ class VectorizedExecutor:
         if slot != "main":
             raise ConfigError("federation.simulation", f"the vectorized population holds one agent per client, not a "
                               f"{slot!r} one; use federation.simulation=loop")
+        # The per-client agent would be built with this seed and reset its environments from it once.
+        self.population.env_seeds[cid] = seed
         return ClientSlot(self.population, cid)
 
     def start(self) -> None:

@@ -213,9 +213,9 @@ def test_experiment_records_each_clients_parameters_in_environments_json(tmp_pat
     cfg = load_config(overrides=[
         f"env.name={name}", "env.heterogeneity=1.0", "federation.n_clients=2", "federation.rounds=1",
         "federation.local_steps=64", "federation.eval_episodes=1", "agent.params.hidden=[8]",
-        "agent.params.n_envs=2", "agent.params.n_steps=32", f"output_dir={tmp_path}", "name=apps",
+        "agent.params.n_envs=2", "agent.params.n_steps=32",
     ])
-    run_experiment(cfg, progress=False)
-    recorded = json.loads((tmp_path / "apps" / "environments.json").read_text())
+    result = run_experiment(cfg, progress=False, out=tmp_path / "apps")
+    recorded = json.loads((result.path / "environments.json").read_text())
     drawn = draw_client_envs(name, 2, 1.0, derive_rng(cfg.seed, "env-draw"))
     assert [EnvSpec.from_dict({k: v for k, v in row.items() if k != "client"}) for row in recorded] == drawn

@@ -171,3 +171,13 @@ def test_tiny_relation_run_keeps_one_model_per_client_and_resumes() -> None:
     assert [r.clients for r in records] == [first.clients, second.clients]  # resumes exactly
     np.testing.assert_array_equal(resumed.models, full.models)
     np.testing.assert_array_equal(resumed.similarity, full.similarity)
+
+
+def test_relation_runs_under_local_dp_and_accounts_the_round() -> None:
+    torch.set_num_threads(1)
+    fed = make_federation(cfg("privacy.placement=local", "privacy.noise_multiplier=0.5", "federation.rounds=1"))
+    with pytest.warns(UserWarning, match="seeded numpy Generator"):  # experiment noise, not deployment noise
+        record = fed.run_round()
+    assert record.summary["epsilon"] > 0  # the accountant ran on the locally noised updates
+    assert all(sum(row.values()) == pytest.approx(1.0) for row in fed.last_weights.values())
+    assert all(np.isfinite(row["return_personal"]) for row in record.clients)

@@ -164,7 +164,8 @@ def test_config_lists_a_protocols_parameters(capsys):
     assert re.search(rf"protocol\.params\.poly_modulus_degree +\= {CKKSParams().poly_modulus_degree}\b", out)
     assert main(["config", "--protocol", "secagg"]) == 0
     out = capsys.readouterr().out
-    assert "protocol.params.threshold" in out and "rng" not in out  # a Generator cannot come from a config
+    assert "protocol.params.threshold" in out
+    assert "rng" not in out and "identities" not in out  # Python objects (a Generator, keys) cannot come from a config
 
 
 def test_protocol_parameter_errors_are_typed_before_any_training(tmp_path, capsys):
