@@ -42,3 +42,8 @@ def make_protocol(name: str, dim: int, n_clients: int, params: dict[str, Any] | 
         return cls(dim, **kwargs)  # type: ignore[no-any-return]
     except ProtocolConfigError as err:
         raise ConfigError("protocol.params", str(err)) from None
+
+
+def _protocol_class(name: str) -> Any:
+    """The protocol class registered as ``name`` (imported on demand; kept for ``securefrl config --protocol``)."""
+    return PROTOCOLS.get(name)
