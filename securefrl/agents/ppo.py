@@ -60,25 +60,31 @@ def ppo_loss(cfg: PPOConfig, logits: torch.Tensor, values: torch.Tensor,
     clients) are kept, so ``logits`` is ``(..., n, actions)`` and ``values`` / every ``mb`` entry ``(..., n)``.
     Returns the loss per leading index and its terms (``ratio`` and ``log_ratio`` for the diagnostics).
     """
+    def mean(x: torch.Tensor) -> torch.Tensor:  # over the samples; a full reduction for one client, as before
+        return x.mean() if x.dim() == 1 else x.mean(dim=-1)
+
     logp_all = torch.log_softmax(logits, dim=-1)
     logp = logp_all.gather(-1, mb["actions"].unsqueeze(-1)).squeeze(-1)
-    entropy = -(logp_all.exp() * logp_all).sum(dim=-1).mean(dim=-1)
+    entropy = mean(-(logp_all.exp() * logp_all).sum(dim=-1))
     log_ratio = logp - mb["logprobs"]
     ratio = log_ratio.exp()
     adv = mb["advantages"]
     if cfg.norm_adv and adv.shape[-1] > 1:
-        adv = (adv - adv.mean(dim=-1, keepdim=True)) / (adv.std(dim=-1, keepdim=True) + 1e-8)
-    pg_loss = torch.max(-adv * ratio, -adv * ratio.clamp(1 - cfg.clip_coef, 1 + cfg.clip_coef)).mean(dim=-1)
+        if adv.dim() == 1:
+            adv = (adv - adv.mean()) / (adv.std() + 1e-8)
+        else:
+            adv = (adv - adv.mean(dim=-1, keepdim=True)) / (adv.std(dim=-1, keepdim=True) + 1e-8)
+    pg_loss = mean(torch.max(-adv * ratio, -adv * ratio.clamp(1 - cfg.clip_coef, 1 + cfg.clip_coef)))
     if cfg.clip_vloss:
         clipped = mb["values"] + (values - mb["values"]).clamp(-cfg.clip_coef, cfg.clip_coef)
-        v_loss = 0.5 * torch.max((values - mb["returns"]) ** 2, (clipped - mb["returns"]) ** 2).mean(dim=-1)
+        v_loss = 0.5 * mean(torch.max((values - mb["returns"]) ** 2, (clipped - mb["returns"]) ** 2))
     else:
-        v_loss = 0.5 * ((values - mb["returns"]) ** 2).mean(dim=-1)
+        v_loss = 0.5 * mean((values - mb["returns"]) ** 2)
     loss = pg_loss - cfg.ent_coef * entropy + cfg.vf_coef * v_loss
     with torch.no_grad():
         terms = {"policy_loss": pg_loss.detach(), "value_loss": v_loss.detach(), "entropy": entropy.detach(),
-                 "approx_kl": ((ratio - 1) - log_ratio).mean(dim=-1),
-                 "clipfrac": ((ratio - 1).abs() > cfg.clip_coef).float().mean(dim=-1)}
+                 "approx_kl": mean((ratio - 1) - log_ratio),
+                 "clipfrac": mean(((ratio - 1).abs() > cfg.clip_coef).float())}
     return loss, terms
 
 
