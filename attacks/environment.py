@@ -42,6 +42,7 @@ import numpy as np
 from attacks.base import AttackError, Knowledge, ThreatModel
 from securefrl.configtools import did_you_mean
 from securefrl.errors import ConfigError
+from securefrl.registry import Registry
 
 __all__ = [
     "ENV_ATTACKS",
@@ -379,9 +380,10 @@ def backdoor_success_rate(act: Callable[[np.ndarray], int], envs: Sequence[gym.E
 # ---------------------------------------------------------------------------------------------------
 
 #: Environment attack classes by name.
-ENV_ATTACKS: dict[str, type[EnvironmentAttack]] = {
-    cls.name: cls for cls in (RewardFlip, RandomActions, ObservationBackdoor)
-}
+ENV_ATTACKS: Registry[type[EnvironmentAttack]] = Registry("environment attack", "attack")
+"""Environment-attack classes by name."""
+for _cls in (RewardFlip, RandomActions, ObservationBackdoor):
+    ENV_ATTACKS.register(_cls.name, _cls, kind="environment")
 
 
 def make_env_attack(name: str, **params: Any) -> EnvironmentAttack:
@@ -389,8 +391,6 @@ def make_env_attack(name: str, **params: Any) -> EnvironmentAttack:
     import inspect
 
     cls = ENV_ATTACKS.get(name)
-    if cls is None:
-        raise ConfigError("attack", f"unknown environment attack {name!r}; known: {', '.join(sorted(ENV_ATTACKS))}")
     allowed = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
     unknown = sorted(set(params) - set(allowed))
     if unknown:

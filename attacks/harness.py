@@ -38,8 +38,8 @@ For every inference attack, protocol, DP setting and seed the harness runs the a
 clients' pipeline; server-side attacks get only what the protocol reveals through
 :class:`~attacks.inference.common.ServerRecorder` views.
 
-Every cell uses ``federation.weighting = "uniform"`` (with equal local steps this is the same mean as
-weighting by samples), because SecAgg and CKKS bound the per-client weight.
+Every federation is built by :func:`securefrl.federation.make_federation`, so personalization, the
+vectorized simulation and the Ray backend given in ``base`` are honoured in every cell.
 """
 
 from __future__ import annotations
@@ -65,8 +65,10 @@ from securefrl.aggregators import RULES
 from securefrl.config import PROTOCOLS, ExperimentConfig, load_config, read_config_file
 from securefrl.configtools import apply_override, check_range, from_dict, to_dict
 from securefrl.errors import ConfigError
-from securefrl.federation import Federation
-from securefrl.seeding import derive_seed
+from securefrl.federation import Federation, make_federation
+from securefrl.registry import Registry
+from securefrl.results import json_safe
+from securefrl.seeding import derive_seed, sample_size
 
 __all__ = [
     "DEFENCES",
@@ -80,7 +82,6 @@ __all__ = [
 #: Defences besides the robust rules: plain FedAvg, enforced client clipping, clipping + local DP noise.
 EXTRA_DEFENCES: tuple[str, ...] = ("fedavg", "clip", "dp")
 DEFENCES: tuple[str, ...] = EXTRA_DEFENCES + tuple(r for r in sorted(RULES) if r != "fedavg")
-INFERENCE_ATTACKS: tuple[str, ...] = ("property", "reconstruction", "membership")
 
 CSV_COLUMNS = ("kind", "attack", "defence", "protocol", "dp", "seed", "status", "reason", "final_return",
                "honest_return", "relative_return", "asr", "clean_target_rate", "reference_asr", "metric", "value",
@@ -229,10 +230,9 @@ def _cell_config(m: MatrixConfig, attack: str, defence: str, protocol: str, seed
     data["seed"] = int(seed)
     data["name"] = f"{attack}-{defence}-{protocol}-s{seed}"
     fed = data.setdefault("federation", {})
-    fed["weighting"] = "uniform"
     data["protocol"] = {**data.get("protocol", {}), "name": protocol}
     n = int(fed.get("n_clients", 8))
-    n_sampled = max(1, math.ceil(float(fed.get("client_fraction", 1.0)) * n - 1e-9))
+    n_sampled = sample_size(n, float(fed.get("client_fraction", 1.0)))
     data["attack"] = _attack_section(m, attack, n_sampled)
     dparams = dict(m.defence_params.get(defence, {}))
     pipeline = None
@@ -264,12 +264,13 @@ def _backdoor_report(fed: Federation, params: np.ndarray, m: MatrixConfig) -> An
     honest = [c for c in fed.clients if not c.malicious]
     agent = honest[0].agent
     agent.set_flat(params)
-    return backdoor_success_rate(agent.act, [c.env_spec.make() for c in honest], fed.behaviour, m.backdoor_episodes,
+    behaviour: Any = fed.behaviour  # an ObservationBackdoor (the caller checked)
+    return backdoor_success_rate(agent.act, [c.env_spec.make() for c in honest], behaviour, m.backdoor_episodes,
                                  derive_seed(fed.config.seed, "backdoor-eval") % (2**31))
 
 
 def _run_poisoning(cfg: ExperimentConfig, pipeline: Any, m: MatrixConfig, keep_params: bool = False) -> dict[str, Any]:
-    fed = Federation(cfg, pipeline=pipeline)
+    fed = make_federation(cfg, pipeline=pipeline)
     malicious = set(fed.malicious_ids)
     per_round = [_honest_mean(fed.run_round().clients, malicious) for _ in range(cfg.federation.rounds)]
     out: dict[str, Any] = {"final_return": float(np.mean(per_round[-m.tail_rounds:]))}
@@ -289,7 +290,7 @@ def _reference_asr(m: MatrixConfig, attack: str, protocol: str, seed: int, param
     protocol and seed is evaluated on the same states with the same trigger.
     """
     cfg, _ = _cell_config(m, attack, "fedavg", protocol, seed)
-    return float(_backdoor_report(Federation(cfg), params, m).success_rate)
+    return float(_backdoor_report(make_federation(cfg), params, m).success_rate)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -306,64 +307,88 @@ def _inference_config(m: MatrixConfig, protocol: str, seed: int) -> ExperimentCo
             data[key] = copy.deepcopy(value)
     data["seed"] = int(seed)
     data["name"] = f"inference-{protocol}-s{seed}"
-    data.setdefault("federation", {})["weighting"] = "uniform"
-    data["federation"]["aggregator"] = "fedavg"
+    data.setdefault("federation", {})["aggregator"] = "fedavg"
     data["protocol"] = {**data.get("protocol", {}), "name": protocol}
     data["attack"] = {"name": "none", "n_malicious": 0, "params": {}}
     return load_config(base=data)
+
+
+InferenceStudy = Callable[[ExperimentConfig, Any, dict[str, Any], MatrixConfig, str, int], list[dict[str, Any]]]
+"""``study(cfg, pipeline, params, matrix, dp, seed) -> rows {metric, value, chance}``; pops what it uses from params."""
+
+INFERENCE_ATTACKS: Registry[InferenceStudy] = Registry("inference attack", "inference",
+                                                       group="securefrl.inference_attacks")
+"""Inference studies of the matrix by name (:mod:`attacks.inference`)."""
 
 
 def _run_inference(kind: str, cfg: ExperimentConfig, dp: str, m: MatrixConfig, seed: int) -> list[dict[str, Any]]:
     """Rows ``{metric, value, chance}`` of one inference study."""
     params = dict(m.inference_params.get(kind, {}))
     fedc = cfg.federation
-    n_sampled = max(1, math.ceil(fedc.client_fraction * fedc.n_clients - 1e-9))
-    pipe = dp_pipeline(dp, m.dp_clip, m.dp_noise_multiplier, n_sampled)
-    rows: list[dict[str, Any]] = []
-    if kind == "property":
-        from attacks.inference.common import ServerRecorder
-        from attacks.inference.property import PropertyInference
-
-        prop = params.pop("prop", "pole_length")
-        attack = PropertyInference(cfg, prop=prop, n_shadow=int(params.pop("n_shadow", 32)),
-                                   alpha=float(params.pop("alpha", 0.1)),
-                                   shadow_pipeline=dp_pipeline(dp, m.dp_clip, m.dp_noise_multiplier, n_sampled),
-                                   seed=derive_seed(seed, "property-attacker") % (2**31))
-        _no_leftovers(kind, params)
-        fed = Federation(cfg, pipeline=pipe)
-        rec = ServerRecorder.attach(fed)
-        for _ in range(fedc.rounds):
-            fed.run_round()
-        res = attack.run(rec.rounds, {c.client_id: c.env_spec.params[prop] for c in fed.clients})
-        rows.append({"metric": f"property.{prop}.accuracy", "value": res.accuracy, "chance": res.chance})
-        rows.append({"metric": f"property.{prop}.r2", "value": res.r2, "chance": 0.0})
-        if res.population_error is not None:  # SecAgg: the mean property of the included clients
-            rows.append({"metric": f"property.{prop}.population_abs_error", "value": res.population_error,
-                         "chance": res.prior_population_error})
-    elif kind == "reconstruction":
-        from attacks.inference.reconstruction import reconstruction_study
-
-        sizes = params.pop("batch_sizes", [1, 4])
-        methods = params.pop("methods", ["analytic", "dlg"])
-        kwargs = {k: params.pop(k) for k in ("rounds", "dlg_iterations", "dlg_restarts", "targets_per_round",
-                                             "client_lr") if k in params}
-        _no_leftovers(kind, params)
-        for b in sizes:
-            for res in reconstruction_study(cfg, batch_size=int(b), pipeline=pipe, methods=methods,
-                                            seed=derive_seed(seed, "reconstruction-attacker") % (2**31), **kwargs):
-                rows.append({"metric": f"reconstruction.{res.method}.b{b}.cosine", "value": res.cosine,
-                             "chance": res.prior_cosine})
-                rows.append({"metric": f"reconstruction.{res.method}.b{b}.relative_mse", "value": res.relative_mse,
-                             "chance": 1.0})
-    elif kind == "membership":
-        from attacks.inference.membership import membership_study
-
-        window = int(params.pop("window", 16))
-        _no_leftovers(kind, params)
-        for res in membership_study(cfg, pipeline=pipe, window=window,
-                                    seed=derive_seed(seed, "membership-challenger") % (2**31)):
-            rows.append({"metric": f"membership.{res.adversary}.auc", "value": res.auc, "chance": 0.5})
+    pipe = dp_pipeline(dp, m.dp_clip, m.dp_noise_multiplier, sample_size(fedc.n_clients, fedc.client_fraction))
+    rows = INFERENCE_ATTACKS.get(kind)(cfg, pipe, params, m, dp, seed)
+    _no_leftovers(kind, params)
     return rows
+
+
+@INFERENCE_ATTACKS.register("property")
+def _property_study(cfg: ExperimentConfig, pipe: Any, params: dict[str, Any], m: MatrixConfig, dp: str,
+                    seed: int) -> list[dict[str, Any]]:
+    from attacks.inference.common import ServerRecorder
+    from attacks.inference.property import PropertyInference
+
+    fedc = cfg.federation
+    n_sampled = sample_size(fedc.n_clients, fedc.client_fraction)
+    prop = params.pop("prop", "pole_length")
+    attack = PropertyInference(cfg, prop=prop, n_shadow=int(params.pop("n_shadow", 32)),
+                               alpha=float(params.pop("alpha", 0.1)),
+                               shadow_pipeline=dp_pipeline(dp, m.dp_clip, m.dp_noise_multiplier, n_sampled),
+                               seed=derive_seed(seed, "property-attacker") % (2**31))
+    _no_leftovers("property", params)
+    fed = make_federation(cfg, pipeline=pipe)
+    rec = ServerRecorder.attach(fed)
+    for _ in range(fedc.rounds):
+        fed.run_round()
+    res = attack.run(rec.rounds, {c.client_id: c.env_spec.params[prop] for c in fed.clients})
+    rows = [{"metric": f"property.{prop}.accuracy", "value": res.accuracy, "chance": res.chance},
+            {"metric": f"property.{prop}.r2", "value": res.r2, "chance": 0.0}]
+    if res.population_error is not None:  # SecAgg: the mean property of the included clients
+        rows.append({"metric": f"property.{prop}.population_abs_error", "value": res.population_error,
+                     "chance": res.prior_population_error})
+    return rows
+
+
+@INFERENCE_ATTACKS.register("reconstruction")
+def _reconstruction_study(cfg: ExperimentConfig, pipe: Any, params: dict[str, Any], m: MatrixConfig, dp: str,
+                          seed: int) -> list[dict[str, Any]]:
+    from attacks.inference.reconstruction import reconstruction_study
+
+    sizes = params.pop("batch_sizes", [1, 4])
+    methods = params.pop("methods", ["analytic", "dlg"])
+    kwargs = {k: params.pop(k) for k in ("rounds", "dlg_iterations", "dlg_restarts", "targets_per_round",
+                                         "client_lr") if k in params}
+    _no_leftovers("reconstruction", params)
+    rows = []
+    for b in sizes:
+        for res in reconstruction_study(cfg, batch_size=int(b), pipeline=pipe, methods=methods,
+                                        seed=derive_seed(seed, "reconstruction-attacker") % (2**31), **kwargs):
+            rows.append({"metric": f"reconstruction.{res.method}.b{b}.cosine", "value": res.cosine,
+                         "chance": res.prior_cosine})
+            rows.append({"metric": f"reconstruction.{res.method}.b{b}.relative_mse", "value": res.relative_mse,
+                         "chance": 1.0})
+    return rows
+
+
+@INFERENCE_ATTACKS.register("membership")
+def _membership_study(cfg: ExperimentConfig, pipe: Any, params: dict[str, Any], m: MatrixConfig, dp: str,
+                      seed: int) -> list[dict[str, Any]]:
+    from attacks.inference.membership import membership_study
+
+    window = int(params.pop("window", 16))
+    _no_leftovers("membership", params)
+    return [{"metric": f"membership.{res.adversary}.auc", "value": res.auc, "chance": 0.5}
+            for res in membership_study(cfg, pipeline=pipe, window=window,
+                                        seed=derive_seed(seed, "membership-challenger") % (2**31))]
 
 
 def _no_leftovers(kind: str, params: dict[str, Any]) -> None:
@@ -464,7 +489,8 @@ def _execute(m: MatrixConfig, task: tuple[Any, ...]) -> dict[str, Any]:
         name, target, seed = key
         return _protocol_task(name, target == "weakened", seed)
     reference = tuple(key[:2]) == ("none", "fedavg")
-    return _poisoning_task(m, *key, keep_params=reference and bool(_backdoor_labels(m)))
+    attack, defence, protocol, seed = key
+    return _poisoning_task(m, attack, defence, protocol, seed, keep_params=reference and bool(_backdoor_labels(m)))
 
 
 def run_matrix(m: MatrixConfig, log: Callable[[str], None] | None = None, workers: int = 1) -> list[dict[str, Any]]:
@@ -670,8 +696,8 @@ def markdown(agg: dict[str, Any], m: MatrixConfig) -> str:
             if e["status"] != "ok":
                 lines.append(f"| {a} | — | {p} | {dp} | *{e['status']}: {_short(e['reason'])}* | |")
             else:
-                lines.append(f"| {a} | {metric} | {p} | {dp} | {_fmt(*e['value'], digits=3)} | "
-                             f"{_fmt(*e['chance'], digits=3)} |")
+                lines.append(f"| {a} | {metric} | {p} | {dp} | {_fmt(e['value'][0], e['value'][1], digits=3)} | "
+                             f"{_fmt(e['chance'][0], e['chance'][1], digits=3)} |")
         lines.append("")
     if agg.get("protocol"):
         lines += ["## Protocol attacks (a malicious server or colluding clients)", "",
@@ -814,16 +840,6 @@ def write_outputs(rows: list[dict[str, Any]], m: MatrixConfig, out: str | Path |
             writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
     agg = aggregate(rows, m)
     (folder / "summary.md").write_text(markdown(agg, m))
-
-    def clean(o: Any) -> Any:
-        if isinstance(o, float) and not math.isfinite(o):
-            return None
-        if isinstance(o, dict):
-            return {k: clean(v) for k, v in o.items()}
-        if isinstance(o, (list, tuple)):
-            return [clean(v) for v in o]
-        return o
-
-    (folder / "summary.json").write_text(json.dumps(clean({"config": to_dict(m), **agg}), indent=2) + "\n")
+    (folder / "summary.json").write_text(json.dumps(json_safe({"config": to_dict(m), **agg}), indent=2) + "\n")
     plot(agg, m, folder)
     return folder

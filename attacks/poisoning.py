@@ -23,6 +23,7 @@ import numpy as np
 from attacks.base import AttackError, Knowledge, ThreatModel
 from securefrl.configtools import did_you_mean
 from securefrl.errors import ConfigError
+from securefrl.registry import Registry
 
 __all__ = [
     "ALIE",
@@ -386,27 +387,23 @@ class MinMax(UpdateAttack):
 # registry
 # ----------------------------------------------------------------------------------------------------
 
-#: Attack classes by name; :func:`register_attack` adds user attacks.
-ATTACKS: dict[str, type[UpdateAttack]] = {
-    cls.name: cls for cls in (SignFlip, ScalingAttack, GaussianNoise, ALIE, IPM, MinMax)
-}
+ATTACKS: Registry[type[UpdateAttack]] = Registry("attack", "attack")
+"""Update-attack classes by name; :func:`register_attack` adds user attacks."""
+for _cls in (SignFlip, ScalingAttack, GaussianNoise, ALIE, IPM, MinMax):
+    ATTACKS.register(_cls.name, _cls, kind="update")
 
 
 def register_attack(cls: type[UpdateAttack]) -> type[UpdateAttack]:
     """Add an attack class to :data:`ATTACKS` under ``cls.name`` (usable as a class decorator)."""
     if not (isinstance(cls, type) and issubclass(cls, UpdateAttack)):
         raise ConfigError("attack", f"can only register UpdateAttack subclasses, got {cls!r}")
-    if cls.name in ATTACKS and ATTACKS[cls.name] is not cls:
-        raise ConfigError("attack", f"an attack named {cls.name!r} is already registered ({ATTACKS[cls.name]!r})")
-    ATTACKS[cls.name] = cls
+    ATTACKS.register(cls.name, cls, kind="update")
     return cls
 
 
 def make_attack(name: str, **params: Any) -> UpdateAttack:
     """Build the attack registered as ``name``; unknown names or parameters raise :class:`ConfigError`."""
     cls = ATTACKS.get(name)
-    if cls is None:
-        raise ConfigError("attack", f"unknown attack {name!r}; known attacks: {', '.join(sorted(ATTACKS))}")
     allowed = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
     unknown = sorted(set(params) - set(allowed))
     if unknown:

@@ -114,7 +114,7 @@ def run_one(job: dict[str, Any]) -> list[dict[str, Any]]:
         fed.run_round()
     seconds = time.perf_counter() - t0
     if job["run"] == "finetune":
-        deployed = {"fedavg": [fed._client_model(c) for c in fed.clients],
+        deployed = {"fedavg": [fed.algorithm.client_model(c) for c in fed.clients],
                     "finetune": [fed.personal_model(c) for c in fed.clients]}
     else:
         deployed = {job["run"]: [fed.personal_model(c) for c in fed.clients]}

@@ -115,7 +115,7 @@ def run_one(job: dict[str, Any]) -> list[dict[str, Any]]:
     eps = job["final_episodes"]
     records = []
     if job["run"] == "finetune":
-        pairs = [("fedavg", [fed._client_model(c) for c in fed.clients], curve_global),
+        pairs = [("fedavg", [fed.algorithm.client_model(c) for c in fed.clients], curve_global),
                  ("fedavg+finetune", [fed.personal_model(c) for c in fed.clients], curve_personal)]
     else:
         pairs = [(job["run"], [fed.personal_model(c) for c in fed.clients], curve_personal)]

@@ -188,3 +188,22 @@ class MaskExpander:
             np.add(acc, stream, out=acc)
         else:
             np.subtract(acc, stream, out=acc)
+
+
+# --- general forms, for channels with their own transcript binding and nonce schedule (vertical FRL) -------
+def hkdf_sha256(secret: bytes, *, salt: bytes | None, info: bytes, length: int = KEY_BYTES) -> bytes:
+    """HKDF-SHA256 (RFC 5869) with the caller's salt (e.g. a transcript) and ``info`` (purpose binding)."""
+    return HKDF(algorithm=hashes.SHA256(), length=length, salt=salt, info=info).derive(secret)
+
+
+def aead_encrypt(key: bytes, nonce: bytes, plaintext: bytes, associated_data: bytes) -> bytes:
+    """AES-256-GCM with a caller-managed nonce (a per-direction counter that never repeats under one key)."""
+    return AESGCM(key).encrypt(nonce, plaintext, associated_data)
+
+
+def aead_decrypt(key: bytes, nonce: bytes, ciphertext: bytes, associated_data: bytes) -> bytes:
+    """Open :func:`aead_encrypt` output; tampering or a wrong key, nonce or binding raises AuthenticationError."""
+    try:
+        return AESGCM(key).decrypt(nonce, ciphertext, associated_data)
+    except InvalidTag:
+        raise AuthenticationError("ciphertext failed authentication (tampered or wrong key)") from None

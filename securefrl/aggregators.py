@@ -35,6 +35,7 @@ import numpy as np
 from protocols.base import AggregationProtocol
 from securefrl.configtools import did_you_mean
 from securefrl.errors import ConfigError, SecureFRLError
+from securefrl.registry import Registry
 
 __all__ = [
     "RULES",
@@ -528,21 +529,19 @@ class CenteredClipping(AggregationRule):
 # registry
 # ----------------------------------------------------------------------------------------------------
 
-#: Rule classes by name; :func:`register_rule` adds user rules.
-RULES: dict[str, type[AggregationRule]] = {
-    cls.name: cls
-    for cls in (FedAvg, CoordinateMedian, TrimmedMean, Krum, MultiKrum, Bulyan, GeometricMedian, NormBounding,
-                CenteredClipping)
-}
+RULES: Registry[type[AggregationRule]] = Registry("aggregation rule", "federation.aggregator",
+                                                 group="securefrl.aggregators")
+"""Rule classes by name; :func:`register_rule` adds user rules (or the ``securefrl.aggregators`` entry points)."""
+for _cls in (FedAvg, CoordinateMedian, TrimmedMean, Krum, MultiKrum, Bulyan, GeometricMedian, NormBounding,
+             CenteredClipping):
+    RULES.register(_cls.name, _cls)
 
 
 def register_rule(cls: type[AggregationRule]) -> type[AggregationRule]:
     """Add a rule class to :data:`RULES` under ``cls.name`` (usable as a class decorator)."""
     if not (isinstance(cls, type) and issubclass(cls, AggregationRule)):
         raise ConfigError("aggregator", f"can only register AggregationRule subclasses, got {cls!r}")
-    if cls.name in RULES and RULES[cls.name] is not cls:
-        raise ConfigError("aggregator", f"a rule named {cls.name!r} is already registered ({RULES[cls.name]!r})")
-    RULES[cls.name] = cls
+    RULES.register(cls.name, cls)
     return cls
 
 
@@ -567,8 +566,6 @@ def make_rule(name: str, n_clients: int, n_malicious: int = 0, **params: Any) ->
     ``(n, f)`` breaks, e.g. ``krum needs n > 2f+2, got n=6, f=2``.
     """
     cls = RULES.get(name)
-    if cls is None:
-        raise ConfigError("aggregator", f"unknown aggregation rule {name!r}; known rules: {', '.join(sorted(RULES))}")
     allowed = _params_of(cls)
     unknown = sorted(set(params) - allowed)
     if unknown:

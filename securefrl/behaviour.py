@@ -1,22 +1,21 @@
 """Plug-in points for adversaries: client behaviours and server-side observers.
 
 :mod:`securefrl` defines these interfaces but never imports :mod:`attacks`: attack
-implementations are found by name through the ``securefrl.attacks`` entry-point group (the
-project registers its own ``attacks`` package there; users can register theirs). An entry point
-resolves to a registry object with ``names() -> list[str]`` and ``make(name, **params)``.
+implementations are found by name in :data:`ATTACKS`, filled from the ``securefrl.attacks`` entry-point
+group (the project registers its own ``attacks`` package there; users can register theirs). An entry
+point resolves to one behaviour factory, or to a registry object with ``names()``, ``get``/``make``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from importlib.metadata import entry_points
 from typing import Any, Protocol, runtime_checkable
 
 import gymnasium as gym
 import numpy as np
 
-from securefrl.errors import ConfigError
+from securefrl.registry import Registry
 
 ENTRY_POINT_GROUP = "securefrl.attacks"
 
@@ -55,21 +54,24 @@ class ServerView:
     revealed_mean: np.ndarray | None
 
 
-def _registries() -> list[Any]:
-    return [ep.load() for ep in entry_points(group=ENTRY_POINT_GROUP)]
+ATTACKS: Registry[Callable[..., Any]] = Registry("attack", "attack.name", group=ENTRY_POINT_GROUP)
+"""Client behaviours (update and environment attacks) by name: factories ``(**params) -> behaviour``, with
+metadata ``kind`` ("update" or "environment"). Filled from the ``securefrl.attacks`` entry points."""
 
 
 def attack_names() -> list[str]:
     """Every attack name offered by the installed plug-ins."""
-    return sorted({name for reg in _registries() for name in reg.names()})
+    return ATTACKS.names()
+
+
+def attack_kind(name: str) -> str:
+    """What attack ``name`` tampers with: ``"update"`` or ``"environment"`` (the malicious clients' environments)."""
+    return str(ATTACKS.meta(name).get("kind", "update"))
 
 
 def make_behaviour(name: str, **params: Any) -> Any:
     """Build the client behaviour registered as ``name`` by any installed plug-in."""
-    for reg in _registries():
-        if name in reg.names():
-            return reg.make(name, **params)
-    raise ConfigError("attack.name", f"unknown attack {name!r}; installed attacks: {attack_names() or 'none'}")
+    return ATTACKS.get(name)(**params)
 
 
 def wrap_training_env(behaviour: Any, env: gym.Env, rng: np.random.Generator) -> gym.Env:

@@ -2,6 +2,10 @@
 
 ``securefrl config`` prints every field with its default and docstring. A file only needs
 the keys it changes; ``--set section.key=value`` overrides a loaded file.
+
+The config is pure data: this module imports no torch, agents or federation. Names (protocol, agent,
+aggregator, server optimizer, personalization method, attack) are validated against the registries
+(:mod:`securefrl.registry`), and every cross-section rule lives in :mod:`securefrl.compat`.
 """
 
 from __future__ import annotations
@@ -11,14 +15,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 import yaml
 
 from securefrl.configtools import apply_override, check_range, from_dict, to_dict, yaml_load
 from securefrl.errors import ConfigError
+from securefrl.protocol_factory import PROTOCOLS
 
-PROTOCOLS = ("plaintext", "ckks", "secagg")
-SERVER_OPTIMIZERS = ("fedavg", "fedavgm", "fedadam")
+__all__ = ["PROTOCOLS", "ExperimentConfig", "load_config", "read_config_file", "replace"]
 
 
 @dataclass
@@ -56,8 +59,9 @@ class AgentSection:
 class ProtocolSection:
     """How client updates are protected on their way to the server."""
 
-    name: Literal["plaintext", "ckks", "secagg"] = "plaintext"
-    """plaintext (server sees each update), ckks (homomorphic encryption), secagg (SecAgg+ masking)."""
+    name: str = "plaintext"
+    """plaintext (server sees each update), ckks (homomorphic encryption), secagg (SecAgg+ masking), or any
+    protocol registered in securefrl.protocol_factory.PROTOCOLS."""
     params: dict[str, Any] = field(default_factory=dict)
     """Protocol parameters (e.g. CKKS poly_modulus_degree, SecAgg threshold); defaults are secure."""
 
@@ -79,11 +83,9 @@ class FederationConfig:
     ceil(round_batch / sampled clients) steps, rounded up to whole vector steps of its agent, and local_steps is
     set to that. With round_batch = one single agent's rollout (PPO: n_envs * n_steps) every client makes one
     update per round on a K-th of that batch, so the federation gathers one single-agent batch per update."""
-    weighting: Literal["samples", "uniform"] = "samples"
-    """FedAvg weights: by the environment steps each client trained on, or uniform."""
     clip_norm: float = 0.0
     """L2 clip bound on each client's update (0 = no clipping)."""
-    server_optimizer: Literal["fedavg", "fedavgm", "fedadam"] = "fedavg"
+    server_optimizer: str = "fedavg"
     """Server step on the mean update: FedAvg, FedAvgM (momentum) or FedAdam (Reddi et al. 2021)."""
     server_lr: float = 1.0
     """Server learning rate applied to the aggregated update."""
@@ -110,6 +112,9 @@ class FederationConfig:
     (a cluster is one trust domain and can run code in the driver); empty = RAY_ADDRESS, else a local Ray."""
     ray_num_cpus: int = 2
     """CPUs of the local Ray instance started when no cluster address is given."""
+    executor: str = ""
+    """Executor by registry name (securefrl.axes.EXECUTORS); empty = the one simulation x backend select
+    (local, vectorized or ray). Set it to run a registered third-party executor."""
 
     def validate(self, path: str) -> None:
         check_range(f"{path}.n_clients", self.n_clients, 1)
@@ -204,10 +209,6 @@ class AttackSection:
     """Parameters of the attack (e.g. epsilon of ipm)."""
 
 
-PERSONALIZATION_METHODS = ("none", "local", "finetune", "fedper", "fedrep", "embedding", "group", "ifca", "ditto",
-                           "fedprox")
-
-
 @dataclass
 class PersonalizationSection:
     """Heterogeneous clients: which parts of the model are shared and which stay on each client.
@@ -215,8 +216,7 @@ class PersonalizationSection:
     See :mod:`securefrl.personalization` for the algorithms, the papers and what each one sends.
     """
 
-    method: Literal["none", "local", "finetune", "fedper", "fedrep", "embedding", "group", "ifca", "ditto",
-                    "fedprox", "relation"] = "none"
+    method: str = "none"
     """none: FedAvg of the whole model; local: clients never federate (baseline); finetune: FedAvg, each client
     deploying the global model after its own local training; fedper / fedrep: shared body,
     personal head (Arivazhagan et al. 2019 / Collins et al. 2021); embedding: shared network fed a personal environment
@@ -300,63 +300,22 @@ class ExperimentConfig:
 
     def validate(self, path: str) -> None:
         check_range("seed", self.seed, 0)
-        from securefrl.agents import AGENT_CONFIGS  # deferred: agents import torch
-        from securefrl.envs import resolve_env
+        from securefrl.compat import check_experiment, derive_local_steps
 
-        resolve_env(self.env.name, field="env.name")
-        if self.agent.name not in AGENT_CONFIGS:
-            raise ConfigError("agent.name", f"unknown agent {self.agent.name!r}; choose one of {sorted(AGENT_CONFIGS)}")
-        agent_cfg = from_dict(AGENT_CONFIGS[self.agent.name], self.agent.params, "agent.params")
-        if self.federation.round_batch > 0:  # one round gathers ~round_batch steps over the sampled clients
-            fed = self.federation
-            n_sampled = max(1, int(np.ceil(fed.client_fraction * fed.n_clients - 1e-9)))
-            n_envs = int(getattr(agent_cfg, "n_envs", 1))
-            fed.local_steps = n_envs * -(-fed.round_batch // (n_sampled * n_envs))
-        check_range("attack.n_malicious", self.attack.n_malicious, 0, self.federation.n_clients - 1)
-        if self.attack.name != "none":
-            if self.attack.n_malicious == 0:
-                raise ConfigError("attack.n_malicious", f"attack {self.attack.name!r} needs a malicious client")
-            from securefrl.behaviour import make_behaviour
-
-            make_behaviour(self.attack.name, **self.attack.params)
-        if self.federation.aggregator != "fedavg":
-            self.make_rule()
-        if self.federation.simulation == "vectorized":
-            from securefrl.vectorized import check_vectorized  # deferred: imports torch
-
-            check_vectorized(self)
-        if self.personalization.method != "none":
-            from securefrl.personalization.checks import check_personalization  # deferred: imports torch
-
-            check_personalization(self)
-        from securefrl.agents.dp import check_record_dp  # deferred: imports torch
-
-        check_record_dp(self)
+        derive_local_steps(self)
+        check_experiment(self)
 
     def make_rule(self) -> Any:
-        """The robust aggregation rule, checked against the protocol (None for plain FedAvg)."""
-        if self.federation.aggregator == "fedavg":
-            return None
-        from securefrl.aggregators import make_rule
+        """The robust aggregation rule (None for plain FedAvg); its protocol is checked by :meth:`validate`."""
+        from securefrl.compat import make_rule
 
-        fed = self.federation
-        params = dict(fed.aggregator_params)
-        f = params.pop("n_malicious", self.attack.n_malicious)
-        n = max(1, int(np.ceil(fed.client_fraction * fed.n_clients - 1e-9)))
-        rule = make_rule(fed.aggregator, n, f, **params)
-        if rule.requires_individual_updates and self.protocol.name != "plaintext":
-            raise ConfigError(
-                "federation.aggregator",
-                f"{fed.aggregator} needs each client's update, but protocol {self.protocol.name!r} reveals only the "
-                "aggregate. Alternatives that work: aggregator=fedavg with federation.clip_norm (client-side norm "
-                "bounding) under this protocol, or protocol=plaintext with this rule.",
-            )
-        return rule
+        return make_rule(self)
 
     def agent_config(self) -> Any:
-        from securefrl.agents import AGENT_CONFIGS
+        """The agent's hyperparameter dataclass built from ``agent.params``."""
+        from securefrl.agents.registry import agent_config_class
 
-        return from_dict(AGENT_CONFIGS[self.agent.name], self.agent.params, "agent.params")
+        return from_dict(agent_config_class(self.agent.name), self.agent.params, "agent.params")
 
     def to_dict(self) -> dict[str, Any]:
         return to_dict(self)

@@ -202,6 +202,7 @@ def run_experiment(config: ExperimentConfig, resume: bool | str | Path = False, 
     finally:
         bar.close()
         results.close()
+    fed.close()  # a local Ray instance started for this run shuts down (the driver's state stays readable)
     summary = summarize(config, fed, round_rows, time.perf_counter() - t_start)
     summary["stopped_reason"] = stopped
     results.write_json("summary.json", summary)

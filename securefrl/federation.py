@@ -1,5 +1,10 @@
 """Horizontal federated RL: clients train locally, the server aggregates through a protocol.
 
+The round (:meth:`Federation.run_round`) is one function over three plug-in axes: the client algorithm
+(:mod:`securefrl.algorithm`, what a client trains and sends), the executor (:mod:`securefrl.executors`,
+where tasks run) and the server aggregation (:mod:`securefrl.server`, protocol open or robust rule, DP
+around it). Registries: :mod:`securefrl.axes`; compatibility: :mod:`securefrl.compat`.
+
 One round (see DESIGN.md): sample clients (seeded) -> each sampled client loads the global
 parameters, trains ``local_steps`` environment steps in its own environment, and computes
 ``delta = local - global`` -> its update pipeline (clipping, ...) -> ``protocol.protect`` ->
@@ -18,23 +23,26 @@ from typing import Any
 import numpy as np
 import torch
 
-from protocols.base import AggregationProtocol, release
+from protocols.base import AggregationProtocol
 from protocols.errors import ProtocolError, RoundAbortedError
-from securefrl.agents import make_agent
 from securefrl.agents.base import Agent
+from securefrl.algorithm import ClientAlgorithm
 from securefrl.behaviour import ServerView, make_behaviour, wrap_training_env
 from securefrl.config import ExperimentConfig
 from securefrl.envs import EnvSpec, draw_client_envs
-from securefrl.errors import ConfigError, UpdateRejectedError
+from securefrl.errors import UpdateRejectedError
+from securefrl.executors import Executor
 from securefrl.protocol_factory import make_protocol
-from securefrl.seeding import derive_rng, derive_seed
+from securefrl.seeding import derive_rng, sample_clients
+from securefrl.server import make_aggregation
 from securefrl.server_opt import ServerOptimizer
+from securefrl.tasks import EvalTask
 from securefrl.transforms import UpdateTransform, chain, check_finite, clip_by_l2_norm, identity
 
 
 @dataclass
 class Client:
-    """One federated client: its environment, its agent and its update-pipeline state."""
+    """One federated client: its environment, its agent(s) and its update-pipeline state."""
 
     client_id: int
     env_spec: EnvSpec
@@ -43,6 +51,11 @@ class Client:
     pipeline_state: Any = None
     env_steps: int = 0
     malicious: bool = False
+    extra_agents: dict[str, Agent] = field(default_factory=dict)
+    """Further agents of this client by slot (Ditto's ``"personal"`` model)."""
+
+    def agent_for(self, slot: str) -> Agent:
+        return self.agent if slot == "main" else self.extra_agents[slot]
 
 
 @dataclass
@@ -56,7 +69,13 @@ class RoundRecord:
 
 @dataclass
 class Federation:
-    """A federation built from an :class:`ExperimentConfig`; drive it with :meth:`run_round`."""
+    """A federation built from an :class:`ExperimentConfig`; drive it with :meth:`run_round`.
+
+    The round is one function over three plug-in axes, all chosen by the config: the client algorithm
+    (``personalization.method``, :attr:`algorithm`), the executor (``federation.simulation`` x ``backend``,
+    :attr:`executor`) and the server aggregation (protocol open or robust rule, DP around it,
+    :attr:`aggregation`). ``Federation(config)`` and :func:`make_federation` build the same thing.
+    """
 
     config: ExperimentConfig
     protocol: AggregationProtocol | None = None
@@ -68,13 +87,15 @@ class Federation:
     round: int = field(init=False, default=0)
 
     def __post_init__(self) -> None:
+        from securefrl.axes import ALGORITHMS, EXECUTORS
+        from securefrl.compat import executor_name
+
         cfg = self.config
         self.behaviour = make_behaviour(cfg.attack.name, **cfg.attack.params) if cfg.attack.name != "none" else None
         n_mal = cfg.attack.n_malicious if self.behaviour is not None else 0
         picked = derive_rng(cfg.seed, "malicious").choice(cfg.federation.n_clients, size=n_mal, replace=False)
         self.malicious_ids = sorted(int(i) for i in picked)
         self.rule = cfg.make_rule()
-        self.rule_state: Any = None
         torch.set_num_threads(1)  # tiny networks: threading costs more than it buys
         specs = draw_client_envs(
             cfg.env.name,
@@ -85,13 +106,16 @@ class Federation:
             ranges={k: (v[0], v[1]) for k, v in cfg.env.ranges.items()} or None,
         )
         agent_cfg = cfg.agent_config()
+        self.executor: Executor = EXECUTORS.get(executor_name(cfg))(self)
+        self.algorithm: ClientAlgorithm = ALGORITHMS.get(cfg.personalization.method)(self)
         self.clients = []
         for cid, spec in enumerate(specs):
-            env_fn = spec.make
+            env_fn: Callable[[], Any] = spec.make
             if cid in self.malicious_ids:
                 env_fn = self._poisoned_env_fn(spec, cid)
-            agent = self._make_agent(cid, spec, env_fn, agent_cfg)
-            self.clients.append(Client(cid, spec, agent, spec.make(), malicious=cid in self.malicious_ids))
+            client = Client(cid, spec, None, spec.make(), malicious=cid in self.malicious_ids)  # type: ignore[arg-type]
+            self.clients.append(client)
+            client.agent = self.algorithm.make_agent(cid, spec, env_fn, agent_cfg)
         if cfg.privacy.dpsgd:  # record-level DP-SGD inside every client's local training
             from securefrl.agents.dp import DPSGDSettings, enable_dp_sgd  # deferred: pulls in opacus
 
@@ -99,23 +123,22 @@ class Federation:
                 enable_dp_sgd(c.agent, DPSGDSettings.from_privacy(cfg.privacy),
                               derive_rng(cfg.seed, "dpsgd-noise", c.client_id))
         # Every client starts from one global initialisation, drawn from its own stream.
-        self.global_params = self._initial_global_params(specs, agent_cfg)
-        self.dim = self._update_dim()
+        self.global_params = self.algorithm.initial_global(specs, agent_cfg)
+        self.dim = self.algorithm.update_dim()
         fed = cfg.federation
         self.dp = None
         if cfg.privacy.placement != "none":
             from securefrl.privacy.federated import ClientLevelDP  # deferred: pulls in opacus
 
-            if fed.clip_norm > 0:
-                raise ConfigError("federation.clip_norm", "with differential privacy the clip bound is "
-                                  "privacy.clip_norm; leave federation.clip_norm at 0")
             self.dp = ClientLevelDP(cfg.privacy, cfg.protocol.name, fed.n_clients, len(self.sample_clients(0)),
                                     fed.rounds)
+        self.aggregation = make_aggregation(self.rule, self.dp, cfg.seed)
         if self.protocol is None:
             params = dict(cfg.protocol.params)
             if self.dp is not None and cfg.protocol.name == "secagg":  # room for the noise in SecAgg's clip
                 params.setdefault("clip", self.dp.required_coordinate_clip())
-            self.protocol = make_protocol(cfg.protocol.name, self._protocol_dim(), len(self.clients), params)
+            self.protocol = make_protocol(cfg.protocol.name, self.algorithm.protocol_dim(), len(self.clients),
+                                          params)
         if self.dp is not None:
             self.dp.check_protocol(self.protocol)
         if self.pipeline is None:
@@ -125,39 +148,39 @@ class Federation:
                 self.pipeline = chain(clip_by_l2_norm(fed.clip_norm)) if fed.clip_norm > 0 else identity()
         for c in self.clients:
             c.pipeline_state = self.pipeline.init(self.dim)
-            c.agent.set_flat(self._client_model(c))
+            c.agent.set_flat(self.algorithm.client_model(c))
         self.server_opt = ServerOptimizer(fed.server_optimizer, fed.server_lr, fed.server_momentum,
                                           fed.server_beta2, fed.server_eps)
+        self.executor.start()
 
-    def _make_agent(self, cid: int, spec: EnvSpec, env_fn: Callable[[], Any], agent_cfg: Any) -> Agent:
-        """Client ``cid``'s agent (a hook: :mod:`securefrl.vectorized` gives clients rows of one batched population)."""
-        return make_agent(self.config.agent.name, env_fn, agent_cfg, seed=derive_seed(self.config.seed, "agent", cid))
+    def __getattr__(self, name: str) -> Any:
+        """The algorithm's and the executor's state read through the facade (``fed.choice``, ``fed.population``)."""
+        if name.startswith("__") or name in ("algorithm", "executor"):
+            raise AttributeError(name)
+        for part in ("algorithm", "executor"):
+            obj = self.__dict__.get(part)
+            if obj is not None and hasattr(obj, name):
+                return getattr(obj, name)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
-    def _initial_global_params(self, specs: list[EnvSpec], agent_cfg: Any) -> np.ndarray:
-        """The first global model, drawn from its own stream (a hook: personalization keeps more server state)."""
-        init_agent = make_agent(self.config.agent.name, specs[0].make, agent_cfg,
-                                seed=derive_seed(self.config.seed, "global-init"))
-        return init_agent.get_flat()
+    @property
+    def rule_state(self) -> Any:
+        """The robust rule's state across rounds (checkpointed)."""
+        return self.aggregation.rule_state
 
-    def _update_dim(self) -> int:
-        """Length of a client's update, what the update pipeline sees (a hook: personal heads are not sent)."""
-        return int(self.global_params.shape[0])
+    @rule_state.setter
+    def rule_state(self, value: Any) -> None:
+        self.aggregation.rule_state = value
 
-    def _protocol_dim(self) -> int:
-        """Length of the vector a client protects (a hook: clustered aggregation protects k slots)."""
-        return self.dim
+    def close(self) -> None:
+        """Release the executor's resources (a local Ray instance this federation started)."""
+        self.executor.close()
 
-    def _client_model(self, client: Client) -> np.ndarray:
-        """The model ``client`` holds between rounds: the global one (a hook: personalization adds local parts)."""
-        return self.global_params
+    def __enter__(self) -> Federation:
+        return self
 
-    def _encode_update(self, client_id: int, update: np.ndarray) -> np.ndarray:
-        """Client side, after the pipeline: the vector handed to ``protocol.protect`` (a hook; identity here)."""
-        return update
-
-    def _apply_mean(self, mean: np.ndarray) -> np.ndarray:
-        """The next global model from the opened mean update: the server optimizer's step (a hook)."""
-        return self.server_opt.step(self.global_params, mean)
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def _poisoned_env_fn(self, spec: EnvSpec, cid: int) -> Callable[[], Any]:
         """Training environments of a malicious client, wrapped by an environment attack if any."""
@@ -185,64 +208,69 @@ class Federation:
     # ------------------------------------------------------------------------------------
     def sample_clients(self, round_id: int) -> list[int]:
         """Seeded sampling of ``ceil(fraction * n)`` clients (at least one) for ``round_id``."""
-        n = len(self.clients)
-        k = max(1, int(np.ceil(self.config.federation.client_fraction * n - 1e-9)))
-        rng = derive_rng(self.config.seed, "sample", round_id)
-        return sorted(int(i) for i in rng.choice(n, size=k, replace=False))
-
-    def _evaluate(self, client: Client, round_id: int, tag: str) -> float:
-        episodes = self.config.federation.eval_episodes
-        seed = derive_seed(self.config.seed, "eval", tag, round_id, client.client_id) % (2**31)
-        return float(np.mean(client.agent.evaluate(client.eval_env, episodes, seed)))
+        return sample_clients(self.config.seed, round_id, len(self.clients), self.config.federation.client_fraction)
 
     def local_update(self, client: Client, round_id: int) -> tuple[np.ndarray, dict[str, Any]]:
-        """Train ``client`` from the global model; return its protected-ready update and stats."""
-        fed = self.config.federation
-        client.agent.set_flat(self.global_params)
-        client.agent.reseed(derive_seed(self.config.seed, "train", round_id, client.client_id) % (2**31))
-        stats = client.agent.learn(fed.local_steps)
-        client.env_steps += fed.local_steps
-        delta = client.agent.get_flat().astype(np.float64) - self.global_params.astype(np.float64)
-        out = {"train_" + k: float(v) for k, v in stats.items()}
-        if client.agent.dpsgd is not None:  # record-level epsilon so far (securefrl.agents.dp)
-            out.update(client.agent.dpsgd.report())
-        return delta, out
+        """Train ``client`` as the algorithm says, through the executor; return its update and row statistics."""
+        tasks = self.algorithm.train_tasks(client, round_id)
+        results = self.executor.train(tasks)
+        client.env_steps += sum(t.steps for t in tasks)
+        return self.algorithm.update(client, round_id, results)
 
     def run_round(self) -> RoundRecord:
-        """Run the next round and return its record."""
+        """Run the next round and return its record: train (algorithm x executor), aggregate, evaluate."""
         assert self.protocol is not None and self.pipeline is not None
         r = self.round
         t_round = time.perf_counter()
         times = {"setup": 0.0, "train": 0.0, "protect": 0.0, "combine": 0.0, "open": 0.0, "eval": 0.0}
         sampled = self.sample_clients(r)
-        if self.dp is not None and self.dp.clip_state is not None:
-            self.pipeline = self.dp.pipeline()  # the adaptive clip bound moved
-        aborted = None
-        t0 = time.perf_counter()
-        try:
-            self.protocol.begin_round(r, sampled)
-        except RoundAbortedError as err:
-            aborted = str(err)
-        times["setup"] = time.perf_counter() - t0
-        payloads: dict[int, bytes] = {}
         rows: dict[int, dict[str, Any]] = {c.client_id: {"round": r, "client": c.client_id,
                                                           "sampled": c.client_id in sampled,
                                                           "malicious": c.malicious} for c in self.clients}
+        sends = self.algorithm.sends
+        if sends and self.dp is not None and self.dp.clip_state is not None:
+            self.pipeline = self.dp.pipeline()  # the adaptive clip bound moved
+        aborted = None
+        t0 = time.perf_counter()
+        if sends:
+            try:
+                self.protocol.begin_round(r, sampled)
+            except RoundAbortedError as err:
+                aborted = str(err)
+        times["setup"] = time.perf_counter() - t0
+        # --- clients: train through the executor, then evaluate the trained models -------------------------
+        t0 = time.perf_counter()
+        chosen = self.algorithm.select(sampled, r)
+        tasks = {cid: self.algorithm.train_tasks(self.clients[cid], r) for cid in sampled}
+        results = self.executor.train([t for cid in sampled for t in tasks[cid]])
         deltas: dict[int, np.ndarray] = {}
-        dp_metrics: dict[str, Any] = {}
+        stats: dict[int, dict[str, Any]] = {}
         for cid in sampled:
             client = self.clients[cid]
-            t0 = time.perf_counter()
-            deltas[cid], stats = self.local_update(client, r)
-            times["train"] += time.perf_counter() - t0
-            t0 = time.perf_counter()
-            rows[cid]["return_local"] = self._evaluate(client, r, "local")
-            times["eval"] += time.perf_counter() - t0
-            rows[cid].update(stats)
+            client.env_steps += sum(t.steps for t in tasks[cid])
+            deltas[cid], stats[cid] = self.algorithm.update(client, r, [res for res in results if res.client_id == cid])
+            stats[cid].update(chosen.get(cid, {}))
+        times["train"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        local = self.executor.evaluate([EvalTask(cid, r, "local") for cid in sampled])
+        times["eval"] = time.perf_counter() - t0
+        for cid, ret in zip(sampled, local, strict=True):
+            rows[cid]["return_local"] = ret
+            rows[cid].update(stats[cid])
+        if not sends:  # nothing protected, aggregated or on the wire
+            return self._finish_round(r, sampled, rows, {}, times, t_round, {})
+        # --- server: protect, combine, open (or a robust rule), DP around it -------------------------------
+        payloads, extra, aborted = self._aggregate(r, deltas, rows, times, aborted)
+        return self._finish_round(r, sampled, rows, extra, times, t_round, payloads, aborted=aborted)
+
+    def _aggregate(self, r: int, deltas: dict[int, np.ndarray], rows: dict[int, dict[str, Any]],
+                   times: dict[str, float], aborted: str | None) -> tuple[dict[int, bytes], dict[str, Any], str | None]:
+        """Client pipelines and ``protect``, the server's ``combine`` and :attr:`aggregation`; the model steps."""
+        assert self.protocol is not None and self.pipeline is not None
+        payloads: dict[int, bytes] = {}
         self._poison(r, deltas)
         weight = self._weight()
-        bits = {c: (0.5 if np.linalg.norm(d) <= self.dp.clip_norm else -0.5) for c, d in deltas.items()} \
-            if self.dp is not None else {}
+        self.aggregation.observe(deltas)
         for cid, delta in deltas.items():
             if aborted:
                 break
@@ -256,7 +284,7 @@ class Federation:
                 rows[cid]["rejected"] = str(err)
                 continue
             try:
-                payloads[cid] = self.protocol.protect(cid, r, self._encode_update(cid, update), weight)
+                payloads[cid] = self.protocol.protect(cid, r, self.algorithm.encode(cid, update), weight)
             except (ValueError, ProtocolError) as err:  # e.g. an update too large for CKKS: drop this client only
                 rows[cid]["rejected"] = f"protect: {type(err).__name__}: {err}"
                 continue
@@ -270,54 +298,41 @@ class Federation:
             aborted, aggregate = str(err), None
         times["combine"] = time.perf_counter() - t0
         if aggregate is None:  # below the protocol's threshold: nothing is released, the model stays
-            return self._finish_round(r, sampled, rows, {}, times, t_round, payloads, aborted=aborted)
+            return payloads, {}, aborted
         for cid, reason in aggregate.rejected.items():
             rows[cid]["rejected"] = reason
         for cid, extra_bytes in self.protocol.extra_client_bytes().items():
             if cid in rows:
                 rows[cid]["bytes_up"] = rows[cid].get("bytes_up", 0) + extra_bytes
         t0 = time.perf_counter()
-        individual = None
-        if self.protocol.reveals_individual_updates:
-            individual = self.protocol.individual_updates(r, {c: payloads[c] for c in aggregate.included})
-        mean = None
-        if aggregate.included:
-            if self.rule is not None and individual:
-                ids = sorted(individual)
-                result = self.rule(np.stack([individual[c] for c in ids]), np.full(len(ids), weight), self.rule_state)
-                self.rule_state = result.state
-                mean = result.aggregate
-                for i, reason in result.dropped.items():
-                    rows[ids[i]]["rejected"] = f"aggregator: {reason}"
-            else:
-                try:  # release: open, then refuse a non-finite or out-of-bound mean before any optimizer step
-                    mean = release(self.protocol, aggregate).mean
-                except ProtocolError as err:  # any failure to open is this round's abort, never the run's end
-                    times["open"] = time.perf_counter() - t0
-                    return self._finish_round(r, sampled, rows, {"n_included": 0}, times, t_round, payloads,
-                                              aborted=f"open failed: {type(err).__name__}: {err}")
-            if self.dp is not None:
-                dp_bits = [bits[c] for c in aggregate.included]
-                mean, dp_metrics = self.dp.finish_round(mean, len(aggregate.included), dp_bits,
-                                                        derive_rng(self.config.seed, "central-noise", r))
-            self.global_params = self._apply_mean(mean)
+        try:
+            opened = self.aggregation.open(r, self.protocol, aggregate, payloads, weight)
+        except ProtocolError as err:  # any failure to open is this round's abort, never the run's end
+            times["open"] = time.perf_counter() - t0
+            return payloads, {"n_included": 0}, f"open failed: {type(err).__name__}: {err}"
+        for cid, reason in opened.dropped.items():
+            rows[cid]["rejected"] = f"aggregator: {reason}"
+        if opened.mean is not None:
+            self.global_params = self.algorithm.apply_mean(opened.mean)
         times["open"] = time.perf_counter() - t0
         if self.observers:
             view = ServerView(r, self.protocol.name, dict(payloads), aggregate.payload, list(aggregate.included),
-                              individual, mean if self.protocol.server_can_open else None)
+                              opened.individual, opened.mean if self.protocol.server_can_open else None)
             for observe in self.observers:
                 observe(view)
-        extra = {"n_included": len(aggregate.included), "bytes_down_aggregate": len(aggregate.payload), **dp_metrics}
-        return self._finish_round(r, sampled, rows, extra, times, t_round, payloads)
+        extra = {"n_included": len(aggregate.included), "bytes_down_aggregate": len(aggregate.payload),
+                 **opened.metrics}
+        return payloads, extra, aborted
 
     def _finish_round(self, r: int, sampled: list[int], rows: dict[int, dict[str, Any]], extra: dict[str, Any],
                       times: dict[str, float], t_round: float, payloads: dict[int, bytes],
                       aborted: str | None = None) -> RoundRecord:
-        """Evaluate every client with the (new) global model and assemble the round record."""
+        """Evaluate every client with the model it now holds (and its personal model) and assemble the record."""
+        alg = self.algorithm
         t0 = time.perf_counter()
-        for client in self.clients:
-            client.agent.set_flat(self._client_model(client))
-            rows[client.client_id]["return_global"] = self._evaluate(client, r, "global")
+        alg.before_eval(r)
+        for client, ret in zip(self.clients, self.executor.evaluate(alg.eval_tasks(r)), strict=True):
+            rows[client.client_id]["return_global"] = ret
             rows[client.client_id]["env_steps"] = client.env_steps
         times["eval"] += time.perf_counter() - t0
         returns = [rows[c.client_id]["return_global"] for c in self.clients]
@@ -337,6 +352,21 @@ class Federation:
             "round_time": time.perf_counter() - t_round,
             **{f"time_{k}": v for k, v in times.items()},
         }
+        if alg.personalized:
+            t0 = time.perf_counter()
+            if alg.personal_differs:
+                tasks = [EvalTask(c.client_id, r, "personal", alg.personal_model(c)) for c in self.clients]
+                personal_returns = self.executor.evaluate(tasks)
+            else:
+                personal_returns = [rows[c.client_id]["return_global"] for c in self.clients]
+            for client, ret in zip(self.clients, personal_returns, strict=True):
+                rows[client.client_id]["return_personal"] = ret
+                rows[client.client_id].update(alg.client_extras(client))
+            personal = [rows[c.client_id]["return_personal"] for c in self.clients]
+            summary["time_eval"] += time.perf_counter() - t0
+            summary.update(method=alg.method, mean_personal_return=float(np.mean(personal)),
+                           min_personal_return=float(np.min(personal)), round_time=time.perf_counter() - t_round)
+        summary.update(alg.summary_extras())
         self.round += 1
         return RoundRecord(r, [rows[c.client_id] for c in self.clients], summary)
 
@@ -357,7 +387,7 @@ class Federation:
     # ------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to continue exactly (loads with ``torch.load(weights_only=True)``)."""
-        return {
+        state = {
             "round": self.round,
             "global_params": torch.from_numpy(self.global_params.copy()),
             "server_opt": {k: torch.from_numpy(v.copy()) for k, v in self.server_opt.state.items()},
@@ -368,8 +398,16 @@ class Federation:
                 for c in self.clients
             ],
         }
+        if self.algorithm.personalized:
+            state["personalization"] = {"method": self.algorithm.method, **self.algorithm.state_dict()}
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        if self.algorithm.personalized:
+            extra = state.get("personalization") or {}
+            if extra.get("method") != self.algorithm.method:
+                raise ValueError(f"checkpoint is for personalization {extra.get('method')!r}, this run is "
+                                 f"{self.algorithm.method!r}")
         self.round = int(state["round"])
         self.global_params = state["global_params"].numpy().astype(np.float32)
         self.server_opt.state = {k: v.numpy() for k, v in state["server_opt"].items()}
@@ -380,6 +418,8 @@ class Federation:
             c.agent.load_state_dict(cs["agent"])
             c.env_steps = int(cs["env_steps"])
             c.pipeline_state = _to_numpy(cs["pipeline"])
+        if self.algorithm.personalized:
+            self.algorithm.load_state_dict(state["personalization"])
 
 
 def _to_torch(obj: Any) -> Any:
@@ -404,23 +444,9 @@ def _to_numpy(obj: Any) -> Any:
 
 
 def make_federation(config: ExperimentConfig, **kwargs: Any) -> Federation:
-    """The federation ``config.federation.simulation`` / ``backend`` ask for (all share :class:`Federation`'s round).
+    """The federation ``config`` asks for (its personalization method, simulation and backend): a :class:`Federation`.
 
-    ``loop`` + ``local`` is :class:`Federation` itself, the reference; ``vectorized`` batches every
-    sampled client (:mod:`securefrl.vectorized`); ``ray`` trains clients as Ray tasks (:mod:`securefrl.ray_backend`).
+    Kept as the long-standing entry point; ``Federation(config)`` builds the same thing. Which
+    combinations run is decided by :mod:`securefrl.compat` when the config is validated.
     """
-    fed = config.federation
-    method = getattr(getattr(config, "personalization", None), "method", "none")
-    if method != "none":
-        from securefrl.personalization import make_personalized_federation  # deferred: imports this module
-
-        return make_personalized_federation(config, **kwargs)
-    if getattr(fed, "simulation", "loop") == "vectorized":
-        from securefrl.vectorized import VectorizedFederation  # deferred: imports this module
-
-        return VectorizedFederation(config, **kwargs)
-    if getattr(fed, "backend", "local") == "ray":
-        from securefrl.ray_backend import RayFederation  # deferred: needs the optional ray package
-
-        return RayFederation(config, **kwargs)
     return Federation(config, **kwargs)

@@ -1,16 +1,17 @@
 """Client training and evaluation as Ray tasks (Moritz et al. 2018, "Ray: A Distributed Framework
 for Emerging AI Applications"), on a local Ray instance or an existing cluster.
 
-:class:`RayFederation` is :class:`~securefrl.federation.Federation` with the two per-client hot
-paths sent to Ray: the first ``local_update`` of a round submits one task per sampled client, the
-first ``_evaluate(..., "global")`` one task per chunk of clients; later calls read the results.
-The driver keeps the authoritative state (agents, protocol, server optimizer, accountant), so
-checkpoints, protocols and metrics are those of the local run, and the same seed gives the same
-metrics: a task rebuilds the client's agent, loads its exact state, trains with the round's seed
-and hands the new state back.
+:class:`RayExecutor` is the executor (``federation.backend = "ray"``) that runs every train task of a
+round as one Ray task (the main agent's local evaluation rides along) and evaluations as Ray tasks over
+chunks of clients sharing a model. It runs any client algorithm whose tasks need only features it
+declares (proximal terms, frozen phases, a second agent per client). The driver keeps the authoritative
+state (agents, protocol, server optimizer, accountant), so checkpoints, protocols and metrics are those
+of the local run, and the same seed gives the same metrics: a task rebuilds the client's agent, loads
+its exact state, runs the task and hands the new state back.
 
-Only bytes and primitives cross Ray: the config as a plain dict, the client's ``EnvSpec`` as a
-dict, global parameters as float32 bytes, agent state as ``torch.save`` bytes that the other side
+Only bytes and primitives cross Ray: the agent's name and hyperparameters as a plain dict (no config
+validation, no entry-point look-up in the worker), the client's ``EnvSpec`` as a dict, parameters as
+float32 bytes, agent state as ``torch.save`` bytes that the other side
 reads with ``torch.load(weights_only=True)``, statistics as floats. No agent, protocol or model
 object is pickled. Protocol payloads (``protect``/``combine``/``open``) stay in the driver, which
 simulates every party of the protocol.
@@ -24,13 +25,21 @@ from __future__ import annotations
 import io
 import logging
 import os
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
+from securefrl.agents.base import Agent
 from securefrl.errors import ConfigError
-from securefrl.federation import Client, Federation
+from securefrl.seeding import eval_seed
+from securefrl.tasks import EvalTask, TrainResult, TrainTask
+
+if TYPE_CHECKING:
+    from securefrl.config import ExperimentConfig
+    from securefrl.envs import EnvSpec
+    from securefrl.federation import Federation
 
 
 def _state_bytes(state: dict[str, Any]) -> bytes:
@@ -49,56 +58,74 @@ def _params_from_bytes(data: bytes) -> np.ndarray:
     return np.frombuffer(data, dtype="<f4").astype(np.float32)
 
 
-def train_client(config: dict[str, Any], spec: dict[str, Any], cid: int, round_id: int, global_params: bytes,
-                 state: bytes) -> dict[str, Any]:
-    """One client's local round, as ``Federation.local_update`` + its local evaluation would run it.
+def _bytes(flat: np.ndarray) -> bytes:
+    return np.ascontiguousarray(flat, dtype="<f4").tobytes()
 
-    Runs in a Ray worker (or anywhere): every argument and the result are bytes or primitives.
+
+def task_payload(task: TrainTask, agent_seed: int, eval_seed_local: int | None) -> dict[str, Any]:
+    """A train task as primitives and bytes (what crosses Ray); ``eval_seed_local`` asks for the local evaluation."""
+    return {"client_id": task.client_id, "round_id": task.round_id, "steps": task.steps, "seed": task.seed,
+            "slot": task.slot, "agent_seed": int(agent_seed),
+            "params": None if task.params is None else _bytes(task.params),
+            "proximal": None if task.proximal is None else (_bytes(task.proximal[0]), float(task.proximal[1])),
+            "phases": None if task.phases is None else [(list(n), int(k), str(p)) for n, k, p in task.phases],
+            "eval_seed": eval_seed_local}
+
+
+def agent_payload(config: ExperimentConfig) -> dict[str, Any]:
+    """What a worker needs to rebuild an agent: its name, hyperparameters and the evaluation budget (no validation)."""
+    return {"agent": config.agent.name, "params": dict(config.agent.params),
+            "eval_episodes": config.federation.eval_episodes}
+
+
+def train_client(agent_cfg: dict[str, Any], spec: dict[str, Any], task: dict[str, Any], state: bytes) -> dict[str, Any]:
+    """One train task (and the trained model's local evaluation), as the local executor would run it.
+
+    Runs in a Ray worker (or anywhere): every argument and the result are bytes or primitives. The
+    agent is rebuilt from its name and hyperparameters and loads its exact state; nothing is validated
+    again or looked up through entry points.
     """
     from securefrl.agents import make_agent
-    from securefrl.config import ExperimentConfig
-    from securefrl.configtools import from_dict
     from securefrl.envs import EnvSpec
-    from securefrl.seeding import derive_seed
+    from securefrl.executors import run_eval, run_train
 
-    torch.set_num_threads(1)  # as Federation does: tiny networks
-    cfg = from_dict(ExperimentConfig, config)
+    torch.set_num_threads(1)  # as the local executor: tiny networks
     env_spec = EnvSpec.from_dict(spec)
-    agent = make_agent(cfg.agent.name, env_spec.make, cfg.agent_config(), seed=derive_seed(cfg.seed, "agent", cid))
+    agent = make_agent(agent_cfg["agent"], env_spec.make, agent_cfg["params"], seed=task["agent_seed"])
     agent.load_state_dict(_load_state(state))
-    agent.set_flat(_params_from_bytes(global_params))
-    agent.reseed(derive_seed(cfg.seed, "train", round_id, cid) % (2**31))
-    stats = agent.learn(cfg.federation.local_steps)
-    env = env_spec.make()
-    try:
-        seed = derive_seed(cfg.seed, "eval", "local", round_id, cid) % (2**31)
-        ret = float(np.mean(agent.evaluate(env, cfg.federation.eval_episodes, seed)))
-    finally:
-        env.close()
+    prox = task["proximal"]
+    job = TrainTask(task["client_id"], task["round_id"], task["steps"], task["seed"],
+                    params=None if task["params"] is None else _params_from_bytes(task["params"]), slot=task["slot"],
+                    proximal=None if prox is None else (_params_from_bytes(prox[0]), prox[1]),
+                    phases=task["phases"])
+    stats, _ = run_train(agent, job)
+    ret = None
+    if task["eval_seed"] is not None:
+        env = env_spec.make()
+        try:
+            ret = run_eval(agent, env, EvalTask(job.client_id, job.round_id, "local", seed=task["eval_seed"]), 0,
+                           agent_cfg["eval_episodes"])
+        finally:
+            env.close()
     return {"state": _state_bytes(agent.state_dict()), "stats": {k: float(v) for k, v in stats.items()},
             "return_local": ret}
 
 
-def evaluate_clients(config: dict[str, Any], specs: list[dict[str, Any]], cids: list[int], round_id: int, tag: str,
+def evaluate_clients(agent_cfg: dict[str, Any], specs: list[dict[str, Any]], seeds: list[int], episodes: int,
                      params: bytes) -> list[float]:
-    """Mean greedy return of ``params`` in each listed client's environment (``Federation._evaluate``)."""
+    """Mean greedy return of ``params`` in each listed environment, episode seeds starting at ``seeds``."""
     from securefrl.agents import make_agent
-    from securefrl.config import ExperimentConfig
-    from securefrl.configtools import from_dict
     from securefrl.envs import EnvSpec
-    from securefrl.seeding import derive_seed
 
     torch.set_num_threads(1)
-    cfg = from_dict(ExperimentConfig, config)
     env_specs = [EnvSpec.from_dict(s) for s in specs]
-    agent = make_agent(cfg.agent.name, env_specs[0].make, cfg.agent_config(), seed=0)  # acts with `params` only
+    agent = make_agent(agent_cfg["agent"], env_specs[0].make, agent_cfg["params"], seed=0)  # acts with `params` only
     agent.set_flat(_params_from_bytes(params))
     out = []
-    for cid, spec in zip(cids, env_specs, strict=True):
+    for spec, seed in zip(env_specs, seeds, strict=True):
         env = spec.make()
         try:
-            seed = derive_seed(cfg.seed, "eval", tag, round_id, cid) % (2**31)
-            out.append(float(np.mean(agent.evaluate(env, cfg.federation.eval_episodes, seed))))
+            out.append(float(np.mean(agent.evaluate(env, episodes, seed))))
         finally:
             env.close()
     return out
@@ -128,29 +155,32 @@ def connect(address: str = "", num_cpus: int = 2) -> bool:
     return True
 
 
-class RayFederation(Federation):
-    """:class:`~securefrl.federation.Federation` whose clients train and evaluate in Ray tasks."""
+class RayExecutor:
+    """Runs train tasks and evaluations as Ray tasks; the driver keeps the authoritative agents."""
 
-    def __post_init__(self) -> None:
-        fed = self.config.federation
-        if fed.simulation != "loop":
-            raise ConfigError("federation.backend", "backend=ray runs simulation=loop clients; the vectorized "
-                              "simulation is one process (use backend=local)")
-        super().__post_init__()
-        if self.behaviour is not None and callable(getattr(self.behaviour, "wrap_env", None)):
-            raise ConfigError("attack.name", f"{self.config.attack.name!r} wraps environments with state that lives "
-                              "in the driver's agents; use backend=local")
+    def __init__(self, federation: Federation) -> None:
+        self.fed = federation
+        self._seeds: dict[tuple[int, str], int] = {}
+        self._local: dict[tuple[int, int], float] = {}
+        self.started_ray = False
+
+    def make_agent(self, cid: int, spec: EnvSpec, env_fn: Callable[[], Any], agent_cfg: Any, seed: int,
+                   slot: str = "main") -> Agent:
+        from securefrl.agents import make_agent
+
+        self._seeds[(cid, slot)] = seed
+        return make_agent(self.fed.config.agent.name, env_fn, agent_cfg, seed=seed)
+
+    def start(self) -> None:
+        fed = self.fed.config.federation
         self.started_ray = connect(fed.ray_address, fed.ray_num_cpus)
         import ray
 
         self._ray = ray
         self._train = ray.remote(train_client)
         self._eval = ray.remote(evaluate_clients)
-        self._config_dict = self.config.to_dict()
-        self._specs = [c.env_spec.to_dict() for c in self.clients]
-        self._train_cache: dict[int, tuple[dict[str, Any], float]] = {}
-        self._trained_round = -1
-        self._eval_cache: dict[tuple[int, str], dict[int, float]] = {}
+        self._agent_cfg = agent_payload(self.fed.config)
+        self._specs = [c.env_spec.to_dict() for c in self.fed.clients]
 
     def close(self) -> None:
         """Shut down the local Ray instance this federation started (a joined cluster stays up)."""
@@ -158,41 +188,65 @@ class RayFederation(Federation):
             self._ray.shutdown()
         self.started_ray = False
 
-    def _global_bytes(self) -> bytes:
-        return np.ascontiguousarray(self.global_params, dtype="<f4").tobytes()
+    def train(self, tasks: list[TrainTask]) -> list[TrainResult]:
+        """Every task as one Ray task; the main slot's local evaluation comes back with it."""
+        fed = self.fed
+        self._local = {}
+        cfg_ref = self._ray.put(self._agent_cfg)
+        futures = []
+        for t in tasks:
+            if t.run is not None:
+                raise ConfigError("federation.backend", "custom training steps run in this process only; use "
+                                  "federation.backend=local")
+            client = fed.clients[t.client_id]
+            local_seed = eval_seed(fed.config.seed, "local", t.round_id, t.client_id) if t.slot == "main" else None
+            futures.append(self._train.remote(cfg_ref, self._specs[t.client_id],
+                                              task_payload(t, self._seeds[(t.client_id, t.slot)], local_seed),
+                                              _state_bytes(client.agent_for(t.slot).state_dict())))
+        out = []
+        for t, res in zip(tasks, self._ray.get(futures), strict=True):
+            agent = fed.clients[t.client_id].agent_for(t.slot)
+            agent.load_state_dict(_load_state(res["state"]))
+            if res["return_local"] is not None:
+                self._local[(t.round_id, t.client_id)] = res["return_local"]
+            out.append(TrainResult(t.client_id, t.slot, agent.get_flat(), res["stats"]))
+        return out
 
-    def local_update(self, client: Client, round_id: int) -> tuple[np.ndarray, dict[str, Any]]:
-        """The first call of a round runs every sampled client's training as Ray tasks."""
-        if self._trained_round != round_id:
-            sampled = self.sample_clients(round_id)
-            cfg_ref, params_ref = self._ray.put(self._config_dict), self._ray.put(self._global_bytes())
-            futures = [self._train.remote(cfg_ref, self._specs[c], c, round_id, params_ref,
-                                          _state_bytes(self.clients[c].agent.state_dict())) for c in sampled]
-            results = self._ray.get(futures)
-            self._train_cache = {c: (res, res["return_local"]) for c, res in zip(sampled, results, strict=True)}
-            self._trained_round = round_id
-        if client.client_id not in self._train_cache:
-            return super().local_update(client, round_id)
-        res, ret = self._train_cache.pop(client.client_id)
-        client.agent.load_state_dict(_load_state(res["state"]))
-        client.env_steps += self.config.federation.local_steps
-        self._eval_cache.setdefault((round_id, "local"), {})[client.client_id] = ret
-        delta = client.agent.get_flat().astype(np.float64) - self.global_params.astype(np.float64)
-        return delta, {"train_" + k: v for k, v in res["stats"].items()}
-
-    def _evaluate(self, client: Client, round_id: int, tag: str) -> float:
-        """Local returns come back with training; global ones are evaluated in chunks of clients as Ray tasks."""
-        self._eval_cache = {k: v for k, v in self._eval_cache.items() if k[0] == round_id}
-        if tag == "global" and (round_id, tag) not in self._eval_cache:
-            ids = [c.client_id for c in self.clients]
-            n_chunks = max(1, min(len(ids), 4 * int(self._ray.cluster_resources().get("CPU", 1) or 1)))
-            chunks = [list(map(int, ch)) for ch in np.array_split(np.asarray(ids), n_chunks) if len(ch)]
-            cfg_ref, params_ref = self._ray.put(self._config_dict), self._ray.put(self._global_bytes())
-            futures = [self._eval.remote(cfg_ref, [self._specs[c] for c in ch], ch, round_id, tag, params_ref)
-                       for ch in chunks]
-            self._eval_cache[(round_id, tag)] = {c: r for ch, rs in zip(chunks, self._ray.get(futures), strict=True)
-                                                 for c, r in zip(ch, rs, strict=True)}
-        values = self._eval_cache.get((round_id, tag), {})
-        if client.client_id in values:
-            return values[client.client_id]
-        return super()._evaluate(client, round_id, tag)
+    def evaluate(self, tasks: list[EvalTask]) -> list[float]:
+        """Local returns came back with training; others run as Ray tasks (chunks of clients sharing a model)."""
+        fed = self.fed
+        results: dict[int, float] = {}
+        groups: dict[tuple[int, int], list[EvalTask]] = {}
+        effective: dict[int, EvalTask] = {}
+        for task in tasks:
+            t = task
+            if t.params is None:
+                key = (t.round_id, t.client_id)
+                if t.tag == "local" and key in self._local:
+                    results[id(t)] = self._local.pop(key)
+                    continue
+                t = EvalTask(t.client_id, t.round_id, t.tag, fed.clients[t.client_id].agent.get_flat(), t.episodes,
+                             t.seed)
+            else:
+                fed.clients[t.client_id].agent.set_flat(t.params)  # the driver's agent holds what it was evaluated with
+            effective[id(task)] = t
+            groups.setdefault((t.episodes or fed.config.federation.eval_episodes, id(t.params)), []).append(t)
+        cfg_ref = self._ray.put(self._agent_cfg)
+        n_cpu = int(self._ray.cluster_resources().get("CPU", 1) or 1)
+        pending = []
+        for (episodes, _), group in groups.items():
+            ref = self._ray.put(_bytes(group[0].params))  # type: ignore[arg-type]
+            n_chunks = max(1, min(len(group), 4 * n_cpu))
+            for chunk in np.array_split(np.arange(len(group)), n_chunks):
+                batch = [group[i] for i in chunk]
+                if not batch:
+                    continue
+                seeds = [t.seed if t.seed is not None else eval_seed(fed.config.seed, t.tag, t.round_id, t.client_id)
+                         for t in batch]
+                pending.append((batch, self._eval.remote(cfg_ref, [self._specs[t.client_id] for t in batch], seeds,
+                                                         episodes, ref)))
+        for batch, future in pending:
+            values: list[float] = self._ray.get(future)
+            for t, value in zip(batch, values, strict=True):
+                results[id(t)] = value
+        return [results[id(effective.get(id(t), t))] for t in tasks]

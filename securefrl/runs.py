@@ -78,9 +78,9 @@ class Run(RunInfo):
         if model not in MODELS:
             raise ConfigError("model", f"{model!r} is not a model; choose one of {list(MODELS)}")
         c = fed.clients[client]
-        if model == "personal" and hasattr(fed, "personal_model"):
-            return np.asarray(fed.personal_model(c))
-        return np.asarray(fed._client_model(c))
+        if model == "personal":
+            return np.asarray(fed.algorithm.personal_model(c))
+        return np.asarray(fed.algorithm.client_model(c))
 
     def agent(self, client: int = 0, model: str = "global") -> Any:
         """Client ``client``'s agent holding the chosen model (call ``.act(obs)`` on it)."""

@@ -24,3 +24,29 @@ def derive_seed(seed: int, *keys: int | str) -> int:
 def derive_rng(seed: int, *keys: int | str) -> np.random.Generator:
     """A numpy Generator for the stream named by ``keys``."""
     return np.random.default_rng(derive_seed(seed, *keys))
+
+
+def sample_size(n_clients: int, fraction: float) -> int:
+    """Clients sampled per round: ``ceil(fraction * n)``, at least one (the 1e-9 absorbs float error)."""
+    return max(1, int(np.ceil(fraction * n_clients - 1e-9)))
+
+
+def sample_clients(seed: int, round_id: int, n_clients: int, fraction: float) -> list[int]:
+    """The sorted client ids sampled in ``round_id`` (seeded, without replacement)."""
+    rng = derive_rng(seed, "sample", round_id)
+    return sorted(int(i) for i in rng.choice(n_clients, size=sample_size(n_clients, fraction), replace=False))
+
+
+def seed31(seed: int, *keys: int | str) -> int:
+    """:func:`derive_seed` reduced to 31 bits, what environments and agents' ``reseed`` take."""
+    return derive_seed(seed, *keys) % (2**31)
+
+
+def train_seed(seed: int, round_id: int, client_id: int) -> int:
+    """The seed a client's local training in ``round_id`` starts from (every executor uses this one)."""
+    return seed31(seed, "train", round_id, client_id)
+
+
+def eval_seed(seed: int, tag: str, round_id: int, client_id: int) -> int:
+    """The first episode seed of a client's ``tag`` evaluation ("local", "global", "personal") in ``round_id``."""
+    return seed31(seed, "eval", tag, round_id, client_id)

@@ -39,12 +39,14 @@ import torch
 from attacks.base import AttackError, Knowledge, ThreatModel
 from attacks.inference.common import ObservedRound, ServerRecorder, matched_errors
 from securefrl.agents import DQNAgent, PPOAgent, make_agent
+from securefrl.algorithm import FedAvg
 from securefrl.config import ExperimentConfig
 from securefrl.envs import draw_client_envs
 from securefrl.errors import ConfigError
 from securefrl.federation import Client, Federation
 from securefrl.params import ParamSpec
 from securefrl.seeding import derive_rng, derive_seed
+from securefrl.tasks import TrainResult, TrainTask
 from securefrl.transforms import UpdateTransform
 
 __all__ = [
@@ -178,15 +180,36 @@ class GradientSharingFederation(Federation):
         super().__post_init__()
         _check_agent(self.clients[0].agent)
         self._batch_envs = {c.client_id: c.env_spec.make() for c in self.clients}
+        self.algorithm = FedSGD(self)
 
-    def local_update(self, client: Client, round_id: int) -> tuple[np.ndarray, dict[str, Any]]:
-        client.agent.set_flat(self.global_params)
-        rng = derive_rng(self.config.seed, "fedsgd-batch", round_id, client.client_id)
-        batch = collect_batch(client.agent, self._batch_envs[client.client_id], self.batch_size, rng, self.warmup_max)
-        self.shared_batches[(round_id, client.client_id)] = batch
-        grad = batch_gradient(client.agent, batch)
-        client.env_steps += self.batch_size
-        return -self.client_lr * grad, {"train_grad_norm": float(np.linalg.norm(grad))}
+
+class FedSGD(FedAvg):
+    """The FedSGD client algorithm: one custom step per client, sharing ``-client_lr * grad`` of one batch.
+
+    Its train task carries its own ``run`` (in-process executors only); the federation's sampling,
+    pipeline, protocol, server optimizer and observers are untouched.
+    """
+
+    def __init__(self, federation: GradientSharingFederation) -> None:
+        super().__init__(federation)
+        self.gfed = federation
+        self._grads: dict[int, np.ndarray] = {}
+
+    def train_tasks(self, client: Client, round_id: int) -> list[TrainTask]:
+        fed, cid = self.gfed, client.client_id
+
+        def step(agent: Any) -> dict[str, float]:
+            rng = derive_rng(fed.config.seed, "fedsgd-batch", round_id, cid)
+            batch = collect_batch(agent, fed._batch_envs[cid], fed.batch_size, rng, fed.warmup_max)
+            fed.shared_batches[(round_id, cid)] = batch
+            self._grads[cid] = batch_gradient(agent, batch)
+            return {}
+
+        return [TrainTask(cid, round_id, fed.batch_size, None, params=fed.global_params, run=step)]
+
+    def update(self, client: Client, round_id: int, results: list[TrainResult]) -> tuple[np.ndarray, dict[str, Any]]:
+        grad = self._grads.pop(client.client_id)
+        return -self.gfed.client_lr * grad, {"train_grad_norm": float(np.linalg.norm(grad))}
 
 
 # ---------------------------------------------------------------------------------------------------

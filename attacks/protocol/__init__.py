@@ -17,6 +17,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from securefrl.registry import Registry
+
 
 @dataclass
 class ProtocolAttackOutcome:
@@ -41,18 +43,18 @@ class ProtocolAttack(Protocol):
     def run(self, weakened: bool, seed: int) -> ProtocolAttackOutcome: ...
 
 
-PROTOCOL_ATTACKS: dict[str, type[ProtocolAttack]] = {}
+PROTOCOL_ATTACKS: Registry[type[ProtocolAttack]] = Registry("protocol attack", "protocol_attacks",
+                                                            group="securefrl.protocol_attacks")
+"""Protocol-attack classes by name (one :class:`securefrl.registry.Registry`, like every plug-in kind)."""
 
 
 def register(cls: type[ProtocolAttack]) -> type[ProtocolAttack]:
     """Class decorator: add a protocol attack to :data:`PROTOCOL_ATTACKS` under its ``name``."""
-    if cls.name in PROTOCOL_ATTACKS:
-        raise ValueError(f"protocol attack {cls.name!r} registered twice")
-    PROTOCOL_ATTACKS[cls.name] = cls
+    PROTOCOL_ATTACKS.register(cls.name, cls)
     return cls
 
 
-def load_all() -> dict[str, type[ProtocolAttack]]:
+def load_all() -> Registry[type[ProtocolAttack]]:
     """Import the built-in protocol attacks (each module registers itself) and return the registry."""
     import importlib
     import pkgutil

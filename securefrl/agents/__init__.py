@@ -1,42 +1,27 @@
 """RL agents behind one interface (:class:`~securefrl.agents.base.Agent`) and a name registry.
 
 ``dqn`` (Mnih et al. 2015) and ``ppo`` (Schulman et al. 2017) handle discrete actions; ``sac``
-(Haarnoja et al. 2018) handles continuous control. Configs and the CLI name agents by these keys.
+(Haarnoja et al. 2018) handles continuous control. Configs and the CLI name agents by these keys
+(:data:`AGENTS`, :mod:`securefrl.agents.registry`). Importing this package does not import torch:
+the agent classes load on first use.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from importlib import import_module
 from typing import Any
 
-from securefrl.agents.base import Agent, EnvFn
-from securefrl.agents.dqn import DQNAgent, DQNConfig
-from securefrl.agents.ppo import PPOAgent, PPOConfig
-from securefrl.agents.sac import SACAgent, SACConfig
-from securefrl.configtools import from_dict
-from securefrl.errors import ConfigError
+from securefrl.agents.configs import DQNConfig, PPOConfig, SACConfig
+from securefrl.agents.registry import AGENT_CONFIGS, AGENTS, agent_capabilities, agent_config_class, make_agent
 
-AGENT_CONFIGS: dict[str, type] = {"dqn": DQNConfig, "ppo": PPOConfig, "sac": SACConfig}
-"""Config dataclass of each registered agent."""
-
-AGENTS: dict[str, type[Agent]] = {"dqn": DQNAgent, "ppo": PPOAgent, "sac": SACAgent}
-"""Agent class of each registered name."""
+_LAZY = {"Agent": "securefrl.agents.base", "EnvFn": "securefrl.agents.base", "DQNAgent": "securefrl.agents.dqn",
+         "PPOAgent": "securefrl.agents.ppo", "SACAgent": "securefrl.agents.sac"}
 
 
-def make_agent(name: str, env_fn: EnvFn, config: Any = None, seed: int = 0) -> Agent:
-    """Build agent ``name`` on ``env_fn`` from a config dataclass, a plain dict of overrides, or None (defaults)."""
-    if name not in AGENTS:
-        raise ConfigError("agent.name", f"unknown agent {name!r}; choose one of {sorted(AGENTS)}")
-    cfg_cls = AGENT_CONFIGS[name]
-    if config is None:
-        cfg = cfg_cls()
-    elif isinstance(config, Mapping):
-        cfg = from_dict(cfg_cls, config, "agent.params")
-    elif isinstance(config, cfg_cls):
-        cfg = config
-    else:
-        raise ConfigError("agent.params", f"{name} takes a {cfg_cls.__name__} or a dict, got {type(config).__name__}")
-    return AGENTS[name](env_fn, cfg, seed=seed)
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(import_module(_LAZY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 __all__ = [
@@ -50,5 +35,7 @@ __all__ = [
     "PPOConfig",
     "SACAgent",
     "SACConfig",
+    "agent_capabilities",
+    "agent_config_class",
     "make_agent",
 ]

@@ -9,8 +9,9 @@ round, and checkpoint everything needed to continue exactly.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any, ClassVar
 
 import gymnasium as gym
 import numpy as np
@@ -22,6 +23,20 @@ from securefrl.params import ParamSpec, set_flat
 EnvFn = Callable[[], gym.Env]
 
 
+@contextmanager
+def frozen(agent: Agent, names: Sequence[str]) -> Iterator[None]:
+    """Within the block, the named federated tensors get no gradient (so the optimizer skips them)."""
+    params = dict(agent.federated_parameters())
+    saved = {n: params[n].requires_grad for n in names}
+    try:
+        for n in names:
+            params[n].requires_grad_(False)
+        yield
+    finally:
+        for n, flag in saved.items():
+            params[n].requires_grad_(flag)
+
+
 class Agent(ABC):
     """Base class of DQN, PPO and SAC agents.
 
@@ -30,9 +45,13 @@ class Agent(ABC):
     """
 
     name: str = "abstract"
+    capabilities: ClassVar[frozenset[str]] = frozenset()
+    """What the agent implements (see :mod:`securefrl.agents.registry`); the registry entry declares the same."""
     supports_proximal: bool = False
     """True if every gradient step of :meth:`learn` adds :meth:`proximal_loss` (DQN and PPO)."""
     _proximal: tuple[float, list[torch.Tensor]] | None = None
+    optimizer: torch.optim.Optimizer
+    """The optimizer of the local training steps (agents with networks; personalization adds parameter groups)."""
     dpsgd: Any = None
     """Record-level DP-SGD engine (:class:`securefrl.agents.dp.RecordDPSGD`) once enabled, else None."""
 
@@ -68,9 +87,21 @@ class Agent(ABC):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what :meth:`state_dict` returned."""
 
+    def networks(self) -> dict[str, torch.nn.Module]:
+        """Attribute name -> trained network, in a fixed order (what personalization extends, DP-SGD wraps)."""
+        raise ConfigError("agent.name", f"agent {self.name!r} does not expose its networks")
+
+    def replace_network(self, name: str, module: torch.nn.Module) -> None:
+        """Swap network ``name`` for ``module`` (e.g. one with an environment-embedding input)."""
+        if name not in self.networks():
+            raise ConfigError("agent.name", f"agent {self.name!r} has no network {name!r}")
+        setattr(self, name, module)
+
     def dp_networks(self) -> dict[str, torch.nn.Module]:
         """Attribute name -> network trained on data, for record-level DP-SGD (:mod:`securefrl.agents.dp`)."""
-        raise ConfigError("privacy.dpsgd", f"agent {self.name!r} does not implement record-level DP-SGD")
+        if "dpsgd" not in self.capabilities:
+            raise ConfigError("privacy.dpsgd", f"agent {self.name!r} does not implement record-level DP-SGD")
+        return self.networks()
 
     def after_set_parameters(self) -> None:  # noqa: B027
         """Hook run after new federated parameters are loaded (e.g. sync a target network)."""

@@ -69,13 +69,12 @@ from securefrl.errors import ConfigError
 if TYPE_CHECKING:
     from securefrl.agents.base import Agent
     from securefrl.agents.replay import ReplayBuffer
-    from securefrl.config import ExperimentConfig, PrivacySection
+    from securefrl.config import PrivacySection
 
 DPSGD_AGENTS: tuple[str, ...] = ("dqn", "ppo")
-"""Agents implementing record-level DP-SGD (SAC's critic targets use the current policy's samples)."""
-DPSGD_PERSONALIZATION: tuple[str, ...] = ("none", "finetune", "fedprox")
-"""Personalization methods checked with DP-SGD: they train each client's one agent on its own data through
-``learn``. The others train extra agents, freeze or wrap layers, or skip the federated round path."""
+"""Agents implementing record-level DP-SGD (SAC's critic targets use the current policy's samples); the
+registry declares it as the ``dpsgd`` capability. Personalization methods checked with DP-SGD declare
+``record_dp`` (:data:`securefrl.axes.ALGORITHMS`): they train each client's one agent through ``learn``."""
 STATE_VERSION = 1
 
 
@@ -378,26 +377,3 @@ def enable_dp_sgd(agent: Agent, settings: DPSGDSettings, rng: np.random.Generato
         raise ConfigError("privacy.dpsgd", "DP-SGD is already enabled on this agent")
     agent.dpsgd = RecordDPSGD(agent, settings, rng)
     return agent.dpsgd
-
-
-def check_record_dp(config: ExperimentConfig) -> None:
-    """Config-time checks of ``privacy.dpsgd`` and Poisson batch sampling, naming the offending field."""
-    fed = config.federation
-    agent_cfg = config.agent_config()
-    if config.privacy.dpsgd and fed.simulation != "loop":
-        raise ConfigError("federation.simulation", "record-level DP-SGD runs with simulation=loop only (the "
-                          "vectorized PPO has no per-sample gradients)")
-    if getattr(agent_cfg, "batch_sampling", None) == "poisson" and fed.simulation == "vectorized":
-        raise ConfigError("agent.params.batch_sampling", "the vectorized simulation implements PPO's shuffled "
-                          "minibatches only; use federation.simulation=loop for Poisson batches")
-    if not config.privacy.dpsgd:
-        return
-    DPSGDSettings.from_privacy(config.privacy).validate()
-    if fed.backend != "local":
-        raise ConfigError("federation.backend", "record-level DP-SGD runs with backend=local only (Ray workers "
-                          "build their agents without it)")
-    method = config.personalization.method
-    if method not in DPSGD_PERSONALIZATION:
-        raise ConfigError("personalization.method", f"record-level DP-SGD is checked with personalization "
-                          f"methods {DPSGD_PERSONALIZATION}, not {method!r}")
-    check_agent_for_dp_sgd(config.agent.name, agent_cfg)

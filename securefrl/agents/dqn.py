@@ -8,8 +8,7 @@ Stable-Baselines3 zoo settings for CartPole, which keeps per-step overhead low.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -26,82 +25,18 @@ from securefrl.agents.common import (
     load_envs,
     obs_dim_of,
 )
+from securefrl.agents.configs import DQNConfig
 from securefrl.agents.networks import frozen_copy, hard_update, mlp
 from securefrl.agents.replay import ReplayBuffer
 from securefrl.agents.vecenv import EnvPool
-from securefrl.configtools import check_range
 from securefrl.errors import ConfigError
-
-
-@dataclass
-class DQNConfig:
-    """DQN hyperparameters; defaults are the rl-baselines3-zoo CartPole-v1 setting, measured side by side.
-
-    The zoo's "almost tuned" CartPole-v1 DQN (lr 2.3e-3, batch 64, 256x256 ReLU network, training phases of
-    128 gradient steps every 256 environment steps, epsilon 1 -> 0.04 over the first 16% of a 50k-step run),
-    with its target update written in this agent's units: SB3 copies the online network into the target every
-    10 environment steps, and the online network only changes in the training phases, so the target is the
-    online network as each phase begins -- one copy per 128 gradient steps here. ``benchmarks/agents_cartpole.py
-    --sb3`` compares the two implementations on the same seeds. DQN on CartPole still oscillates after solving
-    it (evaluations alternate between 500 and much lower); PPO is the steadier learner there.
-    """
-
-    hidden: tuple[int, ...] = (256, 256)
-    """Hidden layer widths of the Q-network MLP (ReLU)."""
-    lr: float = 2.3e-3
-    """Adam learning rate."""
-    gamma: float = 0.99
-    """Discount factor."""
-    buffer_size: int = 100_000
-    """Replay buffer capacity in transitions."""
-    batch_size: int = 64
-    """Transitions per gradient step."""
-    learning_starts: int = 1_000
-    """Environment steps of pure collection before the first gradient step."""
-    train_freq: int = 256
-    """Environment steps between training phases."""
-    gradient_steps: int = 128
-    """Gradient steps per training phase."""
-    target_update_interval: int = 128
-    """Gradient steps between copies of the online network into the target network (128: once per phase)."""
-    exploration_initial_eps: float = 1.0
-    """Epsilon at step 0 of the linear epsilon-greedy schedule."""
-    exploration_final_eps: float = 0.04
-    """Epsilon after ``exploration_steps`` environment steps (held from then on)."""
-    exploration_steps: int = 8_000
-    """Environment steps over which epsilon decays linearly (counted across learn() calls)."""
-    max_grad_norm: float = 10.0
-    """Global gradient-norm clip per step (0 disables)."""
-    double_dqn: bool = True
-    """Pick next actions with the online net and value them with the target net (van Hasselt et al. 2016)."""
-    n_envs: int = 1
-    """Environment copies stepped together (steps are counted summed over copies)."""
-    batch_sampling: Literal["uniform", "poisson"] = "uniform"
-    """uniform: batch_size transitions drawn with replacement; poisson: each stored transition joins a step
-    independently with rate batch_size / stored (variable size; what record-level DP-SGD needs, see
-    securefrl.agents.dp)."""
-
-    def validate(self, path: str = "DQNConfig") -> None:
-        """Refuse out-of-range values with the field name and the allowed range."""
-        check_range(f"{path}.lr", self.lr, 0.0, None, lo_open=True)
-        check_range(f"{path}.gamma", self.gamma, 0.0, 1.0)
-        check_range(f"{path}.exploration_initial_eps", self.exploration_initial_eps, 0.0, 1.0)
-        check_range(f"{path}.exploration_final_eps", self.exploration_final_eps, 0.0, 1.0)
-        check_range(f"{path}.max_grad_norm", self.max_grad_norm, 0.0, None)
-        for name in ("buffer_size", "batch_size", "train_freq", "gradient_steps", "target_update_interval", "n_envs"):
-            check_range(f"{path}.{name}", getattr(self, name), 1, None)
-        for name in ("learning_starts", "exploration_steps"):
-            check_range(f"{path}.{name}", getattr(self, name), 0, None)
-        if not self.hidden or any(h < 1 for h in self.hidden):
-            raise ConfigError(f"{path}.hidden", f"need at least one positive layer width, got {self.hidden}")
-        if self.batch_sampling not in ("uniform", "poisson"):
-            raise ConfigError(f"{path}.batch_sampling", f"must be uniform or poisson, got {self.batch_sampling!r}")
 
 
 class DQNAgent(Agent):
     """DQN for discrete action spaces; ``federated_parameters`` is the online Q-network."""
 
     name = "dqn"
+    capabilities = frozenset({"proximal", "freeze", "embedding", "dpsgd", "discrete"})
     supports_proximal = True
 
     def __init__(self, env_fn: EnvFn, config: DQNConfig | None = None, seed: int = 0) -> None:
@@ -126,8 +61,12 @@ class DQNAgent(Agent):
     def federated_parameters(self) -> list[tuple[str, torch.nn.Parameter]]:
         return [(f"q.{n}", p) for n, p in self.q_net.named_parameters()]
 
-    def dp_networks(self) -> dict[str, torch.nn.Module]:
+    def networks(self) -> dict[str, torch.nn.Module]:
         return {"q_net": self.q_net}
+
+    def replace_network(self, name: str, module: torch.nn.Module) -> None:
+        super().replace_network(name, module)
+        self.target_net = frozen_copy(self.q_net)  # the target mirrors the (new) Q-network
 
     def after_set_parameters(self) -> None:
         """New global Q-values: bootstrap from them, not from the stale local target."""

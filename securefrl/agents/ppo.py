@@ -10,8 +10,7 @@ annealing; time-limit truncations bootstrap from the critic (Pardo et al. 2018).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -27,9 +26,9 @@ from securefrl.agents.common import (
     load_envs,
     obs_dim_of,
 )
+from securefrl.agents.configs import PPOConfig
 from securefrl.agents.networks import mlp
 from securefrl.agents.vecenv import EnvPool
-from securefrl.configtools import check_range
 from securefrl.errors import ConfigError
 
 
@@ -52,69 +51,41 @@ def compute_gae(rewards: np.ndarray, values: np.ndarray, dones: np.ndarray, last
     return adv
 
 
-@dataclass
-class PPOConfig:
-    """PPO hyperparameters; defaults solve CartPole-v1 (greedy eval return >= 475) within 100k steps.
+def ppo_loss(cfg: PPOConfig, logits: torch.Tensor, values: torch.Tensor,
+             mb: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """PPO's clipped surrogate + (clipped) value loss - entropy bonus (Schulman et al. 2017), per minibatch.
 
-    Defaults follow the rl-baselines3-zoo CartPole-v1 setting (8 envs x 32 steps, 20 epochs of one
-    full-batch step, gamma 0.98, lambda 0.8, no entropy bonus, annealed lr 1e-3), which measured far
-    steadier than the CleanRL Atari-style setting (4 x 128, 4 epochs x 4 minibatches) on this task.
+    The one PPO loss of the project, shared by :class:`PPOAgent` and the batched population
+    (:mod:`securefrl.vectorized.ppo`): samples lie along the last axis, any leading axes (the population's
+    clients) are kept, so ``logits`` is ``(..., n, actions)`` and ``values`` / every ``mb`` entry ``(..., n)``.
+    Returns the loss per leading index and its terms (``ratio`` and ``log_ratio`` for the diagnostics).
     """
+    def mean(x: torch.Tensor) -> torch.Tensor:  # over the samples; a full reduction for one client, as before
+        return x.mean() if x.dim() == 1 else x.mean(dim=-1)
 
-    hidden: tuple[int, ...] = (64, 64)
-    """Hidden layer widths of the actor and of the critic (separate tanh MLPs)."""
-    n_envs: int = 8
-    """Environment copies stepped together; a rollout holds n_envs * n_steps transitions."""
-    n_steps: int = 32
-    """Vector steps per rollout."""
-    n_epochs: int = 20
-    """Passes over each rollout."""
-    n_minibatches: int = 1
-    """Minibatches per epoch (rollout size / n_minibatches transitions each)."""
-    lr: float = 1e-3
-    """Initial Adam learning rate."""
-    anneal_steps: int = 100_000
-    """Environment steps over which the learning rate decays linearly to lr * lr_final_fraction (0 = constant)."""
-    lr_final_fraction: float = 0.1
-    """Learning-rate floor after annealing, as a fraction of lr."""
-    gamma: float = 0.98
-    """Discount factor."""
-    gae_lambda: float = 0.8
-    """GAE lambda: bias-variance trade-off of the advantage estimate."""
-    clip_coef: float = 0.2
-    """Clip range of the probability ratio in the surrogate objective."""
-    clip_vloss: bool = False
-    """Clip the value update around the rollout's values, like the policy ratio."""
-    ent_coef: float = 0.0
-    """Weight of the entropy bonus."""
-    vf_coef: float = 0.5
-    """Weight of the value loss."""
-    max_grad_norm: float = 0.5
-    """Global gradient-norm clip per step (0 disables)."""
-    norm_adv: bool = True
-    """Normalise advantages within each minibatch."""
-    batch_sampling: Literal["shuffle", "poisson"] = "shuffle"
-    """shuffle: each epoch splits a permutation of the rollout into n_minibatches; poisson: n_epochs * n_minibatches
-    steps, each on a Poisson sample of the rollout at rate 1 / n_minibatches (what record-level DP-SGD needs)."""
-
-    def validate(self, path: str = "PPOConfig") -> None:
-        """Refuse out-of-range values with the field name and the allowed range."""
-        for name in ("n_envs", "n_steps", "n_epochs", "n_minibatches"):
-            check_range(f"{path}.{name}", getattr(self, name), 1, None)
-        check_range(f"{path}.lr", self.lr, 0.0, None, lo_open=True)
-        check_range(f"{path}.anneal_steps", self.anneal_steps, 0, None)
-        check_range(f"{path}.lr_final_fraction", self.lr_final_fraction, 0.0, 1.0)
-        check_range(f"{path}.gamma", self.gamma, 0.0, 1.0)
-        check_range(f"{path}.gae_lambda", self.gae_lambda, 0.0, 1.0)
-        check_range(f"{path}.clip_coef", self.clip_coef, 0.0, None, lo_open=True)
-        for name in ("ent_coef", "vf_coef", "max_grad_norm"):
-            check_range(f"{path}.{name}", getattr(self, name), 0.0, None)
-        if self.n_minibatches > self.n_envs * self.n_steps:
-            raise ConfigError(f"{path}.n_minibatches", f"must be <= n_envs * n_steps = {self.n_envs * self.n_steps}")
-        if not self.hidden or any(h < 1 for h in self.hidden):
-            raise ConfigError(f"{path}.hidden", f"need at least one positive layer width, got {self.hidden}")
-        if self.batch_sampling not in ("shuffle", "poisson"):
-            raise ConfigError(f"{path}.batch_sampling", f"must be shuffle or poisson, got {self.batch_sampling!r}")
+    logp_all = torch.log_softmax(logits, dim=-1)
+    logp = logp_all.gather(-1, mb["actions"].unsqueeze(-1)).squeeze(-1)
+    entropy = mean(-(logp_all.exp() * logp_all).sum(dim=-1))
+    log_ratio = logp - mb["logprobs"]
+    ratio = log_ratio.exp()
+    adv = mb["advantages"]
+    if cfg.norm_adv and adv.shape[-1] > 1:
+        if adv.dim() == 1:
+            adv = (adv - adv.mean()) / (adv.std() + 1e-8)
+        else:
+            adv = (adv - adv.mean(dim=-1, keepdim=True)) / (adv.std(dim=-1, keepdim=True) + 1e-8)
+    pg_loss = mean(torch.max(-adv * ratio, -adv * ratio.clamp(1 - cfg.clip_coef, 1 + cfg.clip_coef)))
+    if cfg.clip_vloss:
+        clipped = mb["values"] + (values - mb["values"]).clamp(-cfg.clip_coef, cfg.clip_coef)
+        v_loss = 0.5 * mean(torch.max((values - mb["returns"]) ** 2, (clipped - mb["returns"]) ** 2))
+    else:
+        v_loss = 0.5 * mean((values - mb["returns"]) ** 2)
+    loss = pg_loss - cfg.ent_coef * entropy + cfg.vf_coef * v_loss
+    with torch.no_grad():
+        terms = {"policy_loss": pg_loss.detach(), "value_loss": v_loss.detach(), "entropy": entropy.detach(),
+                 "approx_kl": mean((ratio - 1) - log_ratio),
+                 "clipfrac": mean(((ratio - 1).abs() > cfg.clip_coef).float())}
+    return loss, terms
 
 
 class PPOAgent(Agent):
@@ -127,6 +98,7 @@ class PPOAgent(Agent):
     """
 
     name = "ppo"
+    capabilities = frozenset({"proximal", "freeze", "embedding", "dpsgd", "batched", "discrete"})
     supports_proximal = True
 
     def __init__(self, env_fn: EnvFn, config: PPOConfig | None = None, seed: int = 0) -> None:
@@ -159,7 +131,7 @@ class PPOAgent(Agent):
         return [*((f"actor.{n}", p) for n, p in self.actor.named_parameters()),
                 *((f"critic.{n}", p) for n, p in self.critic.named_parameters())]
 
-    def dp_networks(self) -> dict[str, torch.nn.Module]:
+    def networks(self) -> dict[str, torch.nn.Module]:
         return {"actor": self.actor, "critic": self.critic}
 
     def reseed(self, seed: int) -> None:
@@ -185,29 +157,9 @@ class PPOAgent(Agent):
 
     # --- learning -------------------------------------------------------------------------
     def compute_loss(self, mb: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
-        """Clipped surrogate + (clipped) value loss - entropy bonus on one minibatch."""
-        cfg = self.config
-        logp_all = torch.log_softmax(self.actor(mb["obs"]), dim=-1)
-        logp = logp_all.gather(1, mb["actions"].view(-1, 1)).squeeze(1)
-        entropy = -(logp_all.exp() * logp_all).sum(dim=1).mean()
-        log_ratio = logp - mb["logprobs"]
-        ratio = log_ratio.exp()
-        adv = mb["advantages"]
-        if cfg.norm_adv and len(adv) > 1:
-            adv = (adv - adv.mean()) / (adv.std() + 1e-8)
-        pg_loss = torch.max(-adv * ratio, -adv * ratio.clamp(1 - cfg.clip_coef, 1 + cfg.clip_coef)).mean()
-        values = self.critic(mb["obs"]).squeeze(1)
-        if cfg.clip_vloss:
-            clipped = mb["values"] + (values - mb["values"]).clamp(-cfg.clip_coef, cfg.clip_coef)
-            v_loss = 0.5 * torch.max((values - mb["returns"]) ** 2, (clipped - mb["returns"]) ** 2).mean()
-        else:
-            v_loss = 0.5 * ((values - mb["returns"]) ** 2).mean()
-        loss = pg_loss - cfg.ent_coef * entropy + cfg.vf_coef * v_loss
-        with torch.no_grad():
-            info = {"policy_loss": float(pg_loss), "value_loss": float(v_loss), "entropy": float(entropy),
-                    "approx_kl": float(((ratio - 1) - log_ratio).mean()),
-                    "clipfrac": float(((ratio - 1).abs() > cfg.clip_coef).float().mean())}
-        return loss, info
+        """Clipped surrogate + (clipped) value loss - entropy bonus on one minibatch (:func:`ppo_loss`)."""
+        loss, terms = ppo_loss(self.config, self.actor(mb["obs"]), self.critic(mb["obs"]).squeeze(1), mb)
+        return loss, {k: float(v) for k, v in terms.items()}
 
     def _update_batch(self, mb: dict[str, torch.Tensor]) -> dict[str, float]:
         """One gradient step on one minibatch (the unit DP-SGD wraps)."""

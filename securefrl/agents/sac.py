@@ -10,7 +10,6 @@ squashed [-1, 1] space and rescaled to the environment's bounds when stepping.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Any
 
 import gymnasium as gym
@@ -28,57 +27,13 @@ from securefrl.agents.common import (
     load_envs,
     obs_dim_of,
 )
+from securefrl.agents.configs import SACConfig
 from securefrl.agents.networks import frozen_copy, hard_update, mlp, soft_update
 from securefrl.agents.replay import ReplayBuffer
 from securefrl.agents.vecenv import EnvPool
-from securefrl.configtools import check_range
 from securefrl.errors import ConfigError
 
 LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
-
-
-@dataclass
-class SACConfig:
-    """SAC hyperparameters; defaults reach a mean return above -400 on Pendulum-v1 within ~15k steps."""
-
-    hidden: tuple[int, ...] = (64, 64)
-    """Hidden layer widths of the actor and of each critic (ReLU MLPs); small keeps per-step cost low."""
-    lr: float = 1e-3
-    """Adam learning rate of actor, critics and temperature."""
-    gamma: float = 0.99
-    """Discount factor."""
-    tau: float = 0.005
-    """Polyak coefficient of the target critics."""
-    buffer_size: int = 100_000
-    """Replay buffer capacity in transitions."""
-    batch_size: int = 256
-    """Transitions per gradient step."""
-    learning_starts: int = 1_000
-    """Environment steps of uniformly random actions before the first gradient step."""
-    train_freq: int = 1
-    """Environment steps between training phases."""
-    gradient_steps: int = 1
-    """Gradient steps per training phase."""
-    init_alpha: float = 1.0
-    """Initial entropy temperature."""
-    autotune_alpha: bool = True
-    """Learn the temperature so the policy entropy tracks ``target_entropy``."""
-    target_entropy: float | None = None
-    """Entropy target; None means -dim(action space)."""
-    n_envs: int = 1
-    """Environment copies stepped together (steps are counted summed over copies)."""
-
-    def validate(self, path: str = "SACConfig") -> None:
-        """Refuse out-of-range values with the field name and the allowed range."""
-        check_range(f"{path}.lr", self.lr, 0.0, None, lo_open=True)
-        check_range(f"{path}.gamma", self.gamma, 0.0, 1.0)
-        check_range(f"{path}.tau", self.tau, 0.0, 1.0, lo_open=True)
-        check_range(f"{path}.init_alpha", self.init_alpha, 0.0, None, lo_open=True)
-        for name in ("buffer_size", "batch_size", "train_freq", "gradient_steps", "n_envs"):
-            check_range(f"{path}.{name}", getattr(self, name), 1, None)
-        check_range(f"{path}.learning_starts", self.learning_starts, 0, None)
-        if not self.hidden or any(h < 1 for h in self.hidden):
-            raise ConfigError(f"{path}.hidden", f"need at least one positive layer width, got {self.hidden}")
 
 
 class SACAgent(Agent):
@@ -88,6 +43,7 @@ class SACAgent(Agent):
     """
 
     name = "sac"
+    capabilities = frozenset({"continuous"})
 
     def __init__(self, env_fn: EnvFn, config: SACConfig | None = None, seed: int = 0) -> None:
         self.config = cfg = config if config is not None else SACConfig()

@@ -55,41 +55,37 @@ client's own model under ``local``, the fine-tuned global model under ``finetune
 ``return_global``).
 """
 
-from securefrl.personalization.checks import check_personalization
-from securefrl.personalization.federations import (
-    FEDERATIONS,
-    ClusteredFederation,
-    DittoFederation,
-    FedProxFederation,
-    FineTuneFederation,
-    LocalOnlyFederation,
-    PartialFederation,
-    PersonalizedFederation,
-    make_personalized_federation,
-)
-from securefrl.personalization.grouping import assign_groups, bin_edges
-from securefrl.personalization.parts import (
-    EnvEmbeddingInput,
-    attach_env_embedding,
-    embedding_parameter_names,
-    frozen,
-    head_parameter_names,
-)
-from securefrl.personalization.relation import RelationFederation, relation_round
-from securefrl.personalization.slots import decode_slots, encode_slots, slot_length
+from importlib import import_module
+from typing import Any
 
-FEDERATIONS["relation"] = RelationFederation  # registered here: relation.py builds on federations.py
+_LAZY = {  # importing the package does not import torch: the implementations load on first use
+    **dict.fromkeys(("Clustered", "Ditto", "FedProx", "FineTune", "LocalOnly", "Partial", "Personalized"),
+                    "securefrl.personalization.algorithms"),
+    "check_personalization": "securefrl.personalization.checks",
+    **dict.fromkeys(("Relation", "RelationFederation", "relation_round"), "securefrl.personalization.relation"),
+    **dict.fromkeys(("assign_groups", "bin_edges"), "securefrl.personalization.grouping"),
+    **dict.fromkeys(("EnvEmbeddingInput", "attach_env_embedding", "embedding_parameter_names", "frozen",
+                     "head_parameter_names"), "securefrl.personalization.parts"),
+    **dict.fromkeys(("decode_slots", "encode_slots", "slot_length"), "securefrl.personalization.slots"),
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(import_module(_LAZY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
-    "FEDERATIONS",
-    "ClusteredFederation",
-    "DittoFederation",
+    "Clustered",
+    "Ditto",
     "EnvEmbeddingInput",
-    "FedProxFederation",
-    "FineTuneFederation",
-    "LocalOnlyFederation",
-    "PartialFederation",
-    "PersonalizedFederation",
+    "FedProx",
+    "FineTune",
+    "LocalOnly",
+    "Partial",
+    "Personalized",
+    "Relation",
     "RelationFederation",
     "assign_groups",
     "attach_env_embedding",
@@ -100,7 +96,6 @@ __all__ = [
     "encode_slots",
     "frozen",
     "head_parameter_names",
-    "make_personalized_federation",
     "relation_round",
     "slot_length",
 ]

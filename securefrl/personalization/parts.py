@@ -13,18 +13,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from securefrl.agents.base import Agent
-from securefrl.agents.dqn import DQNAgent
-from securefrl.agents.networks import frozen_copy
-from securefrl.agents.ppo import PPOAgent
+from securefrl.agents.base import Agent, frozen
 from securefrl.errors import ConfigError
 
 EMBEDDING_SUFFIX = ".embedding"
@@ -108,29 +104,16 @@ def attach_env_embedding(agent: Agent, dim: int, scale: float, generator: torch.
     couple two otherwise independent networks). The new tensors join the agent's optimizer as an
     extra parameter group, so learning-rate schedules and gradient clipping cover them.
     """
-    if isinstance(agent, DQNAgent):
-        agent.q_net = EnvEmbeddingInput(agent.q_net, dim, scale, generator)  # type: ignore[assignment]
-        agent.target_net = frozen_copy(agent.q_net)  # type: ignore[assignment]
-        modules = [agent.q_net]
-    elif isinstance(agent, PPOAgent):
-        agent.actor = EnvEmbeddingInput(agent.actor, dim, scale, generator)  # type: ignore[assignment]
-        agent.critic = EnvEmbeddingInput(agent.critic, dim, scale, generator)  # type: ignore[assignment]
-        modules = [agent.actor, agent.critic]
-    else:
-        raise ConfigError("personalization.method", f"embedding extends dqn and ppo agents, not {agent.name!r}")
+    if "embedding" not in agent.capabilities:
+        raise ConfigError("personalization.method", f"agent {agent.name!r} does not declare the embedding capability")
+    modules = []
+    for name, net in agent.networks().items():  # in the agent's fixed order: each draws its embedding in turn
+        wrapped = EnvEmbeddingInput(net, dim, scale, generator)  # type: ignore[arg-type]  # the agents' MLPs
+        agent.replace_network(name, wrapped)
+        modules.append(wrapped)
     agent.optimizer.add_param_group({"params": [p for m in modules for p in (m.embedding, m.embed_weight)]})
     return agent
 
 
-@contextmanager
-def frozen(agent: Agent, names: Sequence[str]) -> Iterator[None]:
-    """Within the block, the named federated tensors get no gradient (so the optimizer skips them)."""
-    params = dict(agent.federated_parameters())
-    saved = {n: params[n].requires_grad for n in names}
-    try:
-        for n in names:
-            params[n].requires_grad_(False)
-        yield
-    finally:
-        for n, flag in saved.items():
-            params[n].requires_grad_(flag)
+__all__ = ["EnvEmbeddingInput", "attach_env_embedding", "embedding_parameter_names", "frozen",
+           "head_parameter_names"]

@@ -34,18 +34,21 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
+from securefrl.algorithm import train_stats
 from securefrl.errors import ConfigError
-from securefrl.federation import Client
-from securefrl.personalization.federations import PersonalizedFederation, _seed31
+from securefrl.personalization.algorithms import Personalized
+from securefrl.seeding import train_seed
+from securefrl.tasks import TrainResult, TrainTask
 
 if TYPE_CHECKING:
     from securefrl.behaviour import ServerView
     from securefrl.config import ExperimentConfig
     from securefrl.envs import EnvSpec
+    from securefrl.federation import Client
 
 __all__ = [
+    "Relation",
     "RelationFederation",
     "RelationRound",
     "check_relation",
@@ -185,51 +188,51 @@ def check_relation(config: ExperimentConfig) -> None:
                           "average directly; use server_optimizer=fedavg with server_lr=1")
 
 
-class RelationFederation(PersonalizedFederation):
-    """One model per client on the server, mixed each round by :func:`relation_round`.
+class Relation(Personalized):
+    """One model per client on the server, mixed each round by :func:`relation_round` (a client algorithm).
 
     A sampled client trains from its own server-side model and sends its update as in FedAvg; the server,
     which sees the individual updates (plaintext only), sets each participant's next model to its
     similarity-weighted average of the participants' trained models. ``global_params`` stays the FedAvg
     model of the same updates (for reference; clients deploy their own). Clients not sampled keep theirs.
+    Its train tasks are plain training, so it runs on every executor.
     """
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        assert self.protocol is not None
-        if not self.protocol.reveals_individual_updates:
-            raise ConfigError("protocol.name", f"relation needs individual updates; protocol {self.protocol.name!r} "
-                              f"hides them. Methods that work: {', '.join(AGGREGATE_ONLY_METHODS)}")
+    def __init__(self, federation: Any) -> None:
+        super().__init__(federation)
         # The server's step runs on what the server saw this round, before the round's evaluation.
-        self.observers = [self._relate, *self.observers]
+        federation.observers.insert(0, self._relate)
+        self._start: dict[int, np.ndarray] = {}
 
-    def _initial_global_params(self, specs: list[EnvSpec], agent_cfg: Any) -> np.ndarray:
-        init = super()._initial_global_params(specs, agent_cfg)
+    def initial_global(self, specs: list[EnvSpec], agent_cfg: Any) -> np.ndarray:
+        init = super().initial_global(specs, agent_cfg)
         self.models = np.tile(init.astype(np.float32), (len(specs), 1))
         self.similarity = np.ones((len(specs), len(specs)))
         self.last_weights: dict[int, dict[int, float]] = {}
         return init
 
-    def _client_model(self, client: Client) -> np.ndarray:
+    def client_model(self, client: Client) -> np.ndarray:
         return self.models[client.client_id]
 
-    def local_update(self, client: Client, round_id: int) -> tuple[np.ndarray, dict[str, Any]]:
+    def train_tasks(self, client: Client, round_id: int) -> list[TrainTask]:
         """Train from the client's own server-side model; the update is relative to it."""
         cid = client.client_id
-        start = self.models[cid].copy()
-        client.agent.set_flat(start)
-        client.agent.reseed(_seed31(self.config.seed, "train", round_id, cid))
-        stats = client.agent.learn(self.config.federation.local_steps)
-        client.env_steps += self.config.federation.local_steps
-        delta = client.agent.get_flat().astype(np.float64) - start.astype(np.float64)
-        return delta, {"train_" + k: float(v) for k, v in stats.items()}
+        self._start[cid] = self.models[cid].copy()
+        seed = train_seed(self.config.seed, round_id, cid)
+        return [TrainTask(cid, round_id, self.config.federation.local_steps, seed, params=self._start[cid])]
+
+    def update(self, client: Client, round_id: int, results: list[TrainResult]) -> tuple[np.ndarray, dict[str, Any]]:
+        start = self._start.pop(client.client_id)
+        return results[0].params.astype(np.float64) - start.astype(np.float64), train_stats(results[0])
 
     def _relate(self, view: ServerView) -> None:
         individual = view.individual_updates
-        ids = sorted(c for c in view.included if individual is not None and c in individual)
+        if individual is None:
+            raise ConfigError("protocol.name", f"relation needs individual updates; protocol {view.protocol!r} "
+                              f"hides them. Methods that work: {', '.join(AGGREGATE_ONLY_METHODS)}")
+        ids = sorted(c for c in view.included if c in individual)
         if not ids:
             return
-        assert individual is not None
         s = self.settings
         result = relation_round(self.models[ids], np.stack([individual[c] for c in ids]), s.relation_alpha,
                                 s.relation_ema, self.similarity[np.ix_(ids, ids)])
@@ -237,7 +240,7 @@ class RelationFederation(PersonalizedFederation):
         self.similarity[np.ix_(ids, ids)] = result.similarity
         self.last_weights = {c: {ids[j]: float(w) for j, w in enumerate(result.weights[i])} for i, c in enumerate(ids)}
 
-    def _client_extras(self, client: Client) -> dict[str, Any]:
+    def client_extras(self, client: Client) -> dict[str, Any]:
         row = self.last_weights.get(client.client_id)
         if row is None:
             return {}
@@ -245,9 +248,15 @@ class RelationFederation(PersonalizedFederation):
                 "relation_top": max((w, j) for j, w in row.items() if j != client.client_id)[1] if len(row) > 1
                 else client.client_id}
 
-    def _personal_state(self) -> dict[str, Any]:
+    def state_dict(self) -> dict[str, Any]:
+        import torch
+
         return {"models": torch.from_numpy(self.models.copy()), "similarity": torch.from_numpy(self.similarity.copy())}
 
-    def _load_personal_state(self, state: dict[str, Any]) -> None:
+    def load_state_dict(self, state: dict[str, Any]) -> None:
         self.models = state["models"].numpy().astype(np.float32)
         self.similarity = state["similarity"].numpy().astype(np.float64)
+
+
+RelationFederation = Relation
+"""The name this method had before it became a client algorithm."""

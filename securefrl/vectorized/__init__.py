@@ -4,21 +4,21 @@
   computation with per-copy physics, bit-identical to gymnasium's ``CartPole-v1``.
 - :mod:`~securefrl.vectorized.ppo`: every client's PPO networks as stacked tensors, one batched
   forward/backward, per-client Adam, clipping, schedules and random streams.
-- :mod:`~securefrl.vectorized.federation`: the federation round loop over such a population
-  (``federation.simulation = "vectorized"``).
+- :mod:`~securefrl.vectorized.executor`: the executor running a round's train and evaluation tasks
+  over such a population (``federation.simulation = "vectorized"``), for any client algorithm whose tasks
+  are plain training.
 """
 
 from securefrl.vectorized.cartpole import CartPoleBatch, greedy_returns, physics_of
-from securefrl.vectorized.federation import ClientSlot, VectorizedFederation, check_vectorized
+from securefrl.vectorized.executor import ClientSlot, VectorizedExecutor
 from securefrl.vectorized.ppo import PPOPopulation, batched_mlp
 
 __all__ = [
     "CartPoleBatch",
     "ClientSlot",
     "PPOPopulation",
-    "VectorizedFederation",
+    "VectorizedExecutor",
     "batched_mlp",
-    "check_vectorized",
     "greedy_returns",
     "physics_of",
 ]

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from securefrl.agents.common import Streams, episode_stats
-from securefrl.agents.ppo import PPOConfig, compute_gae
+from securefrl.agents.ppo import PPOConfig, compute_gae, ppo_loss
 from securefrl.params import ParamSpec
 from securefrl.vectorized.cartpole import CartPoleBatch, greedy_returns
 
@@ -321,32 +321,14 @@ class PPOPopulation:
         """One gradient step of every client on its own minibatch (``PPOAgent._update_batch``)."""
         cfg = self.config
         actor, critic = leaves[: self.n_actor], leaves[self.n_actor:]
-        logp_all = torch.log_softmax(batched_mlp(actor, mb["obs"]), dim=-1)
-        logp = logp_all.gather(2, mb["actions"].unsqueeze(2)).squeeze(2)
-        entropy = -(logp_all.exp() * logp_all).sum(dim=2).mean(dim=1)
-        log_ratio = logp - mb["logprobs"]
-        ratio = log_ratio.exp()
-        adv = mb["advantages"]
-        if cfg.norm_adv and adv.shape[1] > 1:
-            adv = (adv - adv.mean(dim=1, keepdim=True)) / (adv.std(dim=1, keepdim=True) + 1e-8)
-        pg_loss = torch.max(-adv * ratio, -adv * ratio.clamp(1 - cfg.clip_coef, 1 + cfg.clip_coef)).mean(dim=1)
-        values = batched_mlp(critic, mb["obs"]).squeeze(2)
-        if cfg.clip_vloss:
-            clipped = mb["values"] + (values - mb["values"]).clamp(-cfg.clip_coef, cfg.clip_coef)
-            v_loss = 0.5 * torch.max((values - mb["returns"]) ** 2, (clipped - mb["returns"]) ** 2).mean(dim=1)
-        else:
-            v_loss = 0.5 * ((values - mb["returns"]) ** 2).mean(dim=1)
-        loss = pg_loss - cfg.ent_coef * entropy + cfg.vf_coef * v_loss
+        loss, terms = ppo_loss(cfg, batched_mlp(actor, mb["obs"]), batched_mlp(critic, mb["obs"]).squeeze(2), mb)
         grads = torch.autograd.grad(loss.sum(), leaves)
         grad = torch.cat([g.reshape(g.shape[0], -1) for g in grads], dim=1)
         if cfg.max_grad_norm > 0:  # clip_grad_norm_ per client: the norm over all of a client's tensors
             total = torch.linalg.vector_norm(grad, 2, dim=1, keepdim=True)
             grad.mul_(torch.clamp(cfg.max_grad_norm / (total + 1e-6), max=1.0))
         adam.step(work, grad, lr)
-        with torch.no_grad():
-            return {"policy_loss": pg_loss.detach(), "value_loss": v_loss.detach(), "entropy": entropy.detach(),
-                    "approx_kl": ((ratio - 1) - log_ratio).mean(dim=1),
-                    "clipfrac": ((ratio - 1).abs() > cfg.clip_coef).float().mean(dim=1)}
+        return terms
 
     # --- checkpoints ------------------------------------------------------------------------
     def client_state(self, cid: int) -> dict[str, Any]:

@@ -32,18 +32,13 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 
 import numpy as np
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from protocols import crypto
+from protocols.crypto import TAG_BYTES, X25519PrivateKey
 from securefrl.errors import SecureFRLError
 
 MAGIC = b"VFRL"
 VERSION = 1
-KEY_BYTES = 32
-TAG_BYTES = 16
 _HEADER = struct.Struct("<4sBBBBIQQI")
 HEADER_SIZE = _HEADER.size
 _NONCE = struct.Struct("<IQ")
@@ -229,7 +224,7 @@ def open_clear(data: bytes, kind: Kind, max_bytes: int, *, party: int | None = N
 # --- key agreement --------------------------------------------------------------------------------
 def public_bytes(key: X25519PrivateKey) -> bytes:
     """Raw 32-byte X25519 public key."""
-    return key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return crypto.public_bytes(key)
 
 
 def hello(key: X25519PrivateKey, party: int, direction: Direction) -> bytes:
@@ -244,18 +239,13 @@ def derive_keys(private: X25519PrivateKey, peer_public: bytes, party_public: byt
     The salt is the transcript (both public keys), the info binds the purpose, the party id and the
     direction, so the two directions and different parties never share a key.
     """
-    if len(peer_public) != KEY_BYTES:
-        raise KeyAgreementError(f"public key holds {len(peer_public)} bytes, expected {KEY_BYTES}")
     try:
-        secret = private.exchange(X25519PublicKey.from_public_bytes(peer_public))
-    except ValueError as err:  # cryptography refuses low-order points
-        raise KeyAgreementError(f"key agreement failed: {err}") from None
-    keys = {}
-    for direction in Direction:
-        info = _DOMAIN + b"channel/" + struct.pack("<IB", party, int(direction))
-        keys[direction] = HKDF(algorithm=hashes.SHA256(), length=KEY_BYTES, salt=party_public + q_public,
-                               info=info).derive(secret)
-    return keys
+        secret = crypto.agree(private, peer_public)  # refuses malformed and low-order keys
+    except crypto.KeyAgreementError as err:
+        raise KeyAgreementError(str(err)) from None
+    return {direction: crypto.hkdf_sha256(secret, salt=party_public + q_public,
+                                          info=_DOMAIN + b"channel/" + struct.pack("<IB", party, int(direction)))
+            for direction in Direction}
 
 
 @dataclass
@@ -278,8 +268,6 @@ class ChannelEnd:
             raise ValueError(f"role must be 'party' or 'q', got {self.role!r}")
         self._out = Direction.TO_Q if self.role == "party" else Direction.FROM_Q
         self._in = Direction.FROM_Q if self.role == "party" else Direction.TO_Q
-        self._seal = AESGCM(self.keys[self._out])
-        self._open = AESGCM(self.keys[self._in])
 
     @classmethod
     def establish(cls, role: str, party: int, private: X25519PrivateKey, peer_hello: bytes,
@@ -299,7 +287,7 @@ class ChannelEnd:
         if self.sent >= _MAX_COUNTER:
             raise VerticalProtocolError("message counter exhausted; establish a new session")
         head = Header(kind, self._out, self.party, step, self.sent, len(plaintext) + TAG_BYTES).pack()
-        ct = self._seal.encrypt(_NONCE.pack(int(self._out), self.sent), plaintext, head)
+        ct = crypto.aead_encrypt(self.keys[self._out], _NONCE.pack(int(self._out), self.sent), plaintext, head)
         self.sent += 1
         return head + ct
 
@@ -322,9 +310,9 @@ class ChannelEnd:
             raise UnexpectedMessageError(f"counter {head.counter} skips ahead of {self.received}: messages lost "
                                          "or reordered")
         try:
-            plaintext = self._open.decrypt(_NONCE.pack(int(self._in), head.counter), bytes(data[HEADER_SIZE:]),
-                                           bytes(data[:HEADER_SIZE]))
-        except InvalidTag:
+            plaintext = crypto.aead_decrypt(self.keys[self._in], _NONCE.pack(int(self._in), head.counter),
+                                            bytes(data[HEADER_SIZE:]), bytes(data[:HEADER_SIZE]))
+        except crypto.AuthenticationError:
             raise AuthenticationError(f"{head.kind.name} message of party {self.party} failed authentication "
                                       "(tampered or wrong key)") from None
         if head.kind != kind or head.step != step:

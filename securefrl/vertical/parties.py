@@ -32,8 +32,8 @@ import gymnasium as gym
 import numpy as np
 import torch
 import torch.nn.functional as F
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
+from protocols import crypto
 from securefrl.agents.common import init_generator
 from securefrl.agents.networks import frozen_copy, hard_update, mlp
 from securefrl.errors import ConfigError
@@ -91,7 +91,7 @@ class EncoderParty:
         self._releases = np.zeros(cap, dtype=np.int64)
         self._current = np.zeros(dim, dtype=np.float32)
         self._pending: tuple[int, torch.Tensor] | None = None
-        self._key = X25519PrivateKey.generate()
+        self._key = crypto.generate_private_key()
         self.channel: ChannelEnd | None = None
         self.updates = 0
         self.total_releases = 0
@@ -243,7 +243,7 @@ class QAgent:
         self._pos = 0
         self._pending: tuple[int, np.ndarray] | None = None
         self._last_action: tuple[int, int] | None = None
-        self._key = X25519PrivateKey.generate()
+        self._key = crypto.generate_private_key()
         self.channels: dict[int, ChannelEnd] = {}
         self.num_timesteps = 0
         self.num_updates = 0

@@ -34,7 +34,7 @@ from securefrl.errors import ConfigError
 from securefrl.federation import Federation
 
 TINY_PPO = ["agent.params.hidden=[32]", "agent.params.n_envs=4", "agent.params.n_steps=128",
-            "federation.weighting=uniform", "federation.eval_episodes=1"]
+            "federation.eval_episodes=1"]
 
 
 def _property_cfg(protocol: str):  # type: ignore[no-untyped-def]
@@ -138,7 +138,7 @@ def test_dlg_recovers_a_single_state_from_its_gradient() -> None:
 
 
 def test_reconstruction_through_protocols() -> None:
-    base = ["federation.n_clients=3", "federation.eval_episodes=1", "federation.weighting=uniform"]
+    base = ["federation.n_clients=3", "federation.eval_episodes=1"]
     plain = reconstruction_study(load_config(overrides=[*base, "protocol.name=plaintext"]), batch_size=1, rounds=1,
                                  methods=("analytic",), seed=0)[0]
     assert plain.mode == "individual" and plain.mse < 1e-9 and plain.cosine > 0.999999

@@ -152,7 +152,8 @@ def test_omniscient_attacks_refuse_to_run_blind(name: str) -> None:
 
 
 def test_unknown_names_and_parameters_list_what_is_allowed() -> None:
-    with pytest.raises(ConfigError, match="unknown attack 'lie'; known attacks: alie, gaussian, ipm, min_max"):
+    with pytest.raises(ConfigError, match=r"unknown attack 'lie' \(did you mean 'alie'\?\); "
+                                          "known: alie, gaussian, ipm, min_max"):
         make_attack("lie")
     with pytest.raises(ConfigError, match="ipm does not take parameter\\(s\\) eps; allowed: epsilon, knowledge"):
         make_attack("ipm", eps=0.1)

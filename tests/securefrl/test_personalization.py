@@ -22,10 +22,10 @@ from securefrl.errors import ConfigError
 from securefrl.experiment import run_experiment
 from securefrl.federation import Federation, make_federation
 from securefrl.personalization import (
-    ClusteredFederation,
-    DittoFederation,
-    LocalOnlyFederation,
-    PartialFederation,
+    Clustered,
+    Ditto,
+    LocalOnly,
+    Partial,
     assign_groups,
     attach_env_embedding,
     decode_slots,
@@ -73,7 +73,7 @@ def test_default_is_plain_fedavg_and_bad_settings_are_refused():
     cases = {
         "personalization.method": ["personalization.method=fedavgx"],
         "personalization.n_clusters": ["personalization.method=ifca", "personalization.n_clusters=1"],
-        "federation.simulation": ["personalization.method=fedper", "federation.simulation=vectorized"],
+        "federation.simulation": ["personalization.method=fedprox", "federation.simulation=vectorized"],
         "privacy.placement": ["personalization.method=ifca", "privacy.placement=local"],
         "federation.aggregator": ["personalization.method=group", "personalization.groups=[0,1]",
                                   "federation.aggregator=median"],
@@ -163,7 +163,7 @@ def test_head_names_are_the_last_layers_of_every_network():
 @pytest.mark.parametrize("method", ["fedper", "fedrep"])
 def test_fedper_shares_the_body_and_keeps_heads_local(method):
     fed = make_federation(cfg(f"personalization.method={method}"))
-    assert isinstance(fed, PartialFederation)
+    assert isinstance(fed.algorithm, Partial)
     spec = fed.clients[0].agent.parameter_spec()
     body = int(spec.mask(fed.shared_names).sum())
     assert fed.local_names == [n for n in spec.names if n.split(".")[1] == "4"]  # the output layers
@@ -174,7 +174,7 @@ def test_fedper_shares_the_body_and_keeps_heads_local(method):
     run(fed)
     # only the body travels: a plaintext payload holds a weight and `body` float32 values
     assert all(len(p) == wire.HEADER_SIZE + 8 + 4 * body for v in views for p in v.payloads.values())
-    models = [fed._client_model(c) for c in fed.clients]
+    models = [fed.algorithm.client_model(c) for c in fed.clients]
     m = fed.local_mask
     for model in models:  # every client holds exactly the global body
         np.testing.assert_array_equal(model[~m], fed.global_params[~m])
@@ -223,7 +223,7 @@ def test_embedding_is_fed_to_the_network_and_stays_local():
     assert all(np.any(e != 0) for e in embeddings) and not np.array_equal(*embeddings)
     m = fed.local_mask
     for c in fed.clients:
-        np.testing.assert_array_equal(fed._client_model(c)[~m], fed.global_params[~m])
+        np.testing.assert_array_equal(fed.algorithm.client_model(c)[~m], fed.global_params[~m])
     # the embedding changes what the shared network computes
     obs = torch.zeros(1, 4)
     with torch.no_grad():
@@ -277,7 +277,7 @@ def test_groups_bin_a_physics_parameter_or_follow_an_explicit_list():
 def test_group_models_only_move_with_their_members():
     fed = make_federation(cfg("federation.n_clients=3", "personalization.method=group",
                               "personalization.groups=[0,2,0]", "federation.rounds=1"))
-    assert isinstance(fed, ClusteredFederation) and fed.k == 3
+    assert isinstance(fed.algorithm, Clustered) and fed.k == 3
     assert fed.protocol.dim == 3 * (fed.model_dim + 1)
     before = [fed.cluster_model(j).copy() for j in range(3)]
     views: list[ServerView] = []
@@ -291,7 +291,7 @@ def test_group_models_only_move_with_their_members():
     assert [r["cluster"] for r in record.clients] == [0, 2, 0]
 
 
-def _balancer(fed: ClusteredFederation, sign: float) -> np.ndarray:
+def _balancer(fed: Federation, sign: float) -> np.ndarray:
     """A hand-made actor: push the cart towards where the pole falls (sign=+1) or the opposite way (-1)."""
     agent = fed.clients[0].agent
     with torch.no_grad():
@@ -304,11 +304,11 @@ def _balancer(fed: ClusteredFederation, sign: float) -> np.ndarray:
     return agent.get_flat()
 
 
-def ifca_fed(*extra: str) -> ClusteredFederation:
+def ifca_fed(*extra: str) -> Federation:
     """Two CartPole clients; client 1's motor is wired backwards (negative force), the extreme of heterogeneity."""
     fed = make_federation(cfg("env.heterogeneity=0.0", "personalization.method=ifca",
                               "personalization.selection_episodes=1", "federation.rounds=1", *extra))
-    assert isinstance(fed, ClusteredFederation)
+    assert isinstance(fed.algorithm, Clustered)
     fed.clients[1].eval_env = EnvSpec("CartPole-v1", {"force_mag": -10.0}).make()
     return fed
 
@@ -351,7 +351,7 @@ def test_ifca_under_ckks_hides_the_choice_and_still_updates_each_cluster():
 # --- Ditto and local-only ---------------------------------------------------------------------
 def test_ditto_personal_models_stay_local_and_differ_from_the_global_model():
     fed = make_federation(cfg("personalization.method=ditto", "personalization.ditto_steps=64"))
-    assert isinstance(fed, DittoFederation)
+    assert isinstance(fed.algorithm, Ditto)
     assert fed.protocol.dim == fed.global_params.shape[0]  # only the global model's delta travels
     records = run(fed)
     for c in fed.clients:
@@ -373,7 +373,7 @@ def test_ditto_lambda_controls_how_far_personal_models_drift():
 
 def test_local_only_clients_send_nothing_and_train_their_own_models():
     fed = make_federation(cfg("personalization.method=local"))
-    assert isinstance(fed, LocalOnlyFederation)
+    assert isinstance(fed.algorithm, LocalOnly)
     init = fed.global_params.copy()
     records = run(fed)
     assert all(r.summary["bytes_up"] == 0 for r in records)

@@ -155,7 +155,7 @@ def test_relation_accepts_local_dp_and_refuses_robust_rules_and_server_optimizer
 def test_tiny_relation_run_keeps_one_model_per_client_and_resumes() -> None:
     torch.set_num_threads(1)
     full, part = make_federation(cfg()), make_federation(cfg())
-    assert isinstance(full, RelationFederation)
+    assert isinstance(full.algorithm, RelationFederation)
     records = [full.run_round() for _ in range(2)]
     assert not np.allclose(full.models[0], full.models[1])  # personalized: clients hold different models
     for row in records[-1].clients:

@@ -9,10 +9,11 @@ import torch
 from securefrl.config import load_config
 from securefrl.errors import ConfigError
 from securefrl.federation import Federation, make_federation
+from securefrl.seeding import derive_seed, eval_seed
 
 ray = pytest.importorskip("ray")
 
-from securefrl.ray_backend import RayFederation, train_client  # noqa: E402  (needs ray importable)
+from securefrl.ray_backend import RayExecutor, agent_payload, task_payload, train_client  # noqa: E402  (needs ray)
 
 TINY = ["federation.n_clients=3", "federation.rounds=2", "federation.local_steps=64", "federation.eval_episodes=1",
         "federation.client_fraction=0.6", "env.heterogeneity=1.0", "agent.params={n_envs: 2, n_steps: 16}"]
@@ -38,7 +39,7 @@ def test_ray_backend_gives_the_same_metrics_as_local(local_ray):
     # Arrange
     local = Federation(load_config(overrides=TINY))
     remote = make_federation(load_config(overrides=[*TINY, "federation.backend=ray"]))
-    assert isinstance(remote, RayFederation) and not remote.started_ray  # joined the fixture's instance
+    assert isinstance(remote.executor, RayExecutor) and not remote.started_ray  # joined the fixture's instance
     for _ in range(2):
         # Act
         a, b = local.run_round(), remote.run_round()
@@ -55,7 +56,9 @@ def test_task_payloads_are_bytes_and_primitives():
     client = fed.clients[0]
     buf = io.BytesIO()
     torch.save(client.agent.state_dict(), buf)
-    args = (fed.config.to_dict(), client.env_spec.to_dict(), 0, 0, fed.global_params.astype("<f4").tobytes(),
+    (task,) = fed.algorithm.train_tasks(client, 0)
+    args = (agent_payload(fed.config), client.env_spec.to_dict(),
+            task_payload(task, derive_seed(fed.config.seed, "agent", 0), eval_seed(fed.config.seed, "local", 0, 0)),
             buf.getvalue())
     # Act: run the task body in this process (what a Ray worker runs), and the local update.
     out = train_client(*args)
@@ -73,3 +76,24 @@ def test_ray_backend_refuses_vectorized():
     with pytest.raises(ConfigError) as err:
         load_config(overrides=["federation.simulation=vectorized", "federation.backend=ray"])
     assert err.value.field == "federation.backend"
+
+
+@pytest.mark.parametrize("method", ["ditto", "fedrep"])
+def test_personalization_on_ray_gives_the_same_metrics_as_local(local_ray, method):
+    # Arrange: Ditto (a second agent per client, proximal term) and FedRep (frozen phases) as Ray tasks.
+    over = [*TINY, f"personalization.method={method}"]
+    local = Federation(load_config(overrides=over))
+    remote = Federation(load_config(overrides=[*over, "federation.backend=ray"]))
+    for _ in range(2):
+        # Act
+        a, b = local.run_round(), remote.run_round()
+        # Assert: bit for bit, personal returns included.
+        assert a.clients == b.clients and _without_times(a.summary) == _without_times(b.summary)
+    assert np.array_equal(local.global_params, remote.global_params)
+    assert all("return_personal" in r for r in b.clients)
+
+
+def test_federation_close_shuts_down_only_a_ray_it_started(local_ray):
+    fed = Federation(load_config(overrides=[*TINY, "federation.backend=ray"]))
+    fed.close()  # joined the fixture's instance: stays up
+    assert local_ray.is_initialized() and not fed.started_ray

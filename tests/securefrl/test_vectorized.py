@@ -19,7 +19,7 @@ from securefrl.envs import draw_client_envs
 from securefrl.errors import ConfigError
 from securefrl.experiment import run_experiment
 from securefrl.federation import Federation, make_federation
-from securefrl.vectorized import CartPoleBatch, PPOPopulation, VectorizedFederation, physics_of
+from securefrl.vectorized import CartPoleBatch, PPOPopulation, VectorizedExecutor, physics_of
 
 PARAM_ATOL = 1e-5
 TINY_PPO = "agent.params={n_envs: 2, n_steps: 24, n_epochs: 2, n_minibatches: 3}"
@@ -110,7 +110,7 @@ def test_vectorized_federation_matches_loop(protocol):
     loop = Federation(load_config(overrides=[*TINY_FED, f"protocol.name={protocol}"]))
     vec = make_federation(load_config(overrides=[*TINY_FED, f"protocol.name={protocol}",
                                                  "federation.simulation=vectorized"]))
-    assert isinstance(vec, VectorizedFederation)
+    assert isinstance(vec.executor, VectorizedExecutor)
     for _ in range(2):
         # Act
         a, b = loop.run_round(), vec.run_round()

@@ -1,0 +1,202 @@
+"""The vectorized executor: a round's clients trained and evaluated as one batched computation.
+
+:class:`VectorizedExecutor` runs the train tasks of every sampled client at once in a
+:class:`~securefrl.vectorized.ppo.PPOPopulation` and their evaluations in batched
+:class:`~securefrl.vectorized.cartpole.CartPoleBatch` es; everything else (sampling, pipeline, protocols,
+DP, robust rules, update attacks, metrics, checkpoints) is the ordinary round of
+:class:`securefrl.federation.Federation`, for any client algorithm whose tasks are plain training. Each
+client's agent is a :class:`ClientSlot`, a real :class:`~securefrl.agents.base.Agent` whose tensors are
+client ``c``'s rows of the population, so everything the round does with ``client.agent`` still holds.
+
+Supported: CartPole (family or ``CartPole-v1``) + PPO, any protocol; attacks that only craft updates.
+Anything else is refused by :mod:`securefrl.compat` (declared in :data:`securefrl.axes.EXECUTORS`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from securefrl.agents import make_agent
+from securefrl.agents.base import Agent
+from securefrl.envs import EnvSpec
+from securefrl.errors import ConfigError
+from securefrl.seeding import derive_seed, eval_seed
+from securefrl.tasks import EvalTask, TrainResult, TrainTask
+from securefrl.vectorized.cartpole import physics_of
+from securefrl.vectorized.ppo import PPOPopulation, batched_mlp
+
+if TYPE_CHECKING:
+    from securefrl.federation import Federation
+
+
+class ClientSlot(Agent):
+    """Client ``cid``'s PPO agent as a view of row ``cid`` of a :class:`PPOPopulation`.
+
+    ``set_flat``/``get_flat`` read and write that row; ``learn`` trains this client alone through
+    the batched code (C = 1), continuing the episodes of the client's environment copies, as
+    ``PPOAgent`` does. Its action and minibatch streams come from the last :meth:`reseed` (the
+    federation reseeds before every round); a second ``learn`` without ``reseed`` draws them from a
+    seed derived from that one.
+    """
+
+    name = "ppo"
+
+    def __init__(self, population: PPOPopulation, cid: int) -> None:
+        self.population, self.cid = population, int(cid)
+        self._seed: int | None = None
+        self._calls = 0
+        self._rng = np.random.default_rng(derive_seed(cid, "slot-act"))
+
+    def federated_parameters(self) -> list[tuple[str, torch.nn.Parameter]]:
+        pairs = zip(self.population.spec.names, self.population.params, strict=True)
+        return [(name, p[self.cid]) for name, p in pairs]  # type: ignore[misc]  # row views of the stacked tensors
+
+    def reseed(self, seed: int) -> None:
+        self._seed, self._calls = int(seed), 0
+        self._rng = np.random.default_rng(self._seed)
+
+    def learn(self, env_steps: int) -> dict[str, float]:
+        if self._seed is None:
+            raise RuntimeError("reseed the slot before learn: its action and minibatch streams come from that seed")
+        seed = self._seed if self._calls == 0 else derive_seed(self._seed, "learn", self._calls) % (2**31)
+        self._calls += 1
+        return self.population.learn([self.cid], env_steps, [seed])[0]
+
+    @torch.no_grad()
+    def act(self, obs: np.ndarray, deterministic: bool = True) -> int:
+        actor = [p[self.cid: self.cid + 1] for p in self.population.params[: self.population.n_actor]]
+        logits = batched_mlp(actor, torch.as_tensor(np.asarray(obs, dtype=np.float32).reshape(1, 1, -1)))[0, 0]
+        if deterministic:
+            return int(logits.argmax())
+        probs = torch.softmax(logits.double(), dim=0).numpy()
+        return int(self._rng.choice(len(probs), p=probs / probs.sum()))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"algo": "ppo-vectorized", **self.population.client_state(self.cid)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("algo") != "ppo-vectorized":
+            raise ValueError(f"checkpoint is for agent {state.get('algo')!r}, this is a vectorized ppo slot")
+        self.population.load_client_state(self.cid, state)
+
+
+class VectorizedExecutor:
+    """Runs a round's train tasks as one :class:`PPOPopulation` call and evaluation tasks as batched CartPoles.
+
+    Train tasks must be plain (no proximal term, frozen phases or second agent: the executor declares no
+    task features) and carry a seed. Evaluation tasks sharing one parameter vector run as one batch of
+    ``clients x episodes`` CartPoles; tasks with per-client parameters load them into the clients' rows first
+    (as ``set_flat`` would) and run as one batch of per-client networks.
+    """
+
+    def __init__(self, federation: Federation) -> None:
+        self.fed = federation
+        agent_cfg = federation.config.agent_config()
+        template = make_agent("ppo", EnvSpec("CartPole-v1").make, agent_cfg, seed=0)  # names and shapes only
+        self.population = PPOPopulation(agent_cfg, template.parameter_spec(), federation.config.federation.n_clients)
+
+    def make_agent(self, cid: int, spec: EnvSpec, env_fn: Callable[[], Any], agent_cfg: Any, seed: int,
+                   slot: str = "main") -> Agent:
+        if slot != "main":
+            raise ConfigError("federation.simulation", f"the vectorized population holds one agent per client, not a "
+                              f"{slot!r} one; use federation.simulation=loop")
+        # The per-client agent would be built with this seed and reset its environments from it once.
+        self.population.env_seeds[cid] = seed
+        return ClientSlot(self.population, cid)
+
+    def start(self) -> None:
+        self.population.physics = physics_of([c.env_spec for c in self.fed.clients])
+
+    def close(self) -> None:
+        return None
+
+    # --- training: the round's sampled clients in one batch ---------------------------------------
+    def train(self, tasks: list[TrainTask]) -> list[TrainResult]:
+        pop = self.population
+        out: dict[int, TrainResult] = {}
+        by_steps: dict[int, list[TrainTask]] = {}
+        for task in tasks:
+            if task.features or task.seed is None:
+                raise ConfigError("federation.simulation", f"the vectorized simulation runs plain seeded training "
+                                  f"only, not {sorted(task.features) or 'unseeded'} tasks; use simulation=loop")
+            by_steps.setdefault(task.steps, []).append(task)
+        for steps, group in by_steps.items():
+            ids = [t.client_id for t in group]
+            if len(set(ids)) != len(ids):
+                raise ValueError("one batched train call trains each client at most once")
+            for t in group:
+                if t.params is not None:
+                    pop.set_rows([t.client_id], t.params)
+            stats = pop.learn(ids, steps, [int(t.seed) for t in group])  # type: ignore[arg-type]
+            rows = pop.get_rows(ids)
+            for k, t in enumerate(group):
+                out[id(t)] = TrainResult(t.client_id, t.slot, rows[k], stats[k])
+        return [out[id(t)] for t in tasks]
+
+    # --- evaluation: every task's episodes in few batches -----------------------------------------
+    def evaluate(self, tasks: list[EvalTask]) -> list[float]:
+        pop, fed = self.population, self.fed
+        episodes_default = fed.config.federation.eval_episodes
+        results: dict[int, float] = {}
+        groups: dict[tuple[int, int], list[EvalTask]] = {}  # (episodes, shared params object or 0) -> tasks
+        for t in tasks:
+            groups.setdefault((t.episodes or episodes_default, id(t.params) if t.params is not None else 0),
+                              []).append(t)
+        rows_path: dict[int, list[EvalTask]] = {}
+        last: dict[int, np.ndarray] = {}
+        for (episodes, key), group in groups.items():
+            unique = len({t.client_id for t in group}) == len(group)
+            shared = key != 0 and unique and (len(group) > 1 or len(groups) == 1)
+            if not shared:
+                rows_path.setdefault(episodes, []).extend(group)
+                continue
+            params = [p.unsqueeze(0) for p in pop.spec.unflatten(np.asarray(group[0].params, dtype=np.float32))]
+            pop.set_rows([t.client_id for t in group], group[0].params)  # type: ignore[arg-type]  # the agents hold what they were evaluated with
+            for t in group:
+                last[t.client_id] = group[0].params  # type: ignore[assignment]
+            results.update(zip(map(id, group), self._batched(group, params, episodes, per_client=False), strict=True))
+        for episodes, group in rows_path.items():
+            for batch in _unique_runs(group):  # split where a client repeats: its row holds one model at a time
+                for t in batch:
+                    if t.params is not None:
+                        pop.set_rows([t.client_id], t.params)
+                        last[t.client_id] = t.params
+                ids = torch.as_tensor([t.client_id for t in batch])
+                params = [p[ids] for p in pop.params]
+                results.update(zip(map(id, batch), self._batched(batch, params, episodes, per_client=True),
+                                   strict=True))
+        for t in tasks:  # each client's row ends as its last task left it (what a sequential set_flat leaves)
+            if t.params is not None:
+                last[t.client_id] = t.params
+        for cid, flat in last.items():
+            pop.set_rows([cid], flat)
+        return [results[id(t)] for t in tasks]
+
+    def _batched(self, tasks: list[EvalTask], params: list[torch.Tensor], episodes: int,
+                 per_client: bool) -> list[float]:
+        cfg = self.fed.config
+        phys, limit = self.population.physics  # type: ignore[misc]
+        ids = [t.client_id for t in tasks]
+        seeds = [(t.seed if t.seed is not None else eval_seed(cfg.seed, t.tag, t.round_id, t.client_id)) + ep
+                 for t in tasks for ep in range(episodes)]
+        physics = {k: np.repeat(v[ids], episodes) for k, v in phys.items()}
+        copies = episodes if per_client else episodes * len(ids)
+        returns = self.population.greedy_returns(params, copies, physics, limit, seeds).reshape(len(ids), episodes)
+        return [float(np.mean(returns[k])) for k in range(len(ids))]
+
+
+def _unique_runs(tasks: list[EvalTask]) -> list[list[EvalTask]]:
+    """Consecutive runs of ``tasks`` in which no client repeats."""
+    runs: list[list[EvalTask]] = [[]]
+    seen: set[int] = set()
+    for t in tasks:
+        if t.client_id in seen:
+            runs.append([])
+            seen = set()
+        runs[-1].append(t)
+        seen.add(t.client_id)
+    return [r for r in runs if r]
