@@ -50,9 +50,9 @@ def run(args: argparse.Namespace) -> int:
     if args.describe:
         from securefrl.configtools import describe
 
-        rows = describe(MatrixConfig)
-        width = max(len(n) for n, _, _ in rows)
-        for name, default, doc in rows:
+        fields = describe(MatrixConfig)
+        width = max(len(n) for n, _, _ in fields)
+        for name, default, doc in fields:
             print(f"{name:<{width}}  = {default!r}\n{'':<{width}}    # {doc}")
         return 0
     m = load_matrix_config(args.config, args.set)

@@ -708,7 +708,8 @@ def markdown(agg: dict[str, Any], m: MatrixConfig) -> str:
                                                                         "weakened")):
             a, t = key.split("|")
             runs = f"{e['succeeded']}/{e['runs']}" + (f" ({e['errors']} errors)" if e["errors"] else "")
-            lines.append(f"| {a} | {t}: {e['target']} | {runs} | {e['metric']} | {_fmt(*e['value'], digits=3)} | "
+            mean, std = e["value"]
+            lines.append(f"| {a} | {t}: {e['target']} | {runs} | {e['metric']} | {_fmt(mean, std, digits=3)} | "
                          f"{_short(str(e['reason']), 110)} |")
         lines.append("")
     return "\n".join(lines)

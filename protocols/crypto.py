@@ -166,7 +166,7 @@ class MaskExpander:
     dominant client cost (one self mask plus one per neighbour).
     """
 
-    def __init__(self, length: int, dtype: np.dtype) -> None:
+    def __init__(self, length: int, dtype: np.typing.DTypeLike) -> None:
         self.length = length
         self.dtype = np.dtype(dtype).newbyteorder("<")
         nbytes = length * self.dtype.itemsize

@@ -131,7 +131,7 @@ def derive_local_steps(config: ExperimentConfig) -> None:
     from securefrl.seeding import sample_size
 
     AGENTS.check(config.agent.name)
-    agent_cfg = from_dict(agent_config_class(config.agent.name), config.agent.params, "agent.params")
+    agent_cfg: Any = from_dict(agent_config_class(config.agent.name), config.agent.params, "agent.params")
     n_envs = int(getattr(agent_cfg, "n_envs", 1))
     fed.local_steps = n_envs * -(-fed.round_batch // (sample_size(fed.n_clients, fed.client_fraction) * n_envs))
 

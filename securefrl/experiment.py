@@ -182,7 +182,7 @@ def run_experiment(config: ExperimentConfig, resume: bool | str | Path = False, 
         verb = f"resuming at round {fed.round}" if resuming else "results"
         print(f"securefrl: {len(fed.clients)} {config.env.name} clients (heterogeneity {config.env.heterogeneity}),"
               f" agent {config.agent.name}, protocol {config.protocol.name}, {fed.dim} parameters; {verb} -> {path}"
-              + (f"\n  {fed.protocol.label}" if getattr(fed.protocol, "label", None) else ""),
+              + (f"\n  {label}" if (label := getattr(fed.protocol, "label", None)) else ""),
               flush=True)
     bar = _Progress(progress, total, fed.round, fed.dp is not None)
     t_start = time.perf_counter()

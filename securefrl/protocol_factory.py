@@ -38,8 +38,8 @@ def make_protocol(name: str, dim: int, n_clients: int, params: dict[str, Any] | 
     try:
         kwargs = plugin_kwargs(cls, dict(params or {}), "protocol.params", provided)
         if "n_clients" in inspect.signature(cls.__init__).parameters:
-            return cls(dim, n_clients=n_clients, **kwargs)  # type: ignore[no-any-return]
-        return cls(dim, **kwargs)  # type: ignore[no-any-return]
+            return cls(dim, n_clients=n_clients, **kwargs)
+        return cls(dim, **kwargs)
     except ProtocolConfigError as err:
         raise ConfigError("protocol.params", str(err)) from None
 

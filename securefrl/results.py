@@ -197,7 +197,7 @@ class _CsvLog:
 
 def tensorboard_available() -> bool:
     try:
-        import tensorboard  # type: ignore[import-not-found]  # noqa: F401
+        import tensorboard  # noqa: F401
     except ImportError:
         return False
     return True

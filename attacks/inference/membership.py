@@ -99,7 +99,7 @@ class WindowScorer:
                     gae = delta + cfg.gamma * cfg.gae_lambda * (1 - done[t]) * gae
                     adv[t] = gae
                 return {"obs": obs, "returns": adv + v, "adv": adv / (adv.std() + 1e-8) if len(adv) > 1 else adv}
-            y = rew + a.config.gamma * (1 - term) * a.q_net(nxt).max(dim=1).values
+            y = rew + a.config.gamma * (1 - term) * a.q_net(nxt).max(dim=1).values  # type: ignore[attr-defined]
             return {"obs": obs, "y": y}
 
     def _loss(self, w: Transitions, tg: dict[str, torch.Tensor]) -> float:
@@ -112,7 +112,7 @@ class WindowScorer:
                 v = a.critic(tg["obs"]).squeeze(1)
                 loss = 0.5 * (v - tg["returns"]) ** 2 - self.policy_weight * tg["adv"] * logp
             else:
-                q = a.q_net(tg["obs"]).gather(1, act).squeeze(1)
+                q = a.q_net(tg["obs"]).gather(1, act).squeeze(1)  # type: ignore[attr-defined]  # DQN
                 loss = torch.nn.functional.smooth_l1_loss(q, tg["y"], reduction="none")
         return float(loss.mean())
 

@@ -222,8 +222,8 @@ class PropertyInference:
                 mode = "individual"
                 reg = RidgeRegressor(self.alpha).fit(self.shadow_updates(obs.server_model_before, obs.round),
                                                      self.labels)
-                preds = {c: float(reg.predict(obs.individual_update(c))[0]) for c in included
-                         if obs.individual_update(c) is not None}
+                updates = {c: obs.individual_update(c) for c in included}
+                preds = {c: float(reg.predict(u)[0]) for c, u in updates.items() if u is not None}
             elif obs.view.revealed_mean is not None and obs.server_model_before is not None:
                 mode = "aggregate"
                 reg = RidgeRegressor(self.alpha).fit(self.shadow_updates(obs.server_model_before, obs.round),

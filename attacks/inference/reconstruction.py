@@ -117,9 +117,10 @@ def collect_batch(agent: Any, env: Any, batch_size: int, rng: np.random.Generato
             obs, _ = env.reset(seed=int(rng.integers(2**31)))
     rows = []
     for _ in range(batch_size):
-        a = _policy_action(agent, obs, rng)
-        nxt, r, term, trunc, _ = env.step(a)
-        rows.append((np.asarray(obs, dtype=np.float32), a, float(r), np.asarray(nxt, dtype=np.float32), bool(term)))
+        action = _policy_action(agent, obs, rng)
+        nxt, r, term, trunc, _ = env.step(action)
+        rows.append((np.asarray(obs, dtype=np.float32), action, float(r), np.asarray(nxt, dtype=np.float32),
+                     bool(term)))
         obs = nxt
         if term or trunc:
             obs, _ = env.reset(seed=int(rng.integers(2**31)))
@@ -402,7 +403,7 @@ def reconstruction_study(config: ExperimentConfig, batch_size: int = 1, rounds: 
     for _ in range(rounds):
         fed.run_round()
     spec = fed.clients[0].agent.parameter_spec()
-    obs_dim = int(fed.clients[0].agent.obs_dim)
+    obs_dim = int(fed.clients[0].agent.obs_dim)  # type: ignore[attr-defined]  # every agent with a flat obs
     template = make_agent(config.agent.name, fed.clients[0].env_spec.make, config.agent_config(),
                           seed=derive_seed(seed, "attacker-template") % (2**31))
     own_model = template.get_flat()

@@ -64,6 +64,7 @@ def recover_updates(server: CKKSServer, round_id: int, opened: OpenedAggregate) 
     c0_sum = None
     for c0, _ in parsed.values():
         c0_sum = c0 if c0_sum is None else ring.add(c0_sum, c0)
+    assert c0_sum is not None, "at least one payload was parsed"
     values = np.zeros(su.n_coeffs)
     values[: su.dim] = np.asarray(opened.mean, dtype=np.float64) * opened.total_weight
     plain = su.encoder.encode(ring, values.reshape(su.n_cts, su.n))

@@ -105,11 +105,17 @@ class CKKSParams:
         """The CKKS scale Delta = 2^scale_bits."""
         return float(2**self.scale_bits)
 
+    @property
+    def bit_sizes(self) -> tuple[int, ...]:
+        """``prime_bits`` as the tuple ``__post_init__`` normalised it to."""
+        assert isinstance(self.prime_bits, tuple)
+        return self.prime_bits
+
     @cached_property
     def primes(self) -> tuple[int, ...]:
         """The RNS primes (deterministic: SEAL picks the largest primes of those sizes with q = 1 mod 2N)."""
         try:
-            mods = seal.CoeffModulus.Create(self.poly_modulus_degree, list(self.prime_bits))
+            mods = seal.CoeffModulus.Create(self.poly_modulus_degree, list(self.bit_sizes))
         except (ValueError, RuntimeError) as err:
             raise ProtocolConfigError(f"SEAL cannot create primes {self.prime_bits} for N: {err}") from err
         return tuple(int(m.value()) for m in mods)
@@ -122,7 +128,7 @@ class CKKSParams:
     @property
     def prime_bytes(self) -> tuple[int, ...]:
         """Wire bytes per residue, per prime: only as many as each prime needs."""
-        return tuple((b + 7) // 8 for b in self.prime_bits)
+        return tuple((b + 7) // 8 for b in self.bit_sizes)
 
     @property
     def coeff_bytes(self) -> int:
@@ -188,7 +194,7 @@ class CKKSParams:
         if bound >= MAX_FLOOD_BOUND or self.max_noise >= self.modulus / 4:
             raise ProtocolConfigError(
                 f"{self.flood_bits}-bit flooding for max_clients={self.max_clients} needs noise of width "
-                f"2^{math.log2(bound):.1f}, too large for a {sum(self.prime_bits)}-bit modulus; lower "
+                f"2^{math.log2(bound):.1f}, too large for a {sum(self.bit_sizes)}-bit modulus; lower "
                 "max_clients or use a larger ring"
             )
 
@@ -196,7 +202,7 @@ class CKKSParams:
         """Build SEAL's context for these parameters: SEAL re-checks the 128-bit table itself."""
         parms = seal.EncryptionParameters(seal.SCHEME_TYPE.CKKS)
         parms.set_poly_modulus_degree(self.poly_modulus_degree)
-        parms.set_coeff_modulus(seal.CoeffModulus.Create(self.poly_modulus_degree, list(self.prime_bits)))
+        parms.set_coeff_modulus(seal.CoeffModulus.Create(self.poly_modulus_degree, list(self.bit_sizes)))
         ctx = seal.SEALContext(parms, True, seal.SEC_LEVEL_TYPE.TC128)
         if not ctx.parameters_set():
             raise ProtocolConfigError(f"SEAL refused the parameters: {ctx.parameters_error_message()}")

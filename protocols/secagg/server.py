@@ -116,13 +116,14 @@ class SecAggServer:
         expected = self.roster if self.stage == Stage.ADVERTISE_KEYS else self.alive[self._previous(self.stage)]
         if cid not in expected:
             raise PayloadError(f"client {cid} is not expected in stage {self.stage.name}")
-        seen: Collection[int] = {
+        by_stage: dict[Stage, Collection[int]] = {
             Stage.ADVERTISE_KEYS: self._keys,
             Stage.SHARE_KEYS: self._shares,
             Stage.MASKED_INPUT: self._masked,
             Stage.CONSISTENCY: self._signatures,
             Stage.UNMASK: self._revealed,
-        }[self.stage]
+        }
+        seen = by_stage[self.stage]
         if cid in seen:
             raise PayloadError(f"client {cid} already sent its {self.stage.name} message")
         if self.stage == Stage.ADVERTISE_KEYS:

@@ -162,7 +162,7 @@ def poisson_step(agent: Agent, loss_fn: Callable[[], torch.Tensor], batch_len: i
     (per-sample clipped, noised); without, the plain gradient of the same estimate, so DP-SGD with zero noise
     and infinite clipping reproduces this step exactly. The proximal term and the global norm clip follow.
     """
-    agent.optimizer.zero_grad(set_to_none=True)  # type: ignore[attr-defined]
+    agent.optimizer.zero_grad(set_to_none=True)
     dp: RecordDPSGD | None = agent.dpsgd
     if dp is not None:
         loss = dp.backward(loss_fn, batch_len, expected_batch_size, sample_rate)
@@ -176,7 +176,7 @@ def poisson_step(agent: Agent, loss_fn: Callable[[], torch.Tensor], batch_len: i
         prox.backward()
     if max_grad_norm > 0:
         torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
-    agent.optimizer.step()  # type: ignore[attr-defined]
+    agent.optimizer.step()
     return float(loss.detach()) if loss is not None else 0.0
 
 
@@ -202,7 +202,7 @@ class RecordDPSGD:
         self.agent = agent
         self.networks: dict[str, torch.nn.Module] = dict(agent.dp_networks())
         self.z, self.clip = check_noise_and_clip(settings.noise_multiplier, settings.max_grad_norm)
-        optimizer: torch.optim.Optimizer = agent.optimizer  # type: ignore[attr-defined]
+        optimizer: torch.optim.Optimizer = agent.optimizer
         trained = {id(p) for g in optimizer.param_groups for p in g["params"] if p.requires_grad}
         private = {id(p) for m in self.networks.values() for p in m.parameters() if p.requires_grad}
         if trained != private:
@@ -248,7 +248,7 @@ class RecordDPSGD:
 
         opt = self.optimizer
         opt.zero_grad(set_to_none=True)
-        opt.expected_batch_size = expected_batch_size  # type: ignore[assignment]
+        opt.expected_batch_size = expected_batch_size
         loss: torch.Tensor | None = None
         if self.mode == "mlp":
             if batch_len > 0:

@@ -141,7 +141,7 @@ class EnvPool:
         self.observation_space = self.envs[0].observation_space
         self.action_space = self.envs[0].action_space
         self._discrete = isinstance(self.action_space, gym.spaces.Discrete)
-        self.obs = np.zeros((n, *self.observation_space.shape), dtype=np.float32)
+        self.obs = np.zeros((n, *(self.observation_space.shape or ())), dtype=np.float32)
         self.ep_returns = np.zeros(n, dtype=np.float64)
         self.ep_lengths = np.zeros(n, dtype=np.int64)
         self.finished: list[tuple[float, int]] = []

@@ -20,7 +20,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-import mujoco  # type: ignore[import-untyped]
+import mujoco
 import numpy as np
 from gymnasium.envs.mujoco.hopper_v5 import HopperEnv
 

@@ -172,7 +172,7 @@ class PrivacyAccountant:
         """Rebuild an accountant from :meth:`state_dict`; malformed data raises :class:`ConfigError`."""
         if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
             raise ConfigError("accountant_state", f"expected a dict with version {STATE_VERSION}")
-        accountant = cls(state.get("mechanism", "?"))  # type: ignore[arg-type]
+        accountant = cls(state.get("mechanism", "?"))
         history = state.get("history")
         if not isinstance(history, list):
             raise ConfigError("accountant_state.history", "must be a list of [noise_multiplier, sample_rate, steps]")

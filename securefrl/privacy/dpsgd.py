@@ -55,7 +55,7 @@ CLIP_EPS = 1e-6
 
 def _secure_torch_generator() -> torch.Generator:
     try:
-        import torchcsprng  # type: ignore[import-not-found]
+        import torchcsprng
     except ImportError as err:
         raise ConfigError(
             "secure",
@@ -128,7 +128,7 @@ class LinearCapture:
         self.records: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
 
-    def _hook(self, index: int):  # type: ignore[no-untyped-def]
+    def _hook(self, index: int):
         def hook(module: torch.nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
             if not torch.is_grad_enabled() or not output.requires_grad:
                 return
@@ -170,13 +170,13 @@ def _output_grads(capture: LinearCapture, loss: torch.Tensor, batch_size: int
 
 
 def mlp_per_sample_gradients(capture: LinearCapture, loss: torch.Tensor, batch_size: int
-                             ) -> dict[torch.nn.Parameter, torch.Tensor]:
+                             ) -> dict[torch.Tensor, torch.Tensor]:
     """Per-sample gradients ``(batch, *param.shape)`` of a mean loss, materialised (for tests and audits).
 
     Same outer-product identity as :func:`mlp_clip_and_sum`, spelled out, so it can be checked against
     Opacus's ``grad_sample`` for the same network and loss.
     """
-    out: dict[torch.nn.Parameter, torch.Tensor] = {}
+    out: dict[torch.Tensor, torch.Tensor] = {}
     for layer, a, g in _output_grads(capture, loss, batch_size):
         if layer.weight.requires_grad:
             out[layer.weight] = torch.einsum("bo,bi->boi", g, a)

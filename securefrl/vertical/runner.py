@@ -197,7 +197,8 @@ class VFRLSystem:
 
     def parameters(self) -> list[torch.Tensor]:
         """Every trainable tensor: each party's encoder, then the Q head."""
-        return [t for p in self.parties for t in p.encoder.parameters()] + list(self.q_agent.head.parameters())
+        params: list[torch.Tensor] = [t for p in self.parties for t in p.encoder.parameters()]
+        return params + list(self.q_agent.head.parameters())
 
     def privacy_report(self) -> dict[str, Any]:
         """What protected the embeddings, and how often observations were released (no epsilon is claimed)."""
@@ -211,7 +212,8 @@ class VFRLSystem:
             "per_release_noise_multiplier_replace_one": cfg.noise_multiplier / 2.0,
             "total_releases": sum(p.total_releases for p in self.parties),
             "max_releases_per_transition": int(max((int(c.max()) for c in counts if c.size), default=0)),
-            "mean_releases_per_transition": _mean(np.concatenate(counts)) if any(c.size for c in counts) else 0.0,
+            "mean_releases_per_transition": (_mean(np.concatenate(counts).tolist())
+                                             if any(c.size for c in counts) else 0.0),
             "epsilon": None,
         }
 
