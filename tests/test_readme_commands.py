@@ -19,6 +19,7 @@ SKIPPED = {
     "make": "builds the virtualenv; the test runs inside it",
     "pip": "installs packages",
     "ray": "starts Ray cluster nodes",
+    ".venv/bin/python": "runs a benchmark script: long learning runs, measured by benchmarks/, not tested here",
     "RAY_ADDRESS=HEAD_IP:6379": "needs a Ray cluster at HEAD_IP",
 }
 TINY_SWEEP = ["--seeds", "0"]

@@ -226,9 +226,11 @@ def test_sparse_graph_round_is_exact_and_each_client_masks_only_with_its_neighbo
     assert params.plan(4, range(n)).neighbours != plan.neighbours  # fresh graph per round
 
     updates, weights = _inputs(n, DIM, seed=4)
-    drops = {MASK: {0, 17}, UNMASK: {25}}
+    # The graph comes from the digest of the signed key book (fresh keys each run), so which clients are
+    # neighbours is random: with k=8 and t=7 every neighbourhood tolerates exactly one loss, whatever the graph.
+    drops = {MASK: {17}}
     result, _, clients = _run(params, range(n), updates, weights, drops, round_id=3)
-    survivors = [c for c in range(n) if c not in {0, 17}]
+    survivors = [c for c in range(n) if c != 17]
     np.testing.assert_array_equal(result.total, _expected_total(params, survivors, updates, weights))
     assert all(len(clients[c]._pairwise) <= k for c in survivors)
 

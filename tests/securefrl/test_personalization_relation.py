@@ -173,7 +173,10 @@ def test_tiny_relation_run_keeps_one_model_per_client_and_resumes() -> None:
     np.testing.assert_array_equal(resumed.similarity, full.similarity)
 
 
-def test_relation_runs_under_local_dp_and_accounts_the_round() -> None:
+def test_relation_runs_under_local_dp_and_accounts_the_round(monkeypatch: pytest.MonkeyPatch) -> None:
+    from securefrl.privacy import noise
+
+    monkeypatch.setattr(noise, "_seeded_warning_issued", False)  # it warns once per process: not yet in this test
     torch.set_num_threads(1)
     fed = make_federation(cfg("privacy.placement=local", "privacy.noise_multiplier=0.5", "federation.rounds=1"))
     with pytest.warns(UserWarning, match="seeded numpy Generator"):  # experiment noise, not deployment noise
