@@ -33,11 +33,26 @@ def _toml_str(value: str) -> str:
 
 
 def write_app(cfg: ExperimentConfig, out: str | Path, results_dir: str | Path | None = None,
-              round_timeout: float = 600.0, connect_timeout: float = 120.0) -> Path:
-    """Write the app directory for ``cfg`` into ``out`` and return it."""
+              round_timeout: float = 600.0, connect_timeout: float = 120.0,
+              enrolment_dir: str | Path | None = None) -> Path:
+    """Write the app directory for ``cfg`` into ``out`` and return it.
+
+    With ``protocol.name = "secagg"`` the clients' identity keys are enrolled out of band into
+    ``enrolment_dir`` (default ``OUT/enrolment``; kept if it already holds a registry): ``client-<i>.key`` goes
+    to client i's machine only (``--node-config "identity-key=..."``), ``registry.json`` to every node and the
+    server. The ``.key`` files are not part of the Flower app bundle (FAB).
+    """
     common.check_supported(cfg)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    enrolment = ""
+    if cfg.protocol.name == "secagg":
+        from securefrl.flower.secagg_state import write_enrolment
+
+        folder = Path(enrolment_dir) if enrolment_dir is not None else out / "enrolment"
+        if not (folder / "registry.json").is_file():
+            write_enrolment(cfg.federation.n_clients, folder)
+        enrolment = f'"{common.ENROLMENT_KEY}" = {_toml_str(str(folder.resolve()))}\n'
     results = Path(results_dir).resolve() if results_dir is not None else Path(cfg.output_dir).resolve()
     name = "securefrl-" + "".join(ch if ch.isalnum() else "-" for ch in cfg.name.lower())
     (out / f"{APP_MODULE}.py").write_text(_MODULE)
@@ -62,6 +77,7 @@ def write_app(cfg: ExperimentConfig, out: str | Path, results_dir: str | Path | 
         f'"{common.RESULTS_KEY}" = {_toml_str(str(results))}\n'
         f'"{common.ROUND_TIMEOUT_KEY}" = {float(round_timeout)}\n'
         f'"{common.CONNECT_TIMEOUT_KEY}" = {float(connect_timeout)}\n'
+        + enrolment
     )
     return out
 

@@ -9,6 +9,7 @@ type- and size-checked here before use (:class:`MalformedReplyError` names what 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -26,23 +27,39 @@ CONNECT_TIMEOUT_KEY = "connect-timeout"
 ROUND_TIMEOUT_KEY = "round-timeout"
 #: Node-config key naming which securefrl client a SuperNode is (Flower's own convention).
 PARTITION_KEY = "partition-id"
+#: SecAgg enrolment: node-config keys of a client's own identity key file and of the registry it trusts, and
+#: the run-config key of the enrolment folder (``client-<i>.key`` + ``registry.json``; simulation, server).
+IDENTITY_KEY = "identity-key"
+REGISTRY_KEY = "registry"
+ENROLMENT_KEY = "enrolment-dir"
 
 #: Message types (Flower ``category.action``); the ClientApp registers one handler per type.
 HELLO = "query.hello"
 TRAIN = "train"
 EVALUATE = "evaluate"
+SECAGG_ADVERTISE = "query.secagg_advertise"
+SECAGG_SHARE = "query.secagg_share"
+SECAGG_CONSISTENCY = "query.secagg_consistency"
+SECAGG_UNMASK = "query.secagg_unmask"
+CKKS_ENROL = "query.ckks_enrol"
+CKKS_SHARES = "query.ckks_shares"
+CKKS_FINISH = "query.ckks_finish"
+CKKS_INCLUDE = "query.ckks_include"
+CKKS_PARTIAL = "query.ckks_partial"
 
 #: Names of the records inside a message's RecordDict.
 GLOBAL = "global"
 META = "meta"
 REPLY = "reply"
 STATE = "securefrl"
+SECAGG_STATE = "securefrl-secagg"
 
 #: Largest reply payload accepted from one client before it is parsed (the protocol checks exactly).
 MAX_PAYLOAD_BYTES = 1 << 28
 
 #: Features of an experiment config the Flower apps run; anything else is refused up front.
-_SUPPORTED = "protocol plaintext, aggregator fedavg or a robust rule, no DP, no attack, no personalization"
+_SUPPORTED = ("protocol plaintext, secagg or threshold ckks, aggregator fedavg or a robust rule, no DP, no attack, "
+              "no personalization")
 
 
 class MalformedReplyError(SecureFRLError, ValueError):
@@ -66,7 +83,7 @@ def config_from_run_config(run_config: dict[str, Any]) -> ExperimentConfig:
 
 def check_supported(cfg: ExperimentConfig) -> None:
     """Refuse configs the Flower apps do not (yet) run, naming the field, instead of silently diverging."""
-    if cfg.protocol.name != "plaintext":
+    if cfg.protocol.name not in ("plaintext", "secagg", "ckks"):
         raise ConfigError("protocol.name", f"the Flower apps run {_SUPPORTED}; protocol {cfg.protocol.name!r} runs "
                           "in-process (securefrl run)")
     if cfg.privacy.placement != "none" or cfg.privacy.dpsgd:
@@ -109,3 +126,21 @@ def global_params_from(content: Any, dim: int | None = None) -> np.ndarray:
     if dim is not None and vec.shape[0] != dim:
         raise MalformedReplyError(f"global model has {vec.shape[0]} values, expected {dim}")
     return vec
+
+
+def registry_path(config: Any) -> str | None:
+    """The identity registry a run or node config names (``registry``, else ``enrolment-dir``/registry.json)."""
+    if config.get(REGISTRY_KEY):
+        return str(config[REGISTRY_KEY])
+    if config.get(ENROLMENT_KEY):
+        return str(Path(str(config[ENROLMENT_KEY])) / "registry.json")
+    return None
+
+
+def identity_path(node_config: Any, run_config: Any, cid: int) -> str | None:
+    """A client's identity key file: its node config's ``identity-key``, else the run's enrolment folder."""
+    if node_config.get(IDENTITY_KEY):
+        return str(node_config[IDENTITY_KEY])
+    if run_config.get(ENROLMENT_KEY):
+        return str(Path(str(run_config[ENROLMENT_KEY])) / f"client-{cid}.key")
+    return None

@@ -37,10 +37,13 @@ def _bin(name: str) -> str:
 class LocalDeployment:
     """Start a SuperLink and ``n_supernodes`` SuperNodes (``partition-id=i``) on localhost; ``run`` an app.
 
-    Use as a context manager. ``kill_supernode(i)`` ends SuperNode ``i`` (a client dropping out).
+    Use as a context manager. ``kill_supernode(i)`` ends SuperNode ``i`` (a client dropping out). With
+    ``simulation=True`` the SuperLink runs Flower's simulation engine instead (``n_supernodes`` virtual
+    clients in Ray actors, ``num_cpus`` of them at a time) and no SuperNode process is started.
     """
 
-    def __init__(self, n_supernodes: int, workdir: str | Path, env: dict[str, str] | None = None) -> None:
+    def __init__(self, n_supernodes: int, workdir: str | Path, env: dict[str, str] | None = None,
+                 enrolment: str | Path | None = None, simulation: bool = False, num_cpus: int = 2) -> None:
         self.n = n_supernodes
         self.workdir = Path(workdir)
         self.home = self.workdir / "flwr-home"
@@ -49,6 +52,8 @@ class LocalDeployment:
         path = f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"
         self.env = {**os.environ, **(env or {}), "FLWR_HOME": str(self.home), "FLWR_DISABLE_UPDATE_CHECK": "1",
                     "FLWR_TELEMETRY_ENABLED": "0", "PATH": path}
+        self.enrolment = Path(enrolment).resolve() if enrolment is not None else None
+        self.simulation, self.num_cpus = simulation, num_cpus
         self.superlink: subprocess.Popen[bytes] | None = None
         self.supernodes: dict[int, subprocess.Popen[bytes]] = {}
 
@@ -61,22 +66,32 @@ class LocalDeployment:
 
     def start(self) -> LocalDeployment:
         self.home.mkdir(parents=True, exist_ok=True)
+        options = ""
+        if self.simulation:
+            options = (f"options.num-supernodes = {self.n}\n"
+                       f"options.backend.init-args.num-cpus = {self.num_cpus}\n"
+                       "options.backend.client-resources.num-cpus = 1\n")
         (self.home / "config.toml").write_text(
             '[superlink]\ndefault = "local-deployment"\n\n'
-            f'[superlink.local-deployment]\naddress = "127.0.0.1:{self.port}"\ninsecure = true\n')
+            f'[superlink.local-deployment]\naddress = "127.0.0.1:{self.port}"\ninsecure = true\n{options}')
         self.superlink = self._spawn("superlink", [
             _bin("flower-superlink"), "--insecure", "--host", "127.0.0.1", "--port", str(self.port),
-            "--disable-runtime-dependency-installation", "--database", str(self.workdir / "superlink.db")])
+            "--disable-runtime-dependency-installation", "--database", str(self.workdir / "superlink.db"),
+            *(["--simulation"] if self.simulation else [])])
         self._wait_port(self.port, 60.0)
-        for i in range(self.n):
-            self.start_supernode(i)
+        if not self.simulation:
+            for i in range(self.n):
+                self.start_supernode(i)
         return self
 
     def start_supernode(self, i: int) -> None:
+        node_config = f"partition-id={i} num-partitions={self.n}"
+        if self.enrolment is not None:  # SecAgg: this client's own identity key and the registry it trusts
+            node_config += (f" identity-key='{self.enrolment / f'client-{i}.key'}'"
+                            f" registry='{self.enrolment / 'registry.json'}'")
         self.supernodes[i] = self._spawn(f"supernode-{i}", [
             _bin("flower-supernode"), "--insecure", "--superlink", f"127.0.0.1:{self.port}",
-            "--host", "127.0.0.1", "--port", str(free_port()),
-            "--node-config", f"partition-id={i} num-partitions={self.n}"])
+            "--host", "127.0.0.1", "--port", str(free_port()), "--node-config", node_config])
 
     def _wait_port(self, port: int, timeout: float) -> None:
         deadline = time.monotonic() + timeout
