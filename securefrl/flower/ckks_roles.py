@@ -38,7 +38,8 @@ from securefrl.errors import ConfigError
 #: CKKSProtocol arguments that are not ring parameters.
 _PROTOCOL_KEYS = ("keys", "threshold", "min_clients", "seed", "release", "offline_at_keygen", "params")
 _U32 = struct.Struct("<I")
-STATE = "securefrl-ckks"
+STATE_ARRAYS = "securefrl-ckks-arrays"
+STATE_CONFIG = "securefrl-ckks-config"
 
 
 class CKKSSetup:

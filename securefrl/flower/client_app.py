@@ -251,8 +251,8 @@ def _ckks_load(context: Any, cfg: ExperimentConfig, cid: int, round_id: int | No
     """This client's CKKS role from ``context.state``; entering ``round_id`` if it is a new round."""
     from securefrl.flower import ckks_roles
 
-    arrays = context.state.array_records.get(ckks_roles.STATE)
-    config = context.state.config_records.get(ckks_roles.STATE)
+    arrays = context.state.array_records.get(ckks_roles.STATE_ARRAYS)
+    config = context.state.config_records.get(ckks_roles.STATE_CONFIG)
     if arrays is None or config is None:
         raise common.MalformedReplyError("this client holds no CKKS keys (enrolment did not run)")
     setup = ckks_roles.CKKSSetup(cfg, _dim(cfg, cid))
@@ -265,7 +265,7 @@ def _ckks_load(context: Any, cfg: ExperimentConfig, cid: int, round_id: int | No
 def _ckks_roster(context: Any, setup: Any) -> Any:
     from securefrl.flower import ckks_roles
 
-    config = context.state.config_records[ckks_roles.STATE]
+    config = context.state.config_records[ckks_roles.STATE_CONFIG]
     return ckks_roles.decode_roster(bytes(config["roster"]), setup.params.max_clients) if "roster" in config else None
 
 
@@ -273,8 +273,8 @@ def _ckks_save(context: Any, client: Any, roster: Any) -> None:
     from securefrl.flower import ckks_roles
 
     arrays, config = ckks_roles.save_client(client, roster)
-    context.state.array_records[ckks_roles.STATE] = arrays
-    context.state.config_records[ckks_roles.STATE] = config
+    context.state.array_records[ckks_roles.STATE_ARRAYS] = arrays  # one RecordDict: names must differ by type
+    context.state.config_records[ckks_roles.STATE_CONFIG] = config
 
 
 def build_client_app(cfg: ExperimentConfig | None = None, mods: list[Any] | None = None,

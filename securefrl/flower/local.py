@@ -146,22 +146,51 @@ class LocalDeployment:
         self.stop()
 
 
+def _descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (Flower's SuperExec starts its own session, so a process group is not enough)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(entry.name))
+    out, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+def _signal(pids: list[int], sig: int) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            continue
+
+
 def _stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, grace: float = 5.0) -> None:
-    """End ``proc`` and its process group (its SuperExec and ClientApp children)."""
+    """End ``proc``, its process group and every descendant (SuperExec, ServerApp and ClientApp processes)."""
+    tree = _descendants(proc.pid) if Path("/proc").is_dir() else []
     try:
         os.killpg(proc.pid, sig)
     except ProcessLookupError:
-        return
+        pass
+    _signal(tree, sig)
     try:
         proc.wait(timeout=grace)
     except subprocess.TimeoutExpired:
+        pass
+    for pid in [proc.pid, *tree]:  # whatever did not go on the polite signal
         try:
-            os.killpg(proc.pid, signal.SIGKILL)
+            os.killpg(pid, signal.SIGKILL) if pid == proc.pid else os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
-            pass
+            continue
+    try:
         proc.wait(timeout=grace)
-    else:  # the leader is gone; make sure no child of its group lingers
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+    except subprocess.TimeoutExpired:
+        pass

@@ -87,6 +87,7 @@ class FlowerServer:
         self.out = ResultsDir(Path(results_dir) / cfg.name)
         self.nodes: dict[int, int] = {}  # client id -> Flower node id
         self.env_steps = dict.fromkeys(range(fed.n_clients), 0)
+        self.errors: dict[int, str] = {}  # the last error reply of each client (why it dropped out)
         self.round = 0
 
     # -- messaging ----------------------------------------------------------------------------------
@@ -109,8 +110,11 @@ class FlowerServer:
         out: dict[int, Any] = {}
         for reply in replies:
             cid = by_node.get(reply.metadata.src_node_id)
-            if cid is None or reply.has_error():
-                continue  # a client whose ClientApp failed is a dropout for this stage
+            if cid is None:
+                continue
+            if reply.has_error():  # a client whose ClientApp failed is a dropout for this stage
+                self.errors[cid] = f"{kind}: {reply.error.reason}"[:500]
+                continue
             traffic["up"] += message_bytes(reply)
             out[cid] = reply.content
         return out
@@ -253,6 +257,8 @@ class FlowerServer:
                 continue
         for cid, row in rows.items():
             row["env_steps"] = self.env_steps[cid]
+            if cid in self.errors:
+                row["error"] = self.errors.pop(cid)
         times["eval"] = time.perf_counter() - t0
         returns = [row["return_global"] for row in rows.values() if "return_global" in row]
         local = [rows[c]["return_local"] for c in sampled if "return_local" in rows[c]]
