@@ -40,6 +40,7 @@ def corrupt_payload(message, context, call_next):
 
 
 client = build_client_app(mods=[corrupt_payload])
+__all__ = ["client", "server"]  # Flower checks the component names statically
 '''
 
 
