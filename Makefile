@@ -25,5 +25,7 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
+# Removes the virtualenv and caches only: results/ holds experiments and is never deleted here.
 clean:
-	rm -rf $(VENV) results
+	rm -rf $(VENV) .pytest_cache .ruff_cache
+	find . -name __pycache__ -type d -prune -not -path './.git/*' -exec rm -rf {} +

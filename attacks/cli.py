@@ -8,7 +8,8 @@ Examples::
     securefrl attack-matrix                                   # small default matrix
     securefrl attack-matrix --config matrix.toml              # TOML or YAML with lists
     securefrl attack-matrix --set seeds=[0,1,2] --set defences=[fedavg,median,krum] --set n_malicious=2
-    securefrl attack-matrix --list                            # attacks, defences, inference attacks
+    securefrl attack-matrix --list                            # attacks, defences, inference and protocol attacks
+    securefrl attack-matrix --set attacks=[] --set defences=[]  # only the protocol section (malicious server)
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--set", "-s", action="append", default=[], metavar="KEY=VALUE",
                         help="override a matrix field, e.g. --set seeds=[0,1] or --set base.federation.rounds=3")
     parser.add_argument("--out", help="output folder (default <output_dir>/<name>)")
-    parser.add_argument("--list", action="store_true", help="list attacks, defences and inference attacks, then exit")
+    parser.add_argument("--list", action="store_true",
+                        help="list attacks, defences, inference and protocol attacks, then exit")
     parser.add_argument("--describe", action="store_true", help="print every matrix field and its meaning, then exit")
     parser.add_argument("--quiet", "-q", action="store_true", help="no per-cell progress lines")
     parser.add_argument("--workers", "-j", type=int, default=1, help="cells run in this many processes (default 1)")
@@ -41,6 +43,9 @@ def run(args: argparse.Namespace) -> int:
         print("attacks:", ", ".join(["none", *REGISTRY.names()]))
         print("defences:", ", ".join(DEFENCES))
         print("inference attacks:", ", ".join(INFERENCE_ATTACKS))
+        from attacks.protocol import load_all
+
+        print("protocol attacks:", ", ".join(sorted(load_all())))
         return 0
     if args.describe:
         from securefrl.configtools import describe

@@ -40,6 +40,7 @@ import gymnasium as gym
 import numpy as np
 
 from attacks.base import AttackError, Knowledge, ThreatModel
+from securefrl.configtools import did_you_mean
 from securefrl.errors import ConfigError
 
 __all__ = [
@@ -394,5 +395,5 @@ def make_env_attack(name: str, **params: Any) -> EnvironmentAttack:
     unknown = sorted(set(params) - set(allowed))
     if unknown:
         raise ConfigError("attack", f"{name} does not take parameter(s) {', '.join(unknown)}; allowed: "
-                                    f"{', '.join(allowed) or 'none'}")
+                                    f"{', '.join(allowed) or 'none'}{did_you_mean(unknown[0], allowed)}")
     return cls(**params)

@@ -84,7 +84,7 @@ INFERENCE_ATTACKS: tuple[str, ...] = ("property", "reconstruction", "membership"
 
 CSV_COLUMNS = ("kind", "attack", "defence", "protocol", "dp", "seed", "status", "reason", "final_return",
                "honest_return", "relative_return", "asr", "clean_target_rate", "reference_asr", "metric", "value",
-               "chance", "seconds")
+               "chance", "seconds", "target", "succeeded")
 
 
 def _small_base() -> dict[str, Any]:
@@ -143,6 +143,9 @@ class MatrixConfig:
     inference_params: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Per inference attack, study parameters: property = {prop, n_shadow}; reconstruction = {batch_sizes,
     methods, rounds, dlg_iterations, dlg_restarts}; membership = {window}."""
+    protocol_attacks: list[str] = field(default_factory=lambda: ["all"])
+    """Protocol attacks (attacks.protocol: a malicious server, colluding clients) run against their weakened
+    and their default target: 'all' = every registered one, [] = none (list them with --list)."""
 
     def validate(self, path: str) -> None:
         if not self.seeds or any(s < 0 for s in self.seeds):
@@ -165,6 +168,14 @@ class MatrixConfig:
             if inf not in INFERENCE_ATTACKS:
                 raise ConfigError("inference",
                                   f"unknown inference attack {inf!r}; choose from {list(INFERENCE_ATTACKS)}")
+        if self.protocol_attacks != ["all"]:
+            from attacks.protocol import load_all
+
+            known_protocol = load_all()
+            for a in self.protocol_attacks:
+                if a not in known_protocol:
+                    raise ConfigError("protocol_attacks", f"unknown protocol attack {a!r}; choose 'all' or from "
+                                                          f"{sorted(known_protocol)}")
         for d in self.dp:
             if d not in DP_PLACEMENTS:
                 raise ConfigError("dp", f"unknown DP setting {d!r}; choose from {list(DP_PLACEMENTS)}")
@@ -404,11 +415,36 @@ def _inference_task(m: MatrixConfig, kind: str, protocol: str, dp: str, seed: in
     return {"status": "ok", "seconds": time.perf_counter() - t0, "results": results}
 
 
+def protocol_attack_names(m: MatrixConfig) -> list[str]:
+    """The protocol attacks ``m`` runs (every registered one for ``['all']``)."""
+    from attacks.protocol import load_all
+
+    registry = load_all()
+    return sorted(registry) if m.protocol_attacks == ["all"] else list(m.protocol_attacks)
+
+
+def _protocol_task(name: str, weakened: bool, seed: int) -> dict[str, Any]:
+    """One protocol-attack run against its weakened or default target (never raises)."""
+    from attacks.protocol import load_all
+
+    t0 = time.perf_counter()
+    try:
+        out = load_all()[name]().run(weakened=weakened, seed=seed)
+    except Exception as err:
+        traceback.print_exc(file=sys.stderr)
+        return {"status": "error", "reason": _error_reason(err)}
+    return {"status": "ok", "seconds": time.perf_counter() - t0, "target": out.target, "succeeded": out.succeeded,
+            "metric": out.metric_name, "value": float(out.metric), "reason": out.reason}
+
+
 def _describe(task: tuple[Any, ...], out: dict[str, Any]) -> str:
     kind, *key = task
     head = "/".join(str(k) for k in key)
     if out["status"] != "ok":
         return f"{kind} {head}: {out['status']} — {out['reason']}"
+    if kind == "protocol":
+        verdict = "SUCCEEDED" if out["succeeded"] else "failed"
+        return f"{kind} {head}: {verdict} against {out['target']} — {out['reason']} ({out['seconds']:.1f} s)"
     if kind == "inference":
         return f"{kind} {head}: " + ", ".join(f"{r['metric']}={r['value']:.3f}" for r in out["results"]) + \
             f" ({out['seconds']:.0f} s)"
@@ -424,6 +460,9 @@ def _execute(m: MatrixConfig, task: tuple[Any, ...]) -> dict[str, Any]:
     kind, *key = task
     if kind == "inference":
         return _inference_task(m, *key)
+    if kind == "protocol":
+        name, target, seed = key
+        return _protocol_task(name, target == "weakened", seed)
     reference = tuple(key[:2]) == ("none", "fedavg")
     return _poisoning_task(m, *key, keep_params=reference and bool(_backdoor_labels(m)))
 
@@ -443,6 +482,8 @@ def run_matrix(m: MatrixConfig, log: Callable[[str], None] | None = None, worker
     tasks += [("poisoning", a, d, p, s) for p in m.protocols for a in m.attacks for d in m.defences for s in m.seeds
               if (a, d) != ("none", "fedavg")]
     tasks += [("inference", k, p, dp, s) for k in m.inference for p in m.inference_protocols for dp in m.dp
+              for s in m.seeds]
+    tasks += [("protocol", a, t, s) for a in protocol_attack_names(m) for t in ("weakened", "default")
               for s in m.seeds]
     outputs: dict[tuple[Any, ...], dict[str, Any]] = {}
     if workers == 1:
@@ -490,6 +531,11 @@ def run_matrix(m: MatrixConfig, log: Callable[[str], None] | None = None, worker
                         continue
                     for r in out["results"]:
                         rows.append(_row(**base, status="ok", seconds=out["seconds"], **r))
+    for a in protocol_attack_names(m):
+        for t in ("weakened", "default"):
+            for s in m.seeds:
+                out = outputs[("protocol", a, t, s)]
+                rows.append(_row(kind="protocol", attack=a, defence=t, protocol="", dp="none", seed=s, **out))
     return rows
 
 
@@ -549,6 +595,23 @@ def aggregate(rows: list[dict[str, Any]], m: MatrixConfig) -> dict[str, Any]:
     for entry in inf.values():
         entry["value"] = _stats(entry.pop("values"))
         entry["chance"] = _stats(entry.pop("chance"))
+    proto: dict[str, Any] = {}
+    for r in rows:
+        if r["kind"] != "protocol":
+            continue
+        entry = proto.setdefault(f"{r['attack']}|{r['defence']}", {"runs": 0, "succeeded": 0, "errors": 0,
+                                                                   "target": r["target"], "reason": r["reason"],
+                                                                   "metric": r["metric"], "values": []})
+        entry["runs"] += 1
+        if r["status"] != "ok":
+            entry["errors"] += 1
+            entry["reason"] = r["reason"]
+            continue
+        entry["succeeded"] += int(bool(r["succeeded"]))
+        if isinstance(r["value"], (int, float)) and math.isfinite(r["value"]):
+            entry["values"].append(r["value"])
+    for entry in proto.values():
+        entry["value"] = _stats(entry.pop("values"))
     holds: dict[str, Any] = {}
     for p in m.protocols:
         for a in m.attacks:
@@ -557,7 +620,7 @@ def aggregate(rows: list[dict[str, Any]], m: MatrixConfig) -> dict[str, Any]:
             keep = [d for d in m.defences if pois[f"{a}|{d}|{p}"]["status"] == "ok"
                     and pois[f"{a}|{d}|{p}"]["relative_return"][0] >= m.keep_fraction]
             holds[f"{a}|{p}"] = keep
-    return {"poisoning": pois, "inference": inf, "holds": holds}
+    return {"poisoning": pois, "inference": inf, "holds": holds, "protocol": proto}
 
 
 def markdown(agg: dict[str, Any], m: MatrixConfig) -> str:
@@ -610,20 +673,34 @@ def markdown(agg: dict[str, Any], m: MatrixConfig) -> str:
                 lines.append(f"| {a} | {metric} | {p} | {dp} | {_fmt(*e['value'], digits=3)} | "
                              f"{_fmt(*e['chance'], digits=3)} |")
         lines.append("")
+    if agg.get("protocol"):
+        lines += ["## Protocol attacks (a malicious server or colluding clients)", "",
+                  "Each attack runs against the configuration it breaks (an explicit unsafe option) and against the "
+                  "default; it must succeed on the first and fail, for the reason shown, on the second.", "",
+                  "| attack | target | succeeded | metric | value | reason |", "|---|---|---|---|---|---|"]
+        for key, e in sorted(agg["protocol"].items(), key=lambda kv: (kv[0].split("|")[0], kv[0].split("|")[1] !=
+                                                                        "weakened")):
+            a, t = key.split("|")
+            runs = f"{e['succeeded']}/{e['runs']}" + (f" ({e['errors']} errors)" if e["errors"] else "")
+            lines.append(f"| {a} | {t}: {e['target']} | {runs} | {e['metric']} | {_fmt(*e['value'], digits=3)} | "
+                         f"{_short(str(e['reason']), 110)} |")
+        lines.append("")
     return "\n".join(lines)
 
 
 def _heatmap(ax: Any, data: np.ndarray, labels: list[list[str]], rows: list[str], cols: list[str], title: str,
-             vmin: float, vmax: float, cmap: str) -> Any:
+             vmin: float, vmax: float, cmap: str, xlabel: str = "", ylabel: str = "") -> Any:
     masked = np.ma.masked_invalid(data)
-    import matplotlib.pyplot as plt
+    import matplotlib
 
-    cm = plt.get_cmap(cmap).copy()
+    cm = matplotlib.colormaps[cmap].copy()
     cm = cm.with_extremes(bad="#d9d9d9")
     im = ax.imshow(masked, cmap=cm, vmin=vmin, vmax=vmax, aspect="auto")
     ax.set_xticks(range(len(cols)), cols, rotation=40, ha="right", fontsize=8)
     ax.set_yticks(range(len(rows)), rows, fontsize=8)
     ax.set_title(title, fontsize=9)
+    ax.set_xlabel(xlabel, fontsize=8)
+    ax.set_ylabel(ylabel, fontsize=8)
     for i in range(len(rows)):
         for j in range(len(cols)):
             ax.text(j, i, labels[i][j], ha="center", va="center", fontsize=7)
@@ -631,11 +708,11 @@ def _heatmap(ax: Any, data: np.ndarray, labels: list[list[str]], rows: list[str]
 
 
 def plot(agg: dict[str, Any], m: MatrixConfig, out: Path) -> list[Path]:
-    """Heatmaps: relative return per protocol, backdoor success, inference metrics; returns the files written."""
-    import matplotlib
+    """Heatmaps: relative return per protocol, backdoor success, inference metrics; returns the files written.
 
-    matplotlib.use("Agg")
-
+    Drawn on :class:`matplotlib.figure.Figure` objects (no pyplot, no backend switch), so importing or
+    calling this in a notebook leaves the notebook's inline backend alone.
+    """
     written: list[Path] = []
     pois = agg["poisoning"]
     if m.attacks and m.defences:
@@ -645,11 +722,11 @@ def plot(agg: dict[str, Any], m: MatrixConfig, out: Path) -> list[Path]:
 
 
 def _plot_relative(pois: dict[str, Any], m: MatrixConfig, out: Path) -> Path:
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
-    fig, axes = plt.subplots(1, len(m.protocols), figsize=(1.2 + 1.1 * len(m.defences) * len(m.protocols),
-                                                           1.0 + 0.45 * len(m.attacks)), squeeze=False, dpi=110,
-                             layout="constrained")
+    fig = Figure(figsize=(1.2 + 1.1 * len(m.defences) * len(m.protocols), 1.3 + 0.45 * len(m.attacks)), dpi=110,
+                 layout="constrained")
+    axes = fig.subplots(1, len(m.protocols), squeeze=False)
     im = None
     for ax, p in zip(axes[0], m.protocols, strict=True):
         data = np.full((len(m.attacks), len(m.defences)), np.nan)
@@ -662,17 +739,17 @@ def _plot_relative(pois: dict[str, Any], m: MatrixConfig, out: Path) -> Path:
                 elif not math.isnan(e["relative_return"][0]):
                     data[i, j] = e["relative_return"][0]
                     labels[i][j] = f"{data[i, j]:.2f}"
-        im = _heatmap(ax, data, labels, m.attacks, m.defences, f"return / honest-only ({p})", 0.0, 1.1, "RdYlGn")
+        im = _heatmap(ax, data, labels, m.attacks, m.defences, f"return / honest-only ({p})", 0.0, 1.1, "RdYlGn",
+                      xlabel="defence (aggregation rule)", ylabel="attack" if ax is axes[0][0] else "")
     if im is not None:
         fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8)
     path = out / "relative_return.png"
     fig.savefig(path, bbox_inches="tight")
-    plt.close(fig)
     return path
 
 
 def _plot_rest(agg: dict[str, Any], pois: dict[str, Any], m: MatrixConfig, out: Path, written: list[Path]) -> None:
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     bd = [(k, e) for k, e in pois.items() if "asr" in e]
     if bd:
@@ -685,13 +762,14 @@ def _plot_rest(agg: dict[str, Any], pois: dict[str, Any], m: MatrixConfig, out: 
             i, j = attacks.index(a), keys.index((d, p))
             data[i, j] = e["asr"][0]
             labels[i][j] = f"{e['asr'][0]:.2f}\n({e['reference_asr'][0]:.2f})"
-        fig, ax = plt.subplots(figsize=(1.5 + 1.1 * len(keys), 1.2 + 0.5 * len(attacks)), dpi=110)
+        fig = Figure(figsize=(1.5 + 1.1 * len(keys), 1.5 + 0.5 * len(attacks)), dpi=110)
+        ax = fig.subplots()
         im = _heatmap(ax, data, labels, attacks, [f"{d}/{p}" for d, p in keys],
-                      "backdoor success rate (honest-only model, same trigger)", 0.0, 1.0, "Reds")
+                      "backdoor success rate (honest-only model, same trigger)", 0.0, 1.0, "Reds",
+                      xlabel="defence / protocol", ylabel="attack")
         fig.colorbar(im, ax=ax, shrink=0.8)
         path = out / "backdoor.png"
         fig.savefig(path, bbox_inches="tight")
-        plt.close(fig)
         written.append(path)
     if agg["inference"]:
         metrics = sorted({k.split("|", 3)[3] for k in agg["inference"] if k.split("|", 3)[3]})
@@ -714,13 +792,14 @@ def _plot_rest(agg: dict[str, Any], pois: dict[str, Any], m: MatrixConfig, out: 
             lower_is_better = metric.endswith(("relative_mse", "abs_error"))
             data[i, j] = (chance - value) if lower_is_better else (value - chance)
             labels[i][j] = f"{value:.2f}\n({chance:.2f})"
-        fig, ax = plt.subplots(figsize=(2.5 + 1.2 * len(cols), 1.2 + 0.5 * len(metrics)), dpi=110)
+        fig = Figure(figsize=(2.5 + 1.2 * len(cols), 1.5 + 0.5 * len(metrics)), dpi=110)
+        ax = fig.subplots()
         im = _heatmap(ax, data, labels, metrics, [f"{p}\nDP {dp}" for p, dp in cols],
-                      "inference: value (chance); colour = advantage over chance", -0.5, 0.5, "coolwarm")
+                      "inference: value (chance); colour = advantage over chance", -0.5, 0.5, "coolwarm",
+                      xlabel="protocol, DP placement", ylabel="inference attack: metric")
         fig.colorbar(im, ax=ax, shrink=0.8)
         path = out / "inference.png"
         fig.savefig(path, bbox_inches="tight")
-        plt.close(fig)
         written.append(path)
 
 

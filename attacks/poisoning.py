@@ -21,6 +21,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from attacks.base import AttackError, Knowledge, ThreatModel
+from securefrl.configtools import did_you_mean
 from securefrl.errors import ConfigError
 
 __all__ = [
@@ -411,5 +412,6 @@ def make_attack(name: str, **params: Any) -> UpdateAttack:
     if unknown:
         raise ConfigError(
             "attack", f"{name} does not take parameter(s) {', '.join(unknown)}; allowed: {', '.join(allowed) or 'none'}"
+            + did_you_mean(unknown[0], allowed)
         )
     return cls(**params)

@@ -9,11 +9,19 @@ Each run alternates ``learn(eval_every)`` with a greedy evaluation on a separate
 agent's random streams, so the training trajectory does not depend on the evaluation schedule.
 Throughput (env steps/s) counts training time only; runs use one torch thread.
 
+Side by side with Stable-Baselines3 (``--sb3``, needs the ``bench`` extra): the same seeds, budget
+and evaluation protocol (greedy, the same episode seeds, every ``eval_every`` steps) for SB3's DQN
+with the rl-baselines3-zoo CartPole-v1 hyperparameters (``SB3_ZOO``); the summary reports the mean
+greedy return at the end of the budget, mean and 95% t-interval over seeds, for both libraries and
+their ratio (the goal: securefrl >= 0.9x SB3 at 50k steps).
+
 Usage::
 
     python benchmarks/agents_cartpole.py                       # dqn + ppo, 3 seeds, 100k steps
     python benchmarks/agents_cartpole.py --agents sac          # SAC on Pendulum, 20k steps
     python benchmarks/agents_cartpole.py --agents dqn --seeds 0 --steps 20000
+    python benchmarks/agents_cartpole.py --agents dqn --sb3 --steps 50000 --seeds 0 1 2 3
+    python benchmarks/agents_cartpole.py --agents dqn --set gradient_steps=64 --steps 50000  # a variant
 """
 
 from __future__ import annotations
@@ -40,12 +48,80 @@ TASKS: dict[str, dict[str, Any]] = {
 }
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "agents_cartpole.json"
 
+#: rl-baselines3-zoo ``hyperparams/dqn.yml``, CartPole-v1 ("almost tuned", 5e4 steps); exploration_fraction is
+#: relative to the run's total steps, as in the zoo.
+SB3_ZOO: dict[str, dict[str, Any]] = {
+    "dqn": {"learning_rate": 2.3e-3, "batch_size": 64, "buffer_size": 100_000, "learning_starts": 1_000,
+            "gamma": 0.99, "target_update_interval": 10, "train_freq": 256, "gradient_steps": 128,
+            "exploration_fraction": 0.16, "exploration_final_eps": 0.04, "policy_kwargs": {"net_arch": [256, 256]}},
+}
 
-def run_one(name: str, seed: int, steps: int, eval_every: int, eval_episodes: int) -> dict[str, Any]:
+
+def t_interval(values: list[float]) -> tuple[float, float]:
+    """Mean and half-width of the two-sided 95% Student-t interval (0 half-width for one value)."""
+    from scipy import stats
+
+    a = np.asarray(values, dtype=np.float64)
+    if len(a) < 2:
+        return float(a.mean()), 0.0
+    return float(a.mean()), float(stats.t.ppf(0.975, len(a) - 1) * a.std(ddof=1) / np.sqrt(len(a)))
+
+
+def run_sb3(name: str, seed: int, steps: int, eval_every: int, eval_episodes: int) -> dict[str, Any]:
+    """SB3's implementation with the zoo settings, trained once for ``steps`` and evaluated like :func:`run_one`."""
+    from stable_baselines3 import DQN
+    from stable_baselines3.common.callbacks import BaseCallback
+
+    task = TASKS[name]
+    env_id = task["env_id"]
+    eval_env = gym.make(env_id)
+    eval_seed = 1_000_000 + 1_000 * seed
+    curve: list[dict[str, float]] = []
+
+    def greedy(model: Any) -> list[float]:
+        out = []
+        for ep in range(eval_episodes):
+            obs, _ = eval_env.reset(seed=eval_seed + ep)
+            done, total = False, 0.0
+            while not done:
+                action, _ = model.predict(obs, deterministic=True)
+                obs, reward, terminated, truncated, _ = eval_env.step(int(action))
+                total += float(reward)
+                done = terminated or truncated
+            out.append(total)
+        return out
+
+    class Evaluate(BaseCallback):  # type: ignore[misc]
+        def _on_step(self) -> bool:
+            if self.num_timesteps % eval_every == 0 or self.num_timesteps == steps:
+                returns = greedy(self.model)
+                curve.append({"step": self.num_timesteps, "eval_mean": float(np.mean(returns)),
+                              "eval_std": float(np.std(returns))})
+            return True
+
+    model = DQN("MlpPolicy", gym.make(env_id), seed=seed, device="cpu", **SB3_ZOO[name])
+    t0 = time.perf_counter()
+    model.learn(total_timesteps=steps, callback=Evaluate())
+    seconds = time.perf_counter() - t0
+    return summarize(curve, task["threshold"], {"seed": seed, "env_id": env_id, "steps": steps,
+                                                 "train_seconds": seconds, "config": SB3_ZOO[name]})
+
+
+def summarize(curve: list[dict[str, float]], threshold: float, extra: dict[str, Any]) -> dict[str, Any]:
+    means = [c["eval_mean"] for c in curve]
+    first = next((c["step"] for c in curve if c["eval_mean"] >= threshold), None)
+    return {**extra, "best_eval": max(means), "final_eval": means[-1], "first_step_at_threshold": first,
+            "fraction_of_evals_at_threshold": float(np.mean([m >= threshold for m in means])),
+            "mean_eval_second_half": float(np.mean(means[len(means) // 2:])),
+            "mean_eval_last_quarter": float(np.mean(means[-max(1, len(means) // 4):])), "curve": curve}
+
+
+def run_one(name: str, seed: int, steps: int, eval_every: int, eval_episodes: int,
+            overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """Train one agent/seed, evaluating every ``eval_every`` steps; return its curve and summary."""
     task = TASKS[name]
     env_id = task["env_id"]
-    agent = make_agent(name, lambda: gym.make(env_id), seed=seed)
+    agent = make_agent(name, lambda: gym.make(env_id), overrides or None, seed=seed)
     eval_env = gym.make(env_id)
     eval_seed = 1_000_000 + 1_000 * seed
     curve: list[dict[str, float]] = []
@@ -59,16 +135,54 @@ def run_one(name: str, seed: int, steps: int, eval_every: int, eval_episodes: in
         returns = agent.evaluate(eval_env, eval_episodes, seed=eval_seed)
         curve.append({"step": done, "eval_mean": float(np.mean(returns)), "eval_std": float(np.std(returns)),
                       "train_mean_return": stats["mean_return"]})
-    means = [c["eval_mean"] for c in curve]
-    first = next((c["step"] for c in curve if c["eval_mean"] >= task["threshold"]), None)
-    at_threshold = float(np.mean([m >= task["threshold"] for m in means]))
-    return {
-        "seed": seed, "env_id": env_id, "steps": done, "best_eval": max(means), "final_eval": means[-1],
-        "first_step_at_threshold": first, "fraction_of_evals_at_threshold": at_threshold,
-        "mean_eval_second_half": float(np.mean(means[len(means) // 2:])),
-        "train_seconds": train_time, "env_steps_per_second": done / train_time,
-        "config": to_dict(agent.config), "curve": curve,
-    }
+    return summarize(curve, task["threshold"], {"seed": seed, "env_id": env_id, "steps": done,
+                                                 "train_seconds": train_time, "env_steps_per_second": done / train_time,
+                                                 "config": to_dict(agent.config)})
+
+
+def _one_thread(fn: Any, *args: Any) -> dict[str, Any]:
+    torch.set_num_threads(1)
+    return fn(*args)
+
+
+class Runs:
+    """Every (library, agent, seed) run of the benchmark, computed in ``jobs`` worker processes (1 = in order here).
+
+    Runs are independent and each seeds its own streams, so running them in parallel changes no result.
+    """
+
+    def __init__(self, jobs: int) -> None:
+        self.jobs, self.futures, self.pool = jobs, {}, None
+        if jobs > 1:
+            from concurrent.futures import ProcessPoolExecutor
+
+            self.pool = ProcessPoolExecutor(jobs)
+
+    def submit(self, key: tuple[Any, ...], fn: Any, *args: Any) -> None:
+        self.futures[key] = self.pool.submit(_one_thread, fn, *args) if self.pool else (fn, args)
+
+    def get(self, key: tuple[Any, ...]) -> dict[str, Any]:
+        job = self.futures[key]
+        return job.result() if self.pool else job[0](*job[1])
+
+
+def compare_sb3(name: str, ours: list[dict[str, Any]], seeds: list[int], steps: int, runs: Runs) -> dict[str, Any]:
+    """SB3 runs on the same seeds and protocol, and the side-by-side table of final and late-phase returns."""
+    theirs = []
+    for seed in seeds:
+        r = runs.get(("sb3", name, seed))
+        theirs.append(r)
+        print(f"sb3 {name} seed {seed}: best {r['best_eval']:.1f}  final {r['final_eval']:.1f}  "
+              f"first step >= threshold: {r['first_step_at_threshold']}  ({r['train_seconds']:.1f} s)", flush=True)
+    table = {}
+    print(f"\n| {name} on {TASKS[name]['env_id']}, {steps} steps, {len(seeds)} seeds | securefrl | SB3 zoo | ratio |")
+    print("|---|---|---|---|")
+    for key, label in (("final_eval", "greedy return at the end"), ("mean_eval_last_quarter", "mean of last 25% evals"),
+                       ("mean_eval_second_half", "mean of 2nd-half evals")):
+        (ma, ha), (mb, hb) = t_interval([r[key] for r in ours]), t_interval([r[key] for r in theirs])
+        table[key] = {"securefrl": [ma, ha], "sb3": [mb, hb], "ratio": ma / mb if mb else float("nan")}
+        print(f"| {label} | {ma:.0f} ± {ha:.0f} | {mb:.0f} ± {hb:.0f} | {table[key]['ratio']:.2f}x |")
+    return {"config": SB3_ZOO[name], "table": table, "runs": theirs}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -80,19 +194,35 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--eval-every", type=int, default=2048)
     parser.add_argument("--eval-episodes", type=int, default=10)
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument("--sb3", action="store_true", help="also run Stable-Baselines3 with the zoo settings "
+                        f"(agents {sorted(SB3_ZOO)}), side by side")
+    parser.add_argument("--jobs", type=int, default=1, help="worker processes for the independent runs")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="override securefrl agent config fields (YAML values), e.g. gradient_steps=64")
     args = parser.parse_args(argv)
+    import yaml
+
+    overrides = {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in args.set)}
 
     torch.set_num_threads(1)
     results: dict[str, Any] = {}
     if args.out.exists():  # keep other agents' entries when only some agents are re-run
         results = json.loads(args.out.read_text()).get("agents", {})
     all_pass = True
+    pending = Runs(args.jobs)
+    for name in args.agents:
+        steps = args.steps or TASKS[name]["steps"]
+        for seed in args.seeds:
+            pending.submit(("securefrl", name, seed), run_one, name, seed, steps, args.eval_every, args.eval_episodes,
+                           overrides)
+            if args.sb3 and name in SB3_ZOO:
+                pending.submit(("sb3", name, seed), run_sb3, name, seed, steps, args.eval_every, args.eval_episodes)
     for name in args.agents:
         task = TASKS[name]
         steps = args.steps or task["steps"]
         runs = []
         for seed in args.seeds:
-            r = run_one(name, seed, steps, args.eval_every, args.eval_episodes)
+            r = pending.get(("securefrl", name, seed))
             runs.append(r)
             print(f"{name} seed {seed} [{r['env_id']}]: best {r['best_eval']:.1f}  final {r['final_eval']:.1f}  "
                   f"first step >= {task['threshold']:g}: {r['first_step_at_threshold']}  "
@@ -104,9 +234,11 @@ def main(argv: list[str] | None = None) -> int:
         results[name] = {
             "env_id": task["env_id"], "threshold": task["threshold"], "steps": steps, "passed": passed,
             "mean_env_steps_per_second": float(np.mean([r["env_steps_per_second"] for r in runs])),
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S"), "runs": runs,
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S"), "overrides": overrides, "runs": runs,
         }
         print(f"{name}: {'PASS' if passed else 'FAIL'} (every seed reaches {task['threshold']:g} within {steps} steps)")
+        if args.sb3 and name in SB3_ZOO:
+            results[name]["sb3"] = compare_sb3(name, runs, args.seeds, steps, pending)
 
     sps = {n: results[n]["mean_env_steps_per_second"] for n in args.agents}
     fastest = max(sps.values())

@@ -225,13 +225,12 @@ def write_outputs(records: list[dict[str, Any]], args: argparse.Namespace, wall:
 
 def plot(rows: list[dict[str, Any]], records: list[dict[str, Any]], out: Path) -> None:
     """Per setting: mean and worst-client final return against h, and learning curves at the widest h."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: no global backend switch
+    from matplotlib.ticker import MaxNLocator
 
     settings = [s for s in SETTINGS if any(r["setting"] == s for r in rows)]
-    fig, axes = plt.subplots(len(settings), 3, figsize=(15, 3.6 * len(settings)), dpi=100, squeeze=False)
+    fig = Figure(figsize=(15, 3.6 * len(settings)), dpi=100)
+    axes = fig.subplots(len(settings), 3, squeeze=False)
     styles = {m: ("k" if m in ("local", "fedavg") else None, "--" if m == "local" else "-") for m in METHODS}
     for i, s in enumerate(settings):
         for m in METHODS:
@@ -253,13 +252,16 @@ def plot(rows: list[dict[str, Any]], records: list[dict[str, Any]], out: Path) -
         axes[i][2].set_title(f"{s}: mean return per round at h={max(r['h'] for r in rows)}")
         for ax in axes[i][:2]:
             ax.set_xlabel("heterogeneity h")
+        axes[i][0].set_ylabel("final return (mean over clients)")
+        axes[i][1].set_ylabel("final return (worst client)")
+        axes[i][2].set_ylabel("mean return")
         axes[i][2].set_xlabel("round")
+        axes[i][2].xaxis.set_major_locator(MaxNLocator(integer=True))
         for ax in axes[i]:
             ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=7, ncol=2)
     fig.tight_layout()
     fig.savefig(out)
-    plt.close(fig)
 
 
 def main(argv: list[str] | None = None) -> None:

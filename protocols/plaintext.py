@@ -23,20 +23,27 @@ class PlaintextProtocol(AggregationProtocol):
         Length of the flat update vector every client must send.
     max_bytes:
         Size limit checked before a payload is parsed.
+    public_weights:
+        ``True`` (default): every weight is the public 1; a payload claiming another weight is rejected and
+        the mean divides by the number of included clients, so no client can shrink the total weight to blow
+        the mean up. ``False`` trusts each client's weight (weighted FedAvg).
     """
 
     name = "plaintext"
     reveals_individual_updates = True
     server_can_open = True
 
-    def __init__(self, dim: int, max_bytes: int | None = None) -> None:
+    def __init__(self, dim: int, max_bytes: int | None = None, public_weights: bool = True) -> None:
         if dim <= 0:
             raise ValueError(f"dim must be positive, got {dim}")
         self.dim = dim
+        self.public_weights = bool(public_weights)
         self.max_bytes = max_bytes or (wire.HEADER_SIZE + _WEIGHT.size + 4 * dim)
 
     def protect(self, client_id: int, round_id: int, update: np.ndarray, weight: float) -> bytes:
         vec = _check_update(update, self.dim)
+        if self.public_weights and weight != 1.0:
+            raise ValueError(f"weights are public (every client's is 1), got {weight}; use public_weights=False")
         body = _WEIGHT.pack(float(weight)) + (vec * weight).astype("<f4").tobytes()
         return wire.pack(self.name, round_id, client_id, body)
 
@@ -48,6 +55,8 @@ class PlaintextProtocol(AggregationProtocol):
         vec = np.frombuffer(env.body, dtype="<f4", offset=_WEIGHT.size).astype(np.float64)
         if not (np.isfinite(weight) and weight > 0) or not np.all(np.isfinite(vec)):
             raise PayloadError("payload holds a non-positive weight or non-finite values")
+        if self.public_weights and weight != 1.0:
+            raise PayloadError(f"payload claims weight {weight!r}, but weights are public and equal to 1")
         return weight, vec
 
     def individual_updates(self, round_id: int, payloads: Mapping[int, bytes]) -> dict[int, np.ndarray]:

@@ -113,6 +113,33 @@ def _candidate_subsets(xs: list[int], t: int, max_tries: int) -> Iterator[tuple[
                 return
 
 
+@lru_cache(maxsize=256)
+def _dual_weights(xs: tuple[int, ...], prime: int) -> tuple[int, ...]:
+    """``v_i = 1 / prod_{j != i} (x_i - x_j)``: the column multipliers of the dual of the Reed-Solomon code."""
+    out = []
+    for i, xi in enumerate(xs):
+        den = 1
+        for j, xj in enumerate(xs):
+            if j != i:
+                den = den * (xi - xj) % prime
+        out.append(pow(den, -1, prime))
+    return tuple(out)
+
+
+def _on_one_polynomial(xs: tuple[int, ...], shares: Mapping[int, int], t: int, prime: int) -> bool:
+    """Cheap check that all points lie on one polynomial of degree < t: ``sum_i v_i x_i^k y_i = 0``, k < m - t.
+
+    Points of a degree-<t polynomial satisfy these dual-code equations; k = 0 and 1 are checked (two dot
+    products instead of evaluating the polynomial at every point), which catches any one or two forged shares.
+    A crafted set of three or more might pass: those go unnamed but cannot change the (checked) secret.
+    """
+    v = _dual_weights(xs, prime)
+    for k in range(min(2, len(xs) - t)):
+        if sum(vi * pow(x, k, prime) * shares[x] for vi, x in zip(v, xs, strict=True)) % prime:
+            return False
+    return True
+
+
 def robust_reconstruct(
     shares: Mapping[int, int], threshold: int, check: Callable[[int], bool], max_tries: int = 256,
     prime: int = PRIME,
@@ -135,6 +162,8 @@ def robust_reconstruct(
         secret = sum(lam * shares[x] for lam, x in zip(lagrange_at_zero(base, prime), base, strict=True)) % prime
         if not check(secret):
             continue
+        if _on_one_polynomial(tuple(xs), shares, threshold, prime):
+            return secret, frozenset()  # every offered share agrees: nobody to name
         forged = frozenset(
             x for x in xs if x not in base
             and sum(lam * shares[b] for lam, b in zip(lagrange_at(base, x, prime), base, strict=True)) % prime

@@ -33,6 +33,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from protocols.base import AggregationProtocol
+from securefrl.configtools import did_you_mean
 from securefrl.errors import ConfigError, SecureFRLError
 
 __all__ = [
@@ -573,7 +574,8 @@ def make_rule(name: str, n_clients: int, n_malicious: int = 0, **params: Any) ->
     if unknown:
         raise ConfigError(
             "aggregator",
-            f"{name} does not take parameter(s) {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}",
+            f"{name} does not take parameter(s) {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}"
+            + did_you_mean(unknown[0], allowed),
         )
     return cls(n_clients, n_malicious, **params)
 

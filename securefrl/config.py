@@ -14,7 +14,7 @@ from typing import Any, Literal
 import numpy as np
 import yaml
 
-from securefrl.configtools import apply_override, check_range, from_dict, to_dict
+from securefrl.configtools import apply_override, check_range, from_dict, to_dict, yaml_load
 from securefrl.errors import ConfigError
 
 PROTOCOLS = ("plaintext", "ckks", "secagg")
@@ -26,7 +26,8 @@ class EnvConfig:
     """Which environment family every client gets, and how much the clients' physics differ."""
 
     name: str = "cartpole"
-    """Environment family (cartpole, acrobot, mountaincar, pendulum) or any registered gymnasium id."""
+    """Environment family (cartpole, acrobot, mountaincar, pendulum, hopper [securefrl[mujoco]], edge_caching,
+    mec_offloading; `securefrl envs` lists them) or any registered gymnasium id."""
     heterogeneity: float = 0.5
     """0 = identical clients at default physics, 1 = the widest documented spread of parameters."""
     overrides: dict[str, float] = field(default_factory=dict)
@@ -72,7 +73,12 @@ class FederationConfig:
     client_fraction: float = 1.0
     """Fraction of clients sampled each round (at least one client is always sampled)."""
     local_steps: int = 2048
-    """Environment steps each sampled client trains for per round."""
+    """Environment steps each sampled client trains for per round (derived from round_batch when that is set)."""
+    round_batch: int = 0
+    """If > 0, the environment steps the whole round collects: each sampled client trains
+    ceil(round_batch / sampled clients) steps, rounded up to whole vector steps of its agent, and local_steps is
+    set to that. With round_batch = one single agent's rollout (PPO: n_envs * n_steps) every client makes one
+    update per round on a K-th of that batch, so the federation gathers one single-agent batch per update."""
     weighting: Literal["samples", "uniform"] = "samples"
     """FedAvg weights: by the environment steps each client trained on, or uniform."""
     clip_norm: float = 0.0
@@ -100,7 +106,8 @@ class FederationConfig:
     backend: Literal["local", "ray"] = "local"
     """Where clients train: local (this process) or ray (Ray tasks; needs the ray package, see ray_address)."""
     ray_address: str = ""
-    """Ray cluster to join with backend=ray; empty = the RAY_ADDRESS environment variable, else start a local Ray."""
+    """Ray cluster to join with backend=ray: must be empty or equal the operator's RAY_ADDRESS environment variable
+    (a cluster is one trust domain and can run code in the driver); empty = RAY_ADDRESS, else a local Ray."""
     ray_num_cpus: int = 2
     """CPUs of the local Ray instance started when no cluster address is given."""
 
@@ -109,6 +116,7 @@ class FederationConfig:
         check_range(f"{path}.rounds", self.rounds, 1)
         check_range(f"{path}.client_fraction", self.client_fraction, 0.0, 1.0, lo_open=True)
         check_range(f"{path}.local_steps", self.local_steps, 1)
+        check_range(f"{path}.round_batch", self.round_batch, 0)
         check_range(f"{path}.clip_norm", self.clip_norm, 0.0)
         check_range(f"{path}.server_lr", self.server_lr, 0.0, lo_open=True)
         check_range(f"{path}.server_momentum", self.server_momentum, 0.0, 1.0, hi_open=True)
@@ -139,7 +147,17 @@ class PrivacySection:
     min_survivors: int = 0
     """Distributed noise: shares are calibrated for at least this many surviving clients (0 = all sampled)."""
     secure_noise: bool = False
-    """Draw noise from the OS CSPRNG (deployment); false = seeded noise for reproducible experiments."""
+    """Draw noise from the OS CSPRNG. Under secagg/ckks client-level noise is always secure unless
+    seeded_noise_experiment; with plaintext false = seeded noise (reproducible, regenerable from the seed)."""
+    seeded_noise_experiment: bool = False
+    """Experiment flag: allow seeded (reproducible, hence removable by anyone with the config) DP noise under a
+    secure protocol; the run's rows and summary are marked dp_noise=seeded."""
+    max_colluding: int = 0
+    """Distributed noise: shares are sized so the sum keeps the full noise even if this many included clients
+    withhold theirs (0 assumes every client adds its share honestly)."""
+    calibrate_against: Literal["server", "outsiders"] = "server"
+    """Whom target_epsilon and epsilon_budget hold against: the server (knows who took part: no amplification by
+    sampling, q = 1) or outside observers of the released models (q = clients per round / clients)."""
     adaptive_clipping: bool = False
     """Track a quantile of update norms with the clip bound (Andrew et al. 2021); central placement only."""
     target_quantile: float = 0.5
@@ -164,6 +182,7 @@ class PrivacySection:
         check_range(f"{path}.delta", self.delta, 0.0, 1.0, lo_open=True, hi_open=True)
         check_range(f"{path}.epsilon_budget", self.epsilon_budget, 0.0)
         check_range(f"{path}.min_survivors", self.min_survivors, 0)
+        check_range(f"{path}.max_colluding", self.max_colluding, 0)
         check_range(f"{path}.target_quantile", self.target_quantile, 0.0, 1.0, lo_open=True, hi_open=True)
         check_range(f"{path}.clip_learning_rate", self.clip_learning_rate, 0.0, lo_open=True)
         check_range(f"{path}.dpsgd_noise_multiplier", self.dpsgd_noise_multiplier, 0.0)
@@ -197,13 +216,14 @@ class PersonalizationSection:
     """
 
     method: Literal["none", "local", "finetune", "fedper", "fedrep", "embedding", "group", "ifca", "ditto",
-                    "fedprox"] = "none"
+                    "fedprox", "relation"] = "none"
     """none: FedAvg of the whole model; local: clients never federate (baseline); finetune: FedAvg, each client
     deploying the global model after its own local training; fedper / fedrep: shared body,
     personal head (Arivazhagan et al. 2019 / Collins et al. 2021); embedding: shared network fed a personal environment
     embedding (Jin et al. 2022); group: one model per environment group (Nadiger et al. 2019); ifca: k cluster models,
     each client picks its best (Ghosh et al. 2020); ditto: personal models pulled towards the global one (Li et al.
-    2021); fedprox: proximal term in local training (Li et al. 2020)."""
+    2021); fedprox: proximal term in local training (Li et al. 2020); relation: one model per client, mixed with
+    learned similarity weights (FedAMP, Huang et al. 2021; pFedGraph, Ye et al. 2023; plaintext only)."""
     head_layers: int = 1
     """fedper / fedrep: how many of the last Linear layers of each network stay on the client."""
     fedrep_head_fraction: float = 0.5
@@ -228,6 +248,10 @@ class PersonalizationSection:
     """ditto: environment steps of personal-model training per round (0 = federation.local_steps)."""
     fedprox_mu: float = 0.01
     """fedprox: mu of the proximal term mu/2 ||w - w_global||^2 in local training."""
+    relation_alpha: float = 2.0
+    """relation: strength of the similarity term (0 = FedAvg; larger = weights concentrate on similar clients)."""
+    relation_ema: float = 0.5
+    """relation: weight of the round's update similarities in the moving average that is the relation graph."""
 
     def validate(self, path: str) -> None:
         check_range(f"{path}.head_layers", self.head_layers, 1)
@@ -242,6 +266,8 @@ class PersonalizationSection:
         check_range(f"{path}.ditto_lambda", self.ditto_lambda, 0.0, lo_open=True)
         check_range(f"{path}.ditto_steps", self.ditto_steps, 0)
         check_range(f"{path}.fedprox_mu", self.fedprox_mu, 0.0, lo_open=True)
+        check_range(f"{path}.relation_alpha", self.relation_alpha, 0.0)
+        check_range(f"{path}.relation_ema", self.relation_ema, 0.0, 1.0, lo_open=True)
         if self.method == "group" and bool(self.group_by) == bool(self.groups):
             raise ConfigError(f"{path}.group_by", "method group needs exactly one of group_by (a physics parameter "
                               "to bin) or groups (an explicit group index per client)")
@@ -252,7 +278,7 @@ class ExperimentConfig:
     """A whole federated RL experiment."""
 
     name: str = "demo"
-    """Run name; the results folder is <output_dir>/<name>."""
+    """Run name; each run writes a new folder <output_dir>/<name>/<timestamp> (see `securefrl runs`)."""
     seed: int = 0
     """Master seed: client physics, sampling, agents and evaluation all derive from it."""
     output_dir: str = "results"
@@ -280,7 +306,12 @@ class ExperimentConfig:
         resolve_env(self.env.name, field="env.name")
         if self.agent.name not in AGENT_CONFIGS:
             raise ConfigError("agent.name", f"unknown agent {self.agent.name!r}; choose one of {sorted(AGENT_CONFIGS)}")
-        from_dict(AGENT_CONFIGS[self.agent.name], self.agent.params, "agent.params")
+        agent_cfg = from_dict(AGENT_CONFIGS[self.agent.name], self.agent.params, "agent.params")
+        if self.federation.round_batch > 0:  # one round gathers ~round_batch steps over the sampled clients
+            fed = self.federation
+            n_sampled = max(1, int(np.ceil(fed.client_fraction * fed.n_clients - 1e-9)))
+            n_envs = int(getattr(agent_cfg, "n_envs", 1))
+            fed.local_steps = n_envs * -(-fed.round_batch // (n_sampled * n_envs))
         check_range("attack.n_malicious", self.attack.n_malicious, 0, self.federation.n_clients - 1)
         if self.attack.name != "none":
             if self.attack.n_malicious == 0:
@@ -344,7 +375,7 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
             raise ConfigError("config", f"{p} is not valid TOML: {err}") from None
     if p.suffix in (".yaml", ".yml"):
         try:
-            data = yaml.safe_load(text) or {}
+            data = yaml_load(text) or {}
         except yaml.YAMLError as err:
             raise ConfigError("config", f"{p} is not valid YAML: {err}") from None
         if not isinstance(data, dict):

@@ -3,20 +3,28 @@
 Every config section is a dataclass whose fields carry a docstring (a string literal right
 below the field). These helpers build sections from TOML/YAML dicts, refuse unknown keys and
 mistyped values with a :class:`~securefrl.errors.ConfigError` naming the dotted field and the
-allowed values, and apply ``a.b=value`` command-line overrides.
+allowed values (and a "did you mean" for near misses), and apply ``a.b=value`` command-line overrides.
+
+Values on the command line are read as TOML first (``1e-6``, ``true``, ``[1, 2]``, inline tables
+``{pole_length = 0.7}``, quoted strings), then as YAML (bare words such as ``dqn``, JSON/YAML mappings
+``{"a": 1}``). YAML files are read with YAML 1.2 number rules, so ``1e-6`` is a float as in TOML and
+JSON (PyYAML's YAML 1.1 reads it as a string).
 """
 
 from __future__ import annotations
 
 import ast
 import dataclasses
+import difflib
 import functools
 import inspect
 import itertools
+import re
 import textwrap
+import tomllib
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, TypeVar
 
 import yaml
@@ -48,6 +56,44 @@ def field_docs(cls: type) -> dict[str, str]:
             ):
                 docs[node.target.id] = " ".join(nxt.value.value.split())
     return docs
+
+
+class YAMLLoader(yaml.SafeLoader):
+    """PyYAML's safe loader with YAML 1.2 floats: ``1e-6``, ``2E3``, ``.5`` are numbers."""
+
+
+YAMLLoader.yaml_implicit_resolvers = {k: list(v) for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+YAMLLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:\d[\d_]*)?(?:\.\d*)?[eE][-+]?\d+$|^[-+]?(?:\d[\d_]*)?\.\d+$|^[-+]?\d[\d_]*\.\d*$"),
+    list("-+0123456789."),
+)
+
+
+def yaml_load(text: str) -> Any:
+    """``yaml.safe_load`` with YAML 1.2 floats (see :class:`YAMLLoader`)."""
+    return yaml.load(text, Loader=YAMLLoader)  # a SafeLoader subclass: no arbitrary objects
+
+
+def parse_value(raw: str) -> Any:
+    """A command-line value: TOML if it parses as one (numbers, booleans, arrays, inline tables), else YAML."""
+    text = raw.strip()
+    if not text:
+        return ""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        pass
+    try:
+        return yaml_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def did_you_mean(name: str, allowed: Any) -> str:
+    """`` (did you mean 'x'?)`` for a near miss among ``allowed`` (empty if nothing is close)."""
+    close = difflib.get_close_matches(str(name), [str(a) for a in allowed], n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def _coerce(value: Any, tp: Any, path: str) -> Any:
@@ -114,7 +160,7 @@ def from_dict(cls: type[T], data: Mapping[str, Any], path: str = "") -> T:
     if unknown:
         where = path or cls.__name__
         raise ConfigError(f"{where}.{unknown[0]}" if path else unknown[0],
-                          f"unknown key in [{where}]; allowed keys: {sorted(fields)}")
+                          f"unknown key in [{where}]{did_you_mean(unknown[0], fields)}; allowed keys: {sorted(fields)}")
     kwargs = {k: _coerce(v, hints[k], f"{path}.{k}" if path else k) for k, v in data.items()}
     obj = cls(**kwargs)
     validate = getattr(obj, "validate", None)
@@ -147,7 +193,7 @@ def apply_override(data: dict[str, Any], assignment: str) -> None:
         node = node.setdefault(p, {})
         if not isinstance(node, dict):
             raise ConfigError(key, f"{p!r} is not a section")
-    node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else ""
+    node[parts[-1]] = parse_value(raw)
 
 
 def describe(cls: type, prefix: str = "") -> list[tuple[str, Any, str]]:
@@ -176,3 +222,87 @@ def check_range(path: str, value: float, lo: float | None = None, hi: float | No
         hi_s = "inf" if hi is None else repr(hi)
         rng = f"{'(' if lo_open or lo is None else '['}{lo_s}, {hi_s}{')' if hi_open or hi is None else ']'}"
         raise ConfigError(path, f"{value!r} is out of range; allowed: {rng}")
+
+
+_PLAIN = (int, float, str, bool, list, tuple, dict, Mapping, Sequence, typing.Literal, type(None))
+
+
+def _config_settable(tp: Any) -> bool:
+    """True if a config file can hold a value of annotation ``tp`` (numbers, strings, lists, tables)."""
+    if tp is Any or tp in _PLAIN:
+        return True
+    origin = typing.get_origin(tp)
+    if origin is typing.Literal:
+        return True
+    if origin in (typing.Union, types.UnionType) or origin in _PLAIN:  # a union or container of settable types
+        return all(a is Ellipsis or _config_settable(a) for a in typing.get_args(tp))
+    return False
+
+
+def plugin_kwargs(target: Any, params: Mapping[str, Any], path: str, provided: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Check ``params`` against the signature of ``target`` (a plug-in class or factory) and type them.
+
+    ``provided`` names the arguments the library passes itself (e.g. ``dim``); they cannot be set.
+    A parameter annotated with a dataclass (e.g. ``params: CKKSParams``) may be given as a mapping
+    or flat, by the dataclass's own field names. Unknown names raise :class:`ConfigError` naming the
+    dotted parameter, a near miss and the allowed names; mistyped values name the expected type.
+    """
+    fn = target.__init__ if inspect.isclass(target) else target
+    sig = inspect.signature(fn)
+    try:
+        hints = typing.get_type_hints(fn)
+    except Exception:  # unresolvable annotations: check names only
+        hints = {}
+    own = {n: p for n, p in sig.parameters.items()
+           if n not in ("self", *provided) and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+    nested: dict[str, type] = {}
+    for n in own:
+        for tp in (hints.get(n), *typing.get_args(hints.get(n))):
+            if dataclasses.is_dataclass(tp):
+                nested[n] = tp  # type: ignore[assignment]
+    flat = {f.name: n for n, tp in nested.items() for f in dataclasses.fields(tp) if f.init and f.name not in own}
+    allowed = sorted({*(n for n in own if n in nested or _config_settable(hints.get(n, Any))), *flat})
+    out: dict[str, Any] = {}
+    grouped: dict[str, dict[str, Any]] = {}
+    for key, value in params.items():
+        where = f"{path}.{key}"
+        if key in flat:
+            grouped.setdefault(flat[key], {})[key] = value
+        elif key in nested and isinstance(value, Mapping):
+            grouped.setdefault(key, {}).update(value)
+        elif key in own:
+            if not _config_settable(hints.get(key, Any)):
+                raise ConfigError(where, f"{key} takes a Python object ({hints[key]}); it can be passed in the Python "
+                                  "API only, not from a config")
+            out[key] = _coerce(value, hints.get(key, Any), where)
+        else:
+            name = getattr(target, "__name__", str(target))
+            raise ConfigError(where, f"{name} takes no parameter {key!r}{did_you_mean(key, allowed)}; "
+                              f"allowed: {', '.join(allowed) or 'none'}")
+    for key, values in grouped.items():
+        out[key] = from_dict(nested[key], values, path)
+    return out
+
+
+def plugin_parameters(target: Any, prefix: str, provided: tuple[str, ...] = ()) -> list[tuple[str, Any, str]]:
+    """(dotted name, default, annotation) of every parameter :func:`plugin_kwargs` accepts, for ``securefrl config``."""
+    fn = target.__init__ if inspect.isclass(target) else target
+    try:
+        hints = typing.get_type_hints(fn)
+    except Exception:
+        hints = {}
+    rows: list[tuple[str, Any, str]] = []
+    for n, p in inspect.signature(fn).parameters.items():
+        if n in ("self", *provided) or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+            continue
+        tp = hints.get(n, p.annotation)
+        nested = next((t for t in (tp, *typing.get_args(tp)) if dataclasses.is_dataclass(t)), None)
+        if nested is not None:  # settable flat by the dataclass's fields
+            rows += [(f"{prefix}{f.name}", f.default, getattr(f.type, "__name__", str(f.type)))
+                     for f in dataclasses.fields(nested) if f.init]
+            continue
+        if not _config_settable(tp):
+            continue  # a Python object (a generator, a mapping of enums): API only
+        default = None if p.default is inspect.Parameter.empty else p.default
+        rows.append((f"{prefix}{n}", default, getattr(tp, "__name__", str(tp)).replace("typing.", "")))
+    return rows

@@ -112,8 +112,12 @@ class Federation:
             self.dp = ClientLevelDP(cfg.privacy, cfg.protocol.name, fed.n_clients, len(self.sample_clients(0)),
                                     fed.rounds)
         if self.protocol is None:
-            self.protocol = make_protocol(cfg.protocol.name, self._protocol_dim(), len(self.clients),
-                                          cfg.protocol.params)
+            params = dict(cfg.protocol.params)
+            if self.dp is not None and cfg.protocol.name == "secagg":  # room for the noise in SecAgg's clip
+                params.setdefault("clip", self.dp.required_coordinate_clip())
+            self.protocol = make_protocol(cfg.protocol.name, self._protocol_dim(), len(self.clients), params)
+        if self.dp is not None:
+            self.dp.check_protocol(self.protocol)
         if self.pipeline is None:
             if self.dp is not None:
                 self.pipeline = self.dp.pipeline()
@@ -251,7 +255,11 @@ class Federation:
             except UpdateRejectedError as err:
                 rows[cid]["rejected"] = str(err)
                 continue
-            payloads[cid] = self.protocol.protect(cid, r, self._encode_update(cid, update), weight)
+            try:
+                payloads[cid] = self.protocol.protect(cid, r, self._encode_update(cid, update), weight)
+            except (ValueError, ProtocolError) as err:  # e.g. an update too large for CKKS: drop this client only
+                rows[cid]["rejected"] = f"protect: {type(err).__name__}: {err}"
+                continue
             times["protect"] += time.perf_counter() - t0
             rows[cid]["update_norm"] = float(np.linalg.norm(update))
             rows[cid]["bytes_up"] = len(payloads[cid])

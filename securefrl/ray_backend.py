@@ -113,7 +113,14 @@ def connect(address: str = "", num_cpus: int = 2) -> bool:
             from None
     if ray.is_initialized():
         return False
-    address = address or os.environ.get("RAY_ADDRESS", "")
+    # A Ray cluster is one trust domain: its workers' results are unpickled in this driver, so whoever runs
+    # the cluster runs code here. A config file may come from anyone; the address must come from the operator.
+    trusted = os.environ.get("RAY_ADDRESS", "")
+    if address and address != trusted:
+        raise ConfigError("federation.ray_address", "a Ray cluster address is only taken from the RAY_ADDRESS "
+                          "environment variable of the operator, not from a config file (a cluster can run code in "
+                          "this process); export RAY_ADDRESS=... instead, or leave ray_address empty")
+    address = trusted
     if address:
         ray.init(address=address, logging_level=logging.WARNING)
         return False

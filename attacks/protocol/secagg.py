@@ -106,10 +106,10 @@ class KeySubstitution:
             seed_v = pairwise_mask_key(mask, own.mask_public, r, v, victim)
             expander.add(y, seed_v, -pairwise_sign(victim, v))
         values, weight = Quantizer(params).decode(y, 1)
-        err = float(np.max(np.abs(values / weight - x)))
-        ok = err <= Quantizer(params).value_step
-        return ProtocolAttackOutcome(self.name, _target(weakened), ok, err, "max error of x_victim",
-                                     f"victim's individual update recovered to {err:.2g} (t={t} of {N}); no "
+        error = float(np.max(np.abs(values / weight - x)))
+        ok = error <= Quantizer(params).value_step
+        return ProtocolAttackOutcome(self.name, _target(weakened), ok, error, "max error of x_victim",
+                                     f"victim's individual update recovered to {error:.2g} (t={t} of {N}); no "
                                      "double reveal was needed" if ok else "recovery failed")
 
 
@@ -168,12 +168,12 @@ class ShareForgery:
             return ProtocolAttackOutcome(self.name, _target(weakened), True, float("inf"), "max error of the mean",
                                          f"the forged share aborted the round for everybody: {err}")
         values, _ = Quantizer(params).decode(result.total, len(result.included))
-        err = float(np.max(np.abs(values / len(result.included) - updates.mean(axis=0))))
+        error = float(np.max(np.abs(values / len(result.included) - updates.mean(axis=0))))
         caught = forger in result.rejected
-        ok = err > 10 * Quantizer(params).value_step and not caught
-        reason = (f"mean silently corrupted (max error {err:.3g}), no client rejected" if ok else
-                  f"forger identified ({result.rejected.get(forger, '')!r}); sum exact to {err:.2g}")
-        return ProtocolAttackOutcome(self.name, _target(weakened), ok, err, "max error of the mean", reason,
+        ok = error > 10 * Quantizer(params).value_step and not caught
+        reason = (f"mean silently corrupted (max error {error:.3g}), no client rejected" if ok else
+                  f"forger identified ({result.rejected.get(forger, '')!r}); sum exact to {error:.2g}")
+        return ProtocolAttackOutcome(self.name, _target(weakened), ok, error, "max error of the mean", reason,
                                      {"rejected": sorted(result.rejected)})
 
 
@@ -225,7 +225,7 @@ class Replay:
         err = float(np.max(np.abs(opened.mean - honest)))
         accepted = 0 in agg.included
         ok = accepted and err > 1e-3
-        reason = (f"replay accepted: total weight {opened.total_weight:.3g} instead of {n}, mean off by {err:.3g}"
+        reason = (f"replay accepted: mean off by {err:.3g} (total weight {opened.total_weight:.3g}, {n} clients)"
                   if ok else f"replay refused ({agg.rejected.get(0, 'not included')}); mean of the others exact "
                   f"to {err:.2g}")
         return ProtocolAttackOutcome(self.name, _target(weakened), ok, err, "max error of the opened mean", reason,

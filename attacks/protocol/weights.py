@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from attacks.protocol import ProtocolAttackOutcome, register
@@ -38,7 +40,8 @@ class WeightAmplification:
 
     def run(self, weakened: bool, seed: int) -> ProtocolAttackOutcome:
         rng = np.random.default_rng(seed)
-        kw = {"public_weights": False, "min_weight": 0.0, "unsafe_skip_bounds": True} if weakened else {}
+        unsafe = {"public_weights": False, "min_weight": 0.0, "unsafe_skip_bounds": True}
+        kw: dict[str, Any] = unsafe if weakened else {}
         proto = SecAggProtocol(DIM, N, clip=CLIP, **kw)
         target = ("secagg public_weights=False, unsafe_skip_bounds=True" if weakened
                   else "secagg default (public weights, bounded release)")

@@ -9,14 +9,6 @@ class CiphertextFormatError(PayloadError):
     """A CKKS payload has the wrong structure: wrong length, ciphertext count or PRNG descriptor."""
 
 
-class KeyMismatchError(PayloadError):
-    """A ciphertext was made under another key set (its key fingerprint is not this deployment's)."""
-
-
-class IntegrityError(PayloadError):
-    """A payload's authentication tag does not verify: corrupted or tampered with after sealing."""
-
-
 class CoefficientRangeError(PayloadError):
     """A ciphertext coefficient is not reduced modulo q, so the bytes are not a valid ciphertext."""
 

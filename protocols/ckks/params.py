@@ -51,6 +51,9 @@ class CKKSParams:
         combines; with the per-client bound ``value_bound`` the sum provably never wraps modulo Q.
     flood_bits:
         Statistical security (bits) of the flooded release, per coefficient (see :meth:`flood_bound`).
+    max_weight:
+        Largest aggregation weight a client may declare (weights travel in the clear, signed; a payload
+        outside (0, max_weight] is dropped by the server, and the total is at most n * max_weight).
     wire_bits:
         High-order bits of each c0 / partial-decryption coefficient that travel; the low
         ``log2 Q - wire_bits`` bits are dropped (as lattice KEMs compress ciphertexts), adding a public
@@ -63,6 +66,7 @@ class CKKSParams:
     max_clients: int = 256
     flood_bits: int = 40
     wire_bits: int = 56
+    max_weight: float = 100.0
 
     def __post_init__(self) -> None:
         bits = (self.prime_bits,) if isinstance(self.prime_bits, int) else tuple(int(b) for b in self.prime_bits)
@@ -85,6 +89,8 @@ class CKKSParams:
             raise ProtocolConfigError(f"max_clients must be at least 1, got {self.max_clients}")
         if not 8 <= self.wire_bits <= 63:
             raise ProtocolConfigError(f"wire_bits must be in [8, 63], got {self.wire_bits}")
+        if not 0 < self.max_weight < math.inf:
+            raise ProtocolConfigError(f"max_weight must be positive and finite, got {self.max_weight}")
         if self.flood_bits < 0:
             raise ProtocolConfigError(f"flood_bits must be non-negative, got {self.flood_bits}")
         if self.scale_bits < 1 or self.value_bound < 1.0:

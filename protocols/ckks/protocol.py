@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import hashlib
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
+from protocols import wire
 from protocols.base import Aggregate, AggregationProtocol, OpenedAggregate
 from protocols.ckks.params import CKKSParams
 from protocols.ckks.ring import RandomSource
-from protocols.ckks.roles import CKKSClient, CKKSServer, Suite
+from protocols.ckks.roles import CKKSClient, CKKSServer, Suite, a_seed_from
 from protocols.errors import PayloadError, ProtocolConfigError, ProtocolError, RoundAbortedError
 
 KEY_MODES = ("threshold", "shared")
@@ -62,6 +64,9 @@ class CKKSProtocol(AggregationProtocol):
         release for the attack tests: exact float64 values, no minimum set, no flooding.
     offline_at_keygen:
         Client ids that drop out before enrolment (tests of dropouts at key generation).
+    offline_during_sharing:
+        Client ids that drop out halfway through dealing their key shares: they are left out of the
+        final roster and every share they dealt is discarded (the others' t-of-n sharing is unaffected).
     **ring:
         :class:`CKKSParams` fields given directly (``protocol.params.max_clients = 64`` in a config).
     """
@@ -81,6 +86,7 @@ class CKKSProtocol(AggregationProtocol):
         seed: int | None = None,
         release: str = "safe",
         offline_at_keygen: Sequence[int] = (),
+        offline_during_sharing: Sequence[int] = (),
         **ring: Any,
     ) -> None:
         if keys not in KEY_MODES:
@@ -116,34 +122,48 @@ class CKKSProtocol(AggregationProtocol):
         self.clients: dict[int, CKKSClient] = {
             c: CKKSClient(c, self.params, dim, self._child(f"client/{c}"), shared_key=shared_key) for c in enrolled
         }
-        self.setup_bytes = self._enrol(enrolled)
-        self.suite = self.clients[enrolled[0]].suite
+        self.setup_bytes = self._enrol(enrolled, set(offline_during_sharing))
+        self.suite = next(iter(self.clients.values())).suite
         assert self.suite is not None
         self.server = CKKSServer(Suite(self.params, dim, self.suite.a_seed, self.suite.verify_keys), self.threshold,
                                  min_clients)
         #: Clients that have dropped out of the opening phase (they neither confirm inclusion nor decrypt).
         self.offline: set[int] = set()
         self._last_extra: dict[int, int] = {}
+        self.last_open_times: dict[str, float] = {}
 
     def _child(self, label: str) -> RandomSource:
         if not self.reproducible:
             return RandomSource(None)
         return RandomSource(self._rng.bytes(32, label))
 
-    def _enrol(self, enrolled: list[int]) -> dict[int, int]:
-        """Publish identity and DH keys, distribute key shares over the pairwise channels; bytes sent per client."""
-        roster = {c: (cl.verify_key, cl.dh_public, cl.dh_signature) for c, cl in self.clients.items()}
-        sent = {c: 32 + 32 + 64 for c in enrolled}
+    def _enrol(self, enrolled: list[int], dropping: set[int]) -> dict[int, int]:
+        """Publish identity and DH keys, distribute key shares over the pairwise channels; bytes sent per client.
+
+        The server relays every message; the final roster is the clients whose shares reached everyone
+        (``dropping`` ones stop halfway and are left out, their dealt shares discarded by the others).
+        """
+        roster = {c: cl.enrolment for c, cl in self.clients.items()}
+        sent = {c: roster[c].size for c in enrolled}
         if self.keys == "threshold":
             for c, cl in self.clients.items():
-                for rid, blob in cl.make_shares(roster, self.threshold).items():
+                blobs = sorted(cl.make_shares(roster, self.threshold).items())
+                if c in dropping:
+                    blobs = blobs[: len(blobs) // 2]
+                for rid, blob in blobs:
+                    if rid in dropping and rid < c:
+                        continue  # the recipient is already gone
                     self.clients[rid].receive_share(c, blob, roster)
                     sent[c] += len(blob)
-        a_seed = self._rng.bytes(32, "a-seed")
-        suite = Suite(self.params, self.dim, a_seed, {c: v[0] for c, v in roster.items()})
+        final = {c: e for c, e in roster.items() if c not in dropping}
+        if len(final) < max(self.threshold, self.min_clients):
+            raise ProtocolConfigError(f"only {len(final)} clients completed enrolment; t={self.threshold}, "
+                                      f"min_clients={self.min_clients}")
+        self.clients = {c: cl for c, cl in self.clients.items() if c in final}
+        suite = Suite(self.params, self.dim, a_seed_from(final), {c: v.verify_key for c, v in final.items()})
         for cl in self.clients.values():
             cl.finish_enrolment(suite, self.threshold, self.min_clients)
-        return sent
+        return {c: b for c, b in sent.items() if c in final}
 
     @property
     def label(self) -> str:
@@ -172,7 +192,19 @@ class CKKSProtocol(AggregationProtocol):
         return self.clients[client_id].protect(round_id, update, weight)
 
     def combine(self, round_id: int, payloads: Mapping[int, bytes]) -> Aggregate:
-        return self.server.combine(round_id, payloads)
+        aggregate = self.server.combine(round_id, payloads)
+        # What each client will send to open it (the round loop reads this before open; open corrects it).
+        online = [c for c in sorted(self.clients) if c not in self.offline]
+        su = self.server.suite
+        self._last_extra = {c: 64 for c in aggregate.included if c in online}  # inclusion signatures
+        if self.keys == "threshold" and self.release == "safe":
+            partial = wire.HEADER_SIZE + 4 + 4 * self.threshold + su.poly_bytes + 64
+            for i in online[: self.threshold]:
+                self._last_extra[i] = self._last_extra.get(i, 0) + partial
+        elif online and self.release == "safe":
+            self._last_extra[online[0]] = self._last_extra.get(online[0], 0) + wire.HEADER_SIZE + 4 + 4 * len(
+                aggregate.included) + 8 + 4 * self.dim + 64
+        return aggregate
 
     def extra_client_bytes(self) -> dict[int, int]:
         return dict(self._last_extra)
@@ -186,13 +218,16 @@ class CKKSProtocol(AggregationProtocol):
         included = [c for c in aggregate.included if c in online]
         if len(included) < self.min_clients:
             raise RoundAbortedError(f"{len(included)} included clients online, min_clients={self.min_clients}")
+        t0 = time.perf_counter()
+        sigs = {c: self.clients[c].sign_inclusion(r, included) for c in included}
+        t1 = time.perf_counter()
         if self.keys == "shared":
             opener = online[0]
             received = self.server.received.get(r, {})
-            release = self.clients[opener].open_shared(r, {c: received[c] for c in included})
-            self._last_extra = {opener: len(release)}
+            release = self.clients[opener].open_shared(r, {c: received[c] for c in included}, sigs)
+            self._last_extra = {c: 64 for c in included}
+            self._last_extra[opener] = self._last_extra.get(opener, 0) + len(release)
             return self.server.read_release(r, opener, release)
-        sigs = {c: self.clients[c].sign_inclusion(r, included) for c in included}
         # Exactly t decryptors: the Lagrange weights are for this set, so each extra one would only add a
         # chance of a dropout (which aborts) and more flooding noise.
         decryptors = online[: self.threshold]
@@ -204,7 +239,12 @@ class CKKSProtocol(AggregationProtocol):
                 partials[i] = self.clients[i].partial_decrypt(r, included, sigs, decryptors)
             except (PayloadError, ProtocolError):
                 continue  # a refusal; the server's combine aborts the round below
+        t2 = time.perf_counter()
         self._last_extra = {i: len(p) for i, p in partials.items()}
         for c in included:
             self._last_extra[c] = self._last_extra.get(c, 0) + 64
-        return self.server.finish(aggregate, included, decryptors, partials)
+        opened = self.server.finish(aggregate, included, decryptors, partials)
+        #: Seconds of the last opening, by step (all simulated parties run in this one process).
+        self.last_open_times = {"inclusion_s": t1 - t0, "partials_s": t2 - t1, "n_partials": len(partials),
+                                "server_combine_s": time.perf_counter() - t2}
+        return opened

@@ -46,6 +46,34 @@ def mulmod(a: np.ndarray, b: np.ndarray | int, q: int) -> np.ndarray:
     return np.remainder(r, q).astype(np.uint64)
 
 
+_LIMB = 18
+
+
+def matmul_mod(a: np.ndarray, b: np.ndarray, q: int) -> np.ndarray:
+    """``a @ b mod q`` for uint64 residue matrices (q < 2^56, inner size <= 256), exactly, through BLAS.
+
+    Both operands are split into three 18-bit limbs (the top one below 2^20); every limb product is
+    below 2^38 and a sum of at most 256 of them below 2^46, so float64 matrix products are exact
+    integers. The limb products are then recombined modulo q. Used to deal Shamir shares of a whole
+    polynomial to every recipient at once (Vandermonde matrix times coefficient matrix).
+    """
+    if a.shape[1] > 256 or q >= 2**56:
+        raise ValueError("matmul_mod needs an inner size <= 256 and q < 2^56")
+    mask = np.uint64((1 << _LIMB) - 1)
+    la = [((a >> np.uint64(_LIMB * k)) & mask).astype(np.float64) for k in range(2)] + [
+        (a >> np.uint64(2 * _LIMB)).astype(np.float64)]
+    lb = [((b >> np.uint64(_LIMB * k)) & mask).astype(np.float64) for k in range(2)] + [
+        (b >> np.uint64(2 * _LIMB)).astype(np.float64)]
+    out = np.zeros((a.shape[0], b.shape[1]), dtype=np.uint64)
+    for k in range(5):
+        part = np.zeros((a.shape[0], b.shape[1]), dtype=np.float64)
+        for i in range(max(0, k - 2), min(2, k) + 1):
+            part += la[i] @ lb[k - i]  # < 3 * 2^46: still exact
+        r = np.remainder(part.astype(np.uint64), np.uint64(q))
+        out = _addmod(out, mulmod(r, pow(2, _LIMB * k, q), q), q)
+    return out
+
+
 def _bitrev(n: int) -> np.ndarray:
     bits = n.bit_length() - 1
     idx = np.arange(n)
@@ -126,7 +154,9 @@ def _addmod(a: np.ndarray, b: np.ndarray, q: int) -> np.ndarray:
 
 
 def _submod(a: np.ndarray, b: np.ndarray, q: int) -> np.ndarray:
-    return np.where(a >= b, a - b, a + np.uint64(q) - b)
+    d = np.subtract(a, b)  # wraps below zero; adding q brings it back into [0, q)
+    np.add(d, np.uint64(q), out=d, where=a < b)
+    return d
 
 
 @lru_cache(maxsize=16)
@@ -243,12 +273,13 @@ def floor_shift(ring: RNSRing, a: np.ndarray, bits: int) -> np.ndarray:
     return (quot + (resid >> np.int64(bits))).view(np.uint64)
 
 
-def expand_shift(ring: RNSRing, h: np.ndarray, bits: int) -> np.ndarray:
-    """Residues of h * 2^bits + 2^(bits-1) (the centre of the dropped interval; h itself if bits = 0)."""
+def expand_shift(ring: RNSRing, h: np.ndarray, bits: int, count: int = 1) -> np.ndarray:
+    """Residues of h * 2^bits + count * 2^(bits-1): ``h`` is the sum of ``count`` dropped-bit values, each
+    expanded to the centre of its dropped interval (``h`` itself if bits = 0)."""
     out = []
     for q in ring.primes:
         r = mulmod(np.remainder(h, np.uint64(q)), pow(2, bits, q), q)
-        out.append(_addmod(r, np.full_like(r, pow(2, bits - 1, q) if bits else 0), q))
+        out.append(_addmod(r, np.full_like(r, count * pow(2, bits - 1, q) % q if bits else 0), q))
     return np.stack(out, axis=-2)
 
 

@@ -1,18 +1,18 @@
 """The CKKS roles: a client (key owner, encryptor, partial decryptor) and the server (adder, combiner).
 
 Wire bodies (inside :mod:`protocols.wire` envelopes, protocol ``"ckks"``, little endian; n = ciphertexts
-per update, N = ring degree, W = bytes of all residues of one coefficient, sig = Ed25519 over the whole
-envelope before it)::
+per update, N = ring degree, W = 7 bytes: the high 56 bits of a coefficient in [0, Q), R = bytes of all
+residues of one coefficient, sig = Ed25519 over the whole envelope before it)::
 
     update     (kind 1): weight f64 | n*N coefficients W | sig 64
-    aggregate  (kind 2): k u32 | k x client u32 | k x weight f64 | n*N coefficients W      (server's own)
-    inclusion  (kind 3): k u32 | k x client u32 | sig 64          "I, a member, was summed into exactly this set"
+    aggregate  (kind 2): k u32 | k x client u32 | k x weight f64 | n*N coefficients R      (server's own)
     partial    (kind 4): d u32 | d x decryptor u32 | n*N coefficients W | sig 64
-    release    (kind 5): k u32 | k x client u32 | dim x float32 | sig 64   (shared-key opener's answer)
-    key share  (kind 6): AES-256-GCM(N residues W) bound to (sender, recipient)
+    release    (kind 5): k u32 | k x client u32 | total weight f64 | dim x float32 | sig 64 (shared-key opener)
+    key share  (AES-256-GCM on the pairwise channel): N coefficients R, bound to (sender, recipient)
 
-Coefficients are those of c0 (coefficient domain, one residue per prime). The common polynomial a of
-round r and ciphertext k is public: expanded from the enrolment's public seed, never sent.
+Inclusion signatures are bare Ed25519 signatures over (round, sorted set). Coefficients are those of
+c0 (coefficient domain). The common polynomial a of round r and ciphertext k is public: expanded from
+the enrolment's a-seed, never sent.
 """
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ import hashlib
 import math
 import struct
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 
@@ -32,9 +34,9 @@ from protocols.ckks.ring import (
     Encoder,
     RandomSource,
     RNSRing,
-    _addmod,
     expand_shift,
     floor_shift,
+    matmul_mod,
     mulmod,
     ring_for,
 )
@@ -43,7 +45,7 @@ from protocols.plaintext import _check_update
 from protocols.shamir import lagrange_at_zero
 
 PROTOCOL = "ckks"
-KIND_UPDATE, KIND_AGGREGATE, KIND_INCLUSION, KIND_PARTIAL, KIND_RELEASE, KIND_SHARE = 1, 2, 3, 4, 5, 6
+KIND_UPDATE, KIND_AGGREGATE, KIND_PARTIAL, KIND_RELEASE = 1, 2, 4, 5
 _SIG = crypto.SIGNATURE_BYTES
 _U32 = struct.Struct("<I")
 
@@ -75,6 +77,8 @@ class Suite:
         self.drop_bits = params.drop_bits
         self.wire_width = params.wire_coeff_bytes
         self._h_max = (self.ring.modulus - 1) >> self.drop_bits
+        #: High parts that can be added in a uint64 before they must be expanded (exact integer sums).
+        self.lazy = max(1, (2**64 - 1) // self._h_max)
         self.poly_bytes = self.n_coeffs * self.wire_width  # c0 and partials: high-order bits only
         self.update_size = wire.HEADER_SIZE + 8 + self.poly_bytes + _SIG
         self._a_cache: tuple[int, np.ndarray] | None = None
@@ -121,16 +125,26 @@ class Suite:
         h = floor_shift(self.ring, poly, self.drop_bits).reshape(-1)
         return np.ascontiguousarray(h, dtype="<u8").view(np.uint8).reshape(-1, 8)[:, : self.wire_width].tobytes()
 
-    def unpack_wire(self, data: bytes | memoryview, offset: int) -> np.ndarray:
-        """Inverse of :meth:`pack_wire` (to the centre of the dropped interval); refuses values >= Q."""
+    def read_wire(self, data: bytes, offset: int) -> np.ndarray:
+        """The transmitted high parts h (n_cts, N) at ``offset``, refusing any h that is not below Q / 2^bits.
+
+        Reads 8-byte words at stride W (a signature always follows, so the last read stays inside the
+        payload) and masks them to W bytes: one zero-copy strided view and one pass.
+        """
         w = self.wire_width
-        raw = np.frombuffer(data, dtype=np.uint8, count=self.n_coeffs * w, offset=offset).reshape(-1, w)
-        buf = np.zeros((self.n_coeffs, 8), dtype=np.uint8)
-        buf[:, :w] = raw
-        h = buf.view("<u8").reshape(self.n_cts, self.n)
+        view = np.ndarray((self.n_coeffs,), dtype="<u8", buffer=data, offset=offset, strides=(w,))
+        h = np.bitwise_and(view, np.uint64((1 << (8 * w)) - 1)) if w < 8 else view.astype(np.uint64)
         if h.size and int(h.max()) > self._h_max:
             raise CoefficientRangeError(f"{int(np.count_nonzero(h > np.uint64(self._h_max)))} coefficients >= Q")
-        return expand_shift(self.ring, h, self.drop_bits)
+        return h.reshape(self.n_cts, self.n)
+
+    def unpack_wire(self, data: bytes, offset: int) -> np.ndarray:
+        """Inverse of :meth:`pack_wire` (to the centre of the dropped interval)."""
+        return expand_shift(self.ring, self.read_wire(data, offset), self.drop_bits)
+
+    def expand_sum(self, h_sum: np.ndarray, count: int) -> np.ndarray:
+        """Residues of the sum of ``count`` transmitted polynomials whose high parts add up to ``h_sum``."""
+        return expand_shift(self.ring, h_sum, self.drop_bits, count)
 
     def verify_signed(self, data: bytes, signer: int) -> None:
         key = self.verify_keys.get(signer)
@@ -139,15 +153,14 @@ class Suite:
         crypto.verify(key, data[:-_SIG], data[-_SIG:])
 
     def inclusion_message(self, round_id: int, included: Sequence[int]) -> bytes:
-        ids = sorted(included)
-        return struct.pack(f"<QI{len(ids)}I", round_id, len(ids), *ids)
+        ids = sorted(included)  # bound to this deployment (its a-seed) and round: no replay elsewhere
+        return b"securefrl/ckks/inclusion/v1" + self.a_seed + struct.pack(f"<QI{len(ids)}I", round_id, len(ids), *ids)
 
 
-def _mul_small(a: np.ndarray, x: np.ndarray, q: int) -> np.ndarray:
-    """``a * x mod q`` for residues ``a`` and small multipliers ``x``: one uint64 product when it cannot wrap."""
-    if q * (int(x.max()) + 1) < 2**64:
-        return a * x % np.uint64(q)
-    return mulmod(a, x, q)
+@lru_cache(maxsize=64)
+def _vandermonde(xs: tuple[int, ...], t: int, q: int) -> np.ndarray:
+    """Rows (1, x, x^2, ..., x^(t-1)) mod q for the share points ``xs`` (public; cached)."""
+    return np.array([[pow(x, d, q) for d in range(t)] for x in xs], dtype=np.uint64)
 
 
 def _ids_body(ids: Sequence[int]) -> bytes:
@@ -164,6 +177,40 @@ def _read_ids(body: bytes, limit: int) -> tuple[list[int], int]:
     if len(set(ids)) != k or ids != sorted(ids):
         raise CiphertextFormatError("ids must be distinct and sorted")
     return ids, 4 + 4 * k
+
+
+@dataclass(frozen=True)
+class Enrolment:
+    """One client's public enrolment record: identity key, X25519 key, a-seed contribution, signature."""
+
+    verify_key: bytes
+    dh_public: bytes
+    a_share: bytes
+    signature: bytes
+
+    @staticmethod
+    def message(cid: int, dh_public: bytes, a_share: bytes) -> bytes:
+        return b"securefrl/ckks/enrol/v1" + _U32.pack(cid) + dh_public + a_share
+
+    def verify(self, cid: int) -> None:
+        crypto.verify(self.verify_key, self.message(cid, self.dh_public, self.a_share), self.signature)
+
+    @property
+    def size(self) -> int:
+        return len(self.verify_key) + len(self.dh_public) + len(self.a_share) + len(self.signature)
+
+
+def a_seed_from(roster: Mapping[int, Enrolment]) -> bytes:
+    """The public seed of every a_{r,k}: a hash of all enrolled clients' signed contributions.
+
+    Every client computes it itself, so the server cannot choose the common polynomials (it could only
+    withhold a contribution, which changes the seed to another uniformly random one).
+    """
+    h = hashlib.sha256(b"securefrl/ckks/a-seed/v1")
+    for cid in sorted(roster):
+        roster[cid].verify(cid)
+        h.update(_U32.pack(cid) + roster[cid].a_share)
+    return h.digest()
 
 
 class CKKSClient:
@@ -187,13 +234,16 @@ class CKKSClient:
         self.identity = crypto.generate_signing_key()
         self.verify_key = crypto.verify_key_bytes(self.identity)
         self._dh = crypto.generate_private_key()
-        self.dh_public = crypto.public_bytes(self._dh)
-        self.dh_signature = crypto.sign(self.identity, b"securefrl/ckks/dh" + _U32.pack(cid) + self.dh_public)
+        dh_public = crypto.public_bytes(self._dh)
+        a_share = rng.bytes(32, f"a-share/{cid}")  # this client's contribution to the public a-seed
+        #: What this client publishes at enrolment (relayed by the server, signed by the identity key).
+        self.enrolment = Enrolment(self.verify_key, dh_public, a_share,
+                                   crypto.sign(self.identity, Enrolment.message(cid, dh_public, a_share)))
         ring_n = params.poly_modulus_degree
         self._secret = (
             shared_key if shared_key is not None else rng.ternary((ring_n,), f"sk/{cid}")
         )  # signed coefficients
-        self._verified: dict[int, tuple[bytes, bytes]] = {}
+        self._verified: dict[int, Enrolment] = {}
         self._shares: dict[int, np.ndarray] = {}  # sender -> share_sender(self) residues (L, N), coefficient domain
         self.suite: Suite | None = None
         self.threshold = 1
@@ -203,22 +253,22 @@ class CKKSClient:
         self._did: set[str] = set()
 
     # -- enrolment -----------------------------------------------------------------------------------
-    def make_shares(self, roster: Mapping[int, tuple[bytes, bytes, bytes]], threshold: int) -> dict[int, bytes]:
+    def make_shares(self, roster: Mapping[int, Enrolment], threshold: int) -> dict[int, bytes]:
         """Shamir-share s_j to every client in ``roster`` ({id: (verify key, dh public, dh signature)})."""
         ring = ring_for(self.params.poly_modulus_degree, self.params.primes)
         ids = sorted(roster)
         if self.cid not in ids or not 1 <= threshold <= len(ids):
             raise ProtocolConfigError(f"threshold {threshold} of {len(ids)} enrolled clients")
         secret = ring.from_signed(self._secret)  # (L, N)
-        xs = np.array([rid + 1 for rid in ids], dtype=np.uint64).reshape(-1, 1)  # share points, never 0
+        xs = tuple(rid + 1 for rid in ids)  # share points, never 0
         shares = np.empty((len(ids), ring.levels, ring.n), dtype=np.uint64)
         for i, q in enumerate(ring.primes):
-            # Horner over all recipients at once; the t-1 higher coefficients are uniform mod q_i.
-            acc = np.zeros((len(ids), ring.n), dtype=np.uint64)
-            for d in range(threshold - 1, 0, -1):
-                coeff = self.rng.uniform_mod(q, (ring.n,), f"shamir/{self.cid}/{d}/{i}")
-                acc = _addmod(_mul_small(acc, xs, q), np.broadcast_to(coeff, acc.shape), q)
-            shares[:, i] = _addmod(_mul_small(acc, xs, q), np.broadcast_to(secret[i], acc.shape), q)
+            # polynomial coefficients: the secret, then t-1 uniform ones mod q_i; shares = Vandermonde @ C
+            coeffs = np.empty((threshold, ring.n), dtype=np.uint64)
+            coeffs[0] = secret[i]
+            for d in range(1, threshold):
+                coeffs[d] = self.rng.uniform_mod(q, (ring.n,), f"shamir/{self.cid}/{d}/{i}")
+            shares[:, i] = matmul_mod(_vandermonde(xs, threshold, q), coeffs, q)
         out: dict[int, bytes] = {}
         for rid, share in zip(ids, shares, strict=True):
             if rid == self.cid:
@@ -229,15 +279,15 @@ class CKKSClient:
             out[rid] = crypto.seal(key, self._pack_poly(share[None]), crypto.associated_data(0, self.cid, rid))
         return out
 
-    def _peer_dh(self, peer: int, roster: Mapping[int, tuple[bytes, bytes, bytes]]) -> bytes:
+    def _peer_dh(self, peer: int, roster: Mapping[int, Enrolment]) -> bytes:
         """The peer's X25519 key, accepted only with its identity signature (checked once per peer)."""
-        vk, dh_pub, dh_sig = roster[peer]
-        if self._verified.get(peer) != (vk, dh_pub):
-            crypto.verify(vk, b"securefrl/ckks/dh" + _U32.pack(peer) + dh_pub, dh_sig)
-            self._verified[peer] = (vk, dh_pub)
-        return dh_pub
+        entry = roster[peer]
+        if self._verified.get(peer) != entry:
+            entry.verify(peer)
+            self._verified[peer] = entry
+        return entry.dh_public
 
-    def receive_share(self, sender: int, blob: bytes, roster: Mapping[int, tuple[bytes, bytes, bytes]]) -> None:
+    def receive_share(self, sender: int, blob: bytes, roster: Mapping[int, Enrolment]) -> None:
         key = crypto.derive_key(crypto.agree(self._dh, self._peer_dh(sender, roster)), "ckks-keyshare", 0,
                                 sender, self.cid)
         plain = crypto.unseal(key, blob, crypto.associated_data(0, sender, self.cid))
@@ -296,8 +346,9 @@ class CKKSClient:
         su = self._suite()
         vec = _check_update(update, self.dim)
         weight = float(weight)
-        if not (np.isfinite(weight) and 0 < weight <= self.params.value_bound):
-            raise ValueError(f"weight must be finite, positive and at most {self.params.value_bound:.4g}, got {weight}")
+        if not (np.isfinite(weight) and 0 < weight <= self.params.max_weight):
+            raise ValueError(f"weight must be finite, positive and at most max_weight={self.params.max_weight:g}, "
+                             f"got {weight}")
         values = np.zeros(su.n_coeffs)
         np.multiply(vec, weight, out=values[: self.dim])
         peak = float(np.max(np.abs(values)))
@@ -307,10 +358,10 @@ class CKKSClient:
                 f"per client (max_clients={self.params.max_clients}, scale 2^{self.params.scale_bits})"
             )
         self._once("encryption", round_id)
-        c0 = self.encrypt(round_id, values.reshape(su.n_cts, su.n))
+        c0 = self._encrypt(round_id, values.reshape(su.n_cts, su.n))
         return self.signed_update(round_id, c0, weight)
 
-    def encrypt(self, round_id: int, values: np.ndarray) -> np.ndarray:
+    def _encrypt(self, round_id: int, values: np.ndarray) -> np.ndarray:
         su = self._suite()
         ring = su.ring
         a = su.common_poly(round_id)
@@ -397,18 +448,18 @@ class CKKSClient:
         bound = self.params.flood_bound(n_included, n_decryptors)
         return self.rng.uniform_int(bound, (su.n_cts, su.n), f"flood/{self.cid}/{round_id}")
 
-    def open_shared(self, round_id: int, payloads: Mapping[int, bytes]) -> bytes:
+    def open_shared(self, round_id: int, payloads: Mapping[int, bytes], signatures: Mapping[int, bytes]) -> bytes:
         """Shared-key opener: verify every included client's signed payload, sum, decrypt, flood, float32.
 
         The opener sums the ciphertexts itself, so a server cannot pass one client's ciphertext (or an
-        old one) off as an aggregate; the answer is signed and holds only float32 values.
+        old one) off as an aggregate; every member must have signed its inclusion in exactly this set
+        (once per round), so asking two key holders to open nested sets in one round fails too. The
+        answer is signed and holds only float32 values.
         """
         su = self._suite()
         if not self.shared_mode:
             raise KeyRoleError("only the shared-key mode has a single opener")
-        ids = sorted(payloads)
-        if len(ids) < max(2, self.min_clients):
-            raise RefusedError(f"opener refuses to open {len(ids)} clients (at least {max(2, self.min_clients)})")
+        ids = self._check_request(round_id, sorted(payloads), signatures)
         c0s, weights = [], []
         for cid in ids:
             c0, w = parse_update(su, round_id, cid, payloads[cid])
@@ -421,7 +472,8 @@ class CKKSClient:
             acc = ring.add(acc, c)
         k_s = ring.scalar(self._s_hat, [len(ids) % q for q in ring.primes])
         plain = ring.add(acc, ring.intt(ring.mul(su.common_poly(round_id), k_s[None])))
-        plain = ring.add(plain, ring.from_signed(self.flood(len(ids), 1, round_id)))
+        # every enrolled client holds the key and could be asked to open this same set: size for all of them
+        plain = ring.add(plain, ring.from_signed(self.flood(len(ids), len(su.verify_keys), round_id)))
         mean = (su.encoder.decode(ring, plain).reshape(-1)[: self.dim] / math.fsum(weights)).astype(np.float32)
         body = _ids_body(ids) + struct.pack("<d", math.fsum(weights)) + mean.tobytes() + bytes(_SIG)
         env = bytearray(wire.pack(PROTOCOL, round_id, self.cid, body, kind=KIND_RELEASE))
@@ -441,7 +493,16 @@ class CKKSClient:
 
 
 def parse_update(su: Suite, round_id: int, client_id: int, data: bytes) -> tuple[np.ndarray, float]:
-    """Validate one client's signed update: size, envelope, signature, weight bound, residue range."""
+    """Validate one client's signed update; its c0 as residues and its weight."""
+    h, weight = parse_update_raw(su, round_id, client_id, data)
+    return su.expand_sum(h, 1), weight
+
+
+def parse_update_raw(su: Suite, round_id: int, client_id: int, data: bytes) -> tuple[np.ndarray, float]:
+    """Validate one client's signed update: size, envelope, signature, weight bound, coefficient range.
+
+    Returns the transmitted high parts (uint64) and the weight.
+    """
     env = wire.unpack(data, protocol=PROTOCOL, max_bytes=su.update_size, round_id=round_id, client_id=client_id,
                       kind=KIND_UPDATE)
     if len(env.body) != su.update_size - wire.HEADER_SIZE:
@@ -451,9 +512,11 @@ def parse_update(su: Suite, round_id: int, client_id: int, data: bytes) -> tuple
         )
     su.verify_signed(data, client_id)
     (weight,) = struct.unpack_from("<d", env.body)
-    if not (math.isfinite(weight) and 0 < weight <= su.params.value_bound):
-        raise PayloadError(f"weight {weight!r} is not in (0, {su.params.value_bound:.4g}]: client dropped")
-    return su.unpack_wire(data, wire.HEADER_SIZE + 8), weight
+    if not (math.isfinite(weight) and 0 < weight <= su.params.max_weight):
+        # public and signed: the server drops this client alone; the total of the included weights is then
+        # at most n_included * max_weight, so no client can cancel or swamp the others' weights
+        raise PayloadError(f"weight {weight!r} is not in (0, max_weight={su.params.max_weight:g}]: client dropped")
+    return su.read_wire(data, wire.HEADER_SIZE + 8), weight
 
 
 def parse_aggregate(su: Suite, aggregate: Aggregate) -> tuple[list[int], list[float], np.ndarray]:
@@ -487,6 +550,8 @@ class CKKSServer:
         su = self.suite
         ring = su.ring
         acc = np.zeros((su.n_cts, ring.levels, su.n), dtype=np.uint64)
+        h_acc = np.zeros((su.n_cts, su.n), dtype=np.uint64)  # exact integer sum of the high parts
+        pending = 0
         included: list[int] = []
         weights: list[float] = []
         rejected: dict[int, str] = {}
@@ -496,14 +561,18 @@ class CKKSServer:
                 rejected[cid] = f"TooManyClients: aggregate already holds max_clients={self.params.max_clients}"
                 continue
             try:
-                c0, w = parse_update(su, round_id, cid, payloads[cid])
+                h, w = parse_update_raw(su, round_id, cid, payloads[cid])
             except PayloadError as err:
                 rejected[cid] = f"{type(err).__name__}: {err}"
                 continue
-            acc = ring.add(acc, c0)
+            np.add(h_acc, h, out=h_acc)
+            pending += 1
+            if pending == su.lazy:
+                acc, h_acc, pending = ring.add(acc, su.expand_sum(h_acc, pending)), np.zeros_like(h_acc), 0
             included.append(cid)
             weights.append(w)
             self.received[round_id][cid] = payloads[cid]
+        acc = ring.add(acc, su.expand_sum(h_acc, pending))
         body = _ids_body(included) + struct.pack(f"<{len(weights)}d", *weights) + su.pack(acc)
         return Aggregate(round_id, wire.pack(PROTOCOL, round_id, wire.SERVER_ID, body, kind=KIND_AGGREGATE),
                          included, rejected)

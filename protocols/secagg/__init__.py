@@ -1,7 +1,10 @@
 """SecAgg+ pairwise-masking secure aggregation (Bonawitz et al. 2017; Bell et al. 2020, both CCS).
 
 :class:`SecAggProtocol` plugs into the round loop; :class:`SecAggClient` and :class:`SecAggServer`
-are the stage machines it drives, usable directly to study dropouts or adversarial servers.
+are the stage machines it drives, usable directly to study dropouts or adversarial servers. By default
+the protocol is the malicious-server variant: clients enrolled with :func:`enrol` (an
+:class:`IdentityRegistry` of Ed25519 keys) sign every message, check every key, run the consistency
+check, and commit to their self-mask seeds (see the attacks in :mod:`attacks.protocol.secagg`).
 """
 
 from protocols.crypto import AuthenticationError, KeyAgreementError, SignatureError

@@ -13,10 +13,13 @@ Fig. 4, with the malicious-server additions of §6.2) over the sparse neighbourh
    (round, sender, recipient);
 3. sends ``x + PRG(b) + sum_{v > u} PRG(s_uv) - sum_{v < u} PRG(s_uv)`` mod 2^b over the neighbours
    whose shares reached it, signed (bound to round, sender and stage);
-4. (consistency check) signs the set of clients whose input the server says arrived;
+4. (consistency check) signs the set of clients whose input the server says arrived, together with the
+   digest of the key book it saw (so clients shown different books or sets never count each other);
 5. reveals, for each neighbour, the share of ``b_v`` if v is in that set or of ``s_sk_v`` if not --
    never both for one peer, nothing below the threshold, and nothing unless at least t members of the
-   peer's neighbourhood signed the same set (so the server cannot tell two groups different stories).
+   peer's neighbourhood signed the same set and book (so the server cannot tell two groups different
+   stories). The threshold and degree are fixed by the number of clients sampled for the round, so a
+   shrunken key book cannot lower them.
 
 Calls out of order raise :class:`StageError`; any refusal of peer bytes aborts the client for the
 round (``stage`` becomes ``ABORTED``), as Bonawitz et al. prescribe. With ``params.authenticated=False``
@@ -107,6 +110,7 @@ class SecAggClient:
         self._pairwise: frozenset[int] = frozenset()
         self._revealed: dict[int, ShareKind] = {}
         self._signed_set: tuple[int, ...] | None = None
+        self._book_digest = b""
 
     # -- stage 1 ----------------------------------------------------------------------------------
     def advertise_keys(self) -> bytes:
@@ -139,9 +143,14 @@ class SecAggClient:
         if len(set(all_keys)) != len(all_keys):
             raise PayloadError("key book repeats a public key")
         try:
-            self.plan = self.params.plan(self.round_id, sorted(entries), book_digest(msg))
+            self._book_digest = book_digest(msg)
+            self.plan = self.params.plan(self.round_id, sorted(entries), self._book_digest, len(self._roster))
         except ProtocolConfigError as err:
             raise RoundAbortedError(f"only {len(entries)} clients advertised keys: {err}") from None
+        if self.plan.sparse and set(entries) != self._roster:
+            missing = sorted(self._roster - set(entries))
+            raise RoundAbortedError(f"SecAgg+ sparse graph: the key book lacks clients {missing}; its digest seeds "
+                                    "the graph, so a book that leaves clients out would let the server re-roll it")
         neighbourhood = self.plan.neighbourhood(self.client_id)
         t = self.plan.threshold
         if len(neighbourhood) < t:
@@ -241,7 +250,7 @@ class SecAggClient:
         self._signed_set = msg.survivor_set
         self.stage = Stage.UNMASK
         return self.codec.encode_consistency_signature(self.round_id, self.client_id, msg.survivor_set,
-                                                       self.identity)
+                                                       self._book_digest, self.identity)
 
     # -- stage 5 ----------------------------------------------------------------------------------
     def unmask(self, request: bytes) -> bytes:
@@ -283,7 +292,7 @@ class SecAggClient:
         live = set(survivor_set)
         if survivors != live & self.plan.neighbourhood(self.client_id) or dropped != self._pairwise - live:
             raise PayloadError("unmask request disagrees with the signed survivor set")
-        body = encode_ids(survivor_set)
+        body = encode_ids(survivor_set) + self._book_digest  # signers must have seen the same key book
         signers = set()
         for signer, signature in signatures:
             if signer not in live:

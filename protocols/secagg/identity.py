@@ -26,6 +26,8 @@ class IdentityRegistry(Mapping[int, bytes]):
     """Immutable ``client id -> 32-byte Ed25519 verification key`` map, with a digest of its content."""
 
     __slots__ = ("_keys", "digest")
+    _keys: Mapping[int, bytes]
+    digest: bytes
 
     def __init__(self, keys: Mapping[int, bytes]) -> None:
         checked: dict[int, bytes] = {}

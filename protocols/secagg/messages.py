@@ -207,7 +207,7 @@ class MessageCodec:
             Kind.FORWARDED_SHARES: h + 8 + n * (4 + CIPHERTEXT_BYTES),
             Kind.MASKED_INPUT: h + vec + sig,
             Kind.CONSISTENCY_REQUEST: h + 8 + 4 * n,
-            Kind.CONSISTENCY_SIGNATURE: h + 4 + 4 * n + sig,
+            Kind.CONSISTENCY_SIGNATURE: h + 4 + 4 * n + COMMITMENT_BYTES + sig,
             Kind.UNMASK_REQUEST: h + 20 + 3 * n * 4 + n * (4 + SIGNATURE_BYTES),
             Kind.UNMASK_SHARES: h + 4 + n * (5 + SHARE_BYTES) + sig,
             Kind.AGGREGATE: h + 4 + vec,
@@ -343,19 +343,25 @@ class MessageCodec:
         return ConsistencyRequest(recipient, ids)
 
     def encode_consistency_signature(self, round_id: int, sender: int, survivor_set: tuple[int, ...],
-                                     signer: Any = None) -> bytes:
-        return self._pack(Kind.CONSISTENCY_SIGNATURE, round_id, sender, encode_ids(survivor_set), signer)
+                                     book_digest: bytes, signer: Any = None) -> bytes:
+        """The survivor set and the digest of the key book the sender saw, signed (a view both must share)."""
+        if len(book_digest) != COMMITMENT_BYTES:
+            raise ValueError(f"key-book digest must be {COMMITMENT_BYTES} bytes")
+        return self._pack(Kind.CONSISTENCY_SIGNATURE, round_id, sender, encode_ids(survivor_set) + book_digest,
+                          signer)
 
-    def decode_consistency_signature(self, data: bytes, round_id: int, sender: int) -> tuple[tuple[int, ...], bytes]:
-        """The survivor set the sender signed, and its signature (already verified)."""
+    def decode_consistency_signature(self, data: bytes, round_id: int,
+                                     sender: int) -> tuple[tuple[int, ...], bytes, bytes]:
+        """The survivor set and key-book digest the sender signed, and its signature (already verified)."""
         env = wire.unpack(data, protocol=PROTOCOL, max_bytes=self.max_bytes[Kind.CONSISTENCY_SIGNATURE],
                           round_id=round_id, client_id=sender, kind=Kind.CONSISTENCY_SIGNATURE)
         body, signature = self.split_signature(env.body)
         self.verify(Kind.CONSISTENCY_SIGNATURE, round_id, sender, body, signature)
         r = _Reader(body)
         ids = r.ids(self.params.max_clients)
+        digest = r.take(COMMITMENT_BYTES)
         r.done()
-        return ids, signature
+        return ids, digest, signature
 
     # -- stage 5 ----------------------------------------------------------------------------------
     def encode_unmask_request(self, round_id: int, msg: UnmaskRequest) -> bytes:

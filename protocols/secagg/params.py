@@ -62,8 +62,10 @@ def secagg_plus_parameters(n: int, corrupt_fraction: float, dropout_fraction: fl
     below ``2^-security_bits`` and, where possible, the correctness failure below ``2^-correctness_bits``.
     The smallest even k meeting both is returned with its smallest t; if none below ``n - 1`` does, the
     complete graph (SecAgg) with the secure t, whatever its correctness (a failed round aborts, it leaks
-    nothing). The bound is per graph: the graph seed is a digest of the signed key book, so an adversary
-    that tries 2^g key choices or drop patterns gains at most g bits (raise ``security_bits`` to match).
+    nothing). The bound is per graph: the graph seed is a digest of every sampled client's signed keys (a
+    sparse round aborts if any is missing, so the server cannot re-roll the graph by leaving clients out);
+    corrupt clients that see the honest keys first and try 2^g key choices, or a server that aborts 2^g
+    rounds, gain at most g bits (raise ``security_bits`` to match).
     Not covered: the honest subgraph splitting into pieces larger than one client (far less likely than
     isolation, which dominates).
     """
@@ -227,7 +229,7 @@ class SecAggParams:
         k = self.neighbours
         if k is None or k == "log":
             return
-        if not _is_int(k) or k < 2 or k % 2:
+        if not _is_int(k) or int(k) < 2 or int(k) % 2:
             raise ProtocolConfigError(f"neighbours must be None, 'log' or an even integer >= 2, got {k!r}")
 
     @property
@@ -266,11 +268,14 @@ class SecAggParams:
             )
         return int(t)
 
-    def plan(self, round_id: int, roster: Sequence[int], seed_material: bytes = b"") -> RoundPlan:
+    def plan(self, round_id: int, roster: Sequence[int], seed_material: bytes = b"",
+             sampled: int | None = None) -> RoundPlan:
         """The public plan of round ``round_id`` among ``roster``: graph and threshold.
 
         ``seed_material`` (the digest of the round's signed key book) enters the graph seed, so every party
-        derives the same graph and none can choose it.
+        derives the same graph and none can choose it. ``sampled`` is the size of the round's full roster when
+        ``roster`` is the subset that advertised keys: the degree and threshold are fixed by the sampled size,
+        so a server that hands a client a shrunken key book cannot lower the threshold with it.
         """
         if not _is_int(round_id) or not 0 <= round_id < 1 << 64:
             raise ProtocolConfigError(f"round_id must be a non-negative 64-bit integer, got {round_id!r}")
@@ -285,14 +290,19 @@ class SecAggParams:
             raise ProtocolConfigError(
                 f"round has {len(ids)} clients but the modulus was sized for max_clients={self.max_clients}"
             )
-        k = self.degree(len(ids))
+        n = len(ids) if sampled is None else max(int(sampled), len(ids))
+        k_n = self.degree(n)
+        k = min(k_n, len(ids) - 1)
         seed = int.from_bytes(crypto.digest(b"graph-seed", self.graph_seed.to_bytes(8, "little"),
                                             round_id.to_bytes(8, "little"), seed_material)[:16], "little")
         graph = neighbour_graph(ids, k, seed, round_id)
         if self.neighbours == "log" and self.threshold is None:
-            t = self._secagg_plus(len(ids))[1]
+            t = self._secagg_plus(n)[1]
         else:
-            t = self.resolve_threshold(k + 1)
+            t = self.resolve_threshold(k_n + 1)
+        if t > k + 1:
+            raise ProtocolConfigError(f"only {len(ids)} of {n} clients advertised keys: neighbourhoods of {k + 1} "
+                                      f"cannot reach the threshold t={t}")
         return RoundPlan(round_id, ids, graph, t)
 
 
@@ -304,6 +314,11 @@ class RoundPlan:
     roster: tuple[int, ...]
     neighbours: dict[int, frozenset[int]]
     threshold: int
+
+    @property
+    def sparse(self) -> bool:
+        """True for a SecAgg+ graph (not every client is every other's neighbour): its seed then matters."""
+        return any(len(nb) < len(self.roster) - 1 for nb in self.neighbours.values())
 
     def neighbourhood(self, client_id: int) -> frozenset[int]:
         """The client and its neighbours: the holders of its shares (Bonawitz et al. include the owner)."""

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from protocols.base import Aggregate, AggregationProtocol, OpenedAggregate, check_total_weight
+from protocols.crypto import Ed25519PrivateKey
 from protocols.errors import PayloadError, ProtocolConfigError, RoundAbortedError, StageError
 from protocols.secagg.client import SecAggClient
 from protocols.secagg.identity import IdentityRegistry, enrol
@@ -101,7 +102,7 @@ class SecAggProtocol(AggregationProtocol):
         rng: np.random.Generator | None = None,
         dropouts: Mapping[Stage, Collection[int]] | None = None,
         registry: IdentityRegistry | None = None,
-        identities: Mapping[int, object] | None = None,
+        identities: Mapping[int, Ed25519PrivateKey] | None = None,
     ) -> None:
         self.params = SecAggParams(
             dim=dim, max_clients=n_clients, threshold=threshold, neighbours=neighbours, clip=clip,

@@ -23,8 +23,9 @@ raises :class:`StageError`.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 
@@ -89,6 +90,7 @@ class SecAggServer:
         self._masked: set[int] = set()
         self._total = np.zeros(params.vector_length, dtype=params.dtype)
         self._survivor_set: tuple[int, ...] = ()
+        self._book_digest = b""
         self._signatures: dict[int, bytes] = {}
         self._requests: dict[int, UnmaskRequest] = {}
         self._revealed: dict[int, dict[int, tuple[ShareKind, int]]] = {}
@@ -114,7 +116,7 @@ class SecAggServer:
         expected = self.roster if self.stage == Stage.ADVERTISE_KEYS else self.alive[self._previous(self.stage)]
         if cid not in expected:
             raise PayloadError(f"client {cid} is not expected in stage {self.stage.name}")
-        seen = {
+        seen: Collection[int] = {
             Stage.ADVERTISE_KEYS: self._keys,
             Stage.SHARE_KEYS: self._shares,
             Stage.MASKED_INPUT: self._masked,
@@ -144,9 +146,9 @@ class SecAggServer:
             np.add(self._total, vec, out=self._total)
             self._masked.add(cid)
         elif self.stage == Stage.CONSISTENCY:
-            signed, signature = self.codec.decode_consistency_signature(data, self.round_id, cid)
-            if signed != self._survivor_set:
-                raise PayloadError(f"client {cid} signed a survivor set other than the one it was sent")
+            signed, digest, signature = self.codec.decode_consistency_signature(data, self.round_id, cid)
+            if signed != self._survivor_set or digest != self._book_digest:
+                raise PayloadError(f"client {cid} signed a survivor set or key book other than the round's")
             self._signatures[cid] = signature
         else:
             self._revealed[cid] = self._check_reveal(cid, self.codec.decode_unmask_shares(data, self.round_id, cid))
@@ -167,11 +169,16 @@ class SecAggServer:
         entries = tuple(KeyEntry(v, self._keys[v].enc_public, self._keys[v].mask_public, self._advert_sigs[v])
                         for v in sorted(u1))
         try:
-            self.plan = self.params.plan(self.round_id, sorted(u1), book_digest(KeyList(0, entries)))
+            self._book_digest = book_digest(KeyList(0, entries))
+            self.plan = self.params.plan(self.round_id, sorted(u1), self._book_digest, len(self.roster))
         except ProtocolConfigError as err:  # too few advertisers for the threshold
             self.stage = Stage.ABORTED
             raise RoundAbortedError(f"stage ADVERTISE_KEYS: {len(u1)} of {len(self.roster)} clients advertised "
                                     f"keys: {err}") from None
+        if self.plan.sparse and u1 != self.roster:
+            self.stage = Stage.ABORTED
+            raise RoundAbortedError(f"stage ADVERTISE_KEYS: clients {sorted(self.roster - u1)} did not advertise; a "
+                                    "SecAgg+ sparse graph needs every sampled client's signed keys to seed it")
         self._check_neighbourhoods(Stage.ADVERTISE_KEYS, u1)
         out = {u: self.codec.encode_key_list(self.round_id, KeyList(u, entries)) for u in sorted(u1)}
         self.timings[Stage.ADVERTISE_KEYS] += time.perf_counter() - start
@@ -246,15 +253,14 @@ class SecAggServer:
             self_keys = {}
             for v in sorted(u3):
                 commitment = self._shares[v].commitment
-                raw = self._secret(seeds[v], t, v, "self-mask seed",
-                                   lambda b, v=v, c=commitment: seed_commitment(b, self.round_id, v) == c)
+                raw = self._secret(seeds[v], t, v, "self-mask seed", partial(_matches_commitment, self.round_id, v,
+                                                                             commitment))
                 self_keys[v] = self_mask_key(raw, self.round_id, v)
             dropped_keys = {}
             for v in sorted(u2 - u3):
                 if self.plan.neighbours[v] & u3:
                     public = self._keys[v].mask_public
-                    raw = self._secret(keys[v], t, v, "mask key",
-                                       lambda k, p=public: crypto.public_bytes(crypto.load_private(k)) == p)
+                    raw = self._secret(keys[v], t, v, "mask key", partial(_matches_public_key, public))
                     dropped_keys[v] = crypto.load_private(raw)
         except RoundAbortedError:
             self.stage = Stage.ABORTED
@@ -322,6 +328,14 @@ class SecAggServer:
             self.rejected.setdefault(x - 1, f"UNMASK: revealed a forged share of client {owner}'s {what} "
                                             "(ignored; the round went on without it)")
         return _as_key(value)
+
+
+def _matches_commitment(round_id: int, owner: int, commitment: bytes, seed: bytes) -> bool:
+    return seed_commitment(seed, round_id, owner) == commitment
+
+
+def _matches_public_key(public: bytes, raw: bytes) -> bool:
+    return crypto.public_bytes(crypto.load_private(raw)) == public
 
 
 def _as_key(value: int) -> bytes:

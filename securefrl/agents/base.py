@@ -50,7 +50,11 @@ class Agent(ABC):
 
     @abstractmethod
     def reseed(self, seed: int) -> None:
-        """Reset environments (ending current episodes) and every RNG stream from ``seed``."""
+        """Re-derive every RNG stream (actions, minibatches, noise) from ``seed``; environments keep their episodes.
+
+        Agents reset their environments once, when built; episodes then continue across ``learn`` calls and
+        federated rounds, and :meth:`state_dict` carries their state so a checkpoint continues them exactly.
+        """
 
     @abstractmethod
     def state_dict(self) -> dict[str, Any]:

@@ -78,3 +78,11 @@ def check_checkpoint(state: dict[str, Any], algo: str, config: Any) -> None:
     diff = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
     if diff:
         raise ValueError(f"checkpoint config differs from the agent's in {diff}; build the agent with the same config")
+
+
+def load_envs(pool: Any, state: dict[str, Any]) -> None:
+    """Restore the running episodes of ``pool`` from an agent checkpoint, refusing one written without them."""
+    if state.get("envs") is None:
+        raise ValueError("checkpoint has no environment state (written before environments persisted across "
+                         "rounds); it cannot be continued exactly, start a new run")
+    pool.load_state_dict(state["envs"])

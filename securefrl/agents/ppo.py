@@ -18,7 +18,15 @@ import numpy as np
 import torch
 
 from securefrl.agents.base import Agent, EnvFn
-from securefrl.agents.common import Streams, check_checkpoint, config_state, episode_stats, init_generator, obs_dim_of
+from securefrl.agents.common import (
+    Streams,
+    check_checkpoint,
+    config_state,
+    episode_stats,
+    init_generator,
+    load_envs,
+    obs_dim_of,
+)
 from securefrl.agents.networks import mlp
 from securefrl.agents.vecenv import EnvPool
 from securefrl.configtools import check_range
@@ -144,6 +152,7 @@ class PPOAgent(Agent):
         self.num_timesteps = 0
         self.num_updates = 0
         self.reseed(seed)
+        self.pool.reset(self.streams.env_seeds)  # once: episodes then run on across learn() calls and rounds
 
     # --- federation hooks ---------------------------------------------------------------
     def federated_parameters(self) -> list[tuple[str, torch.nn.Parameter]]:
@@ -154,8 +163,8 @@ class PPOAgent(Agent):
         return {"actor": self.actor, "critic": self.critic}
 
     def reseed(self, seed: int) -> None:
+        """New action/minibatch streams from ``seed``; the environments continue their episodes."""
         self.streams = Streams(seed, self.config.n_envs)
-        self.pool.reset(self.streams.env_seeds)
 
     # --- acting ---------------------------------------------------------------------------
     def _sample(self, logits: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
@@ -326,6 +335,7 @@ class PPOAgent(Agent):
             "optimizer": self.optimizer.state_dict(),
             "counters": {"num_timesteps": self.num_timesteps, "num_updates": self.num_updates},
             "rng": self.streams.state_dict(),
+            "envs": self.pool.state_dict(),
             "dpsgd": self.dpsgd.state_dict() if self.dpsgd is not None else None,
         }
 
@@ -341,3 +351,4 @@ class PPOAgent(Agent):
         c = state["counters"]
         self.num_timesteps, self.num_updates = int(c["num_timesteps"]), int(c["num_updates"])
         self.streams.load_state_dict(state["rng"])
+        load_envs(self.pool, state)

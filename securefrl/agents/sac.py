@@ -19,7 +19,15 @@ import torch
 import torch.nn.functional as F
 
 from securefrl.agents.base import Agent, EnvFn
-from securefrl.agents.common import Streams, check_checkpoint, config_state, episode_stats, init_generator, obs_dim_of
+from securefrl.agents.common import (
+    Streams,
+    check_checkpoint,
+    config_state,
+    episode_stats,
+    init_generator,
+    load_envs,
+    obs_dim_of,
+)
 from securefrl.agents.networks import frozen_copy, hard_update, mlp, soft_update
 from securefrl.agents.replay import ReplayBuffer
 from securefrl.agents.vecenv import EnvPool
@@ -108,6 +116,7 @@ class SACAgent(Agent):
         self.num_updates = 0
         self._since_train = 0
         self.reseed(seed)
+        self.pool.reset(self.streams.env_seeds)  # once: episodes then run on across learn() calls and rounds
 
     # --- federation hooks ---------------------------------------------------------------
     def federated_parameters(self) -> list[tuple[str, torch.nn.Parameter]]:
@@ -121,8 +130,8 @@ class SACAgent(Agent):
         hard_update(self.q2_target, self.q2)
 
     def reseed(self, seed: int) -> None:
+        """New action/minibatch streams from ``seed``; the environments continue their episodes."""
         self.streams = Streams(seed, self.config.n_envs)
-        self.pool.reset(self.streams.env_seeds)
 
     # --- policy ---------------------------------------------------------------------------
     @property
@@ -243,6 +252,7 @@ class SACAgent(Agent):
             "counters": {"num_timesteps": self.num_timesteps, "num_updates": self.num_updates,
                          "since_train": self._since_train},
             "rng": self.streams.state_dict(),
+            "envs": self.pool.state_dict(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -259,3 +269,4 @@ class SACAgent(Agent):
         self.num_timesteps, self.num_updates, self._since_train = (
             int(c["num_timesteps"]), int(c["num_updates"]), int(c["since_train"]))
         self.streams.load_state_dict(state["rng"])
+        load_envs(self.pool, state)

@@ -1,14 +1,28 @@
 """Heterogeneous client environments: families with per-client physics, specs and seeded draws.
 
-See :mod:`securefrl.envs.families` for the families and their ranges, and
+See :mod:`securefrl.envs.families` for the families and their ranges (physics families of
+classic control; application families: :mod:`~securefrl.envs.edge_caching`,
+:mod:`~securefrl.envs.mec_offloading`, batched in :mod:`~securefrl.envs.batched`), and
 :func:`draw_client_envs` for how a heterogeneity level becomes per-client physics.
 """
 
-from securefrl.envs.families import FAMILIES, EnvFamily, FamilyParam, family_names, get_family
+from securefrl.envs.families import (
+    EDGE_CACHING_ID,
+    FAMILIES,
+    FAMILY_KINDS,
+    MEC_OFFLOADING_ID,
+    EnvFamily,
+    FamilyParam,
+    family_names,
+    get_family,
+)
 from securefrl.envs.spec import EnvSpec, draw_client_envs, resolve_env
 
 __all__ = [
+    "EDGE_CACHING_ID",
     "FAMILIES",
+    "FAMILY_KINDS",
+    "MEC_OFFLOADING_ID",
     "EnvFamily",
     "EnvSpec",
     "FamilyParam",

@@ -23,21 +23,72 @@ pendulum       mass 1.0, length 1.0, gravity 10.0                          0.75�
 =============  ==========================================================  =============
 
 The ranges are symmetric around the default, so the average client is the standard task.
+
+What these ranges do *not* do is make clients need different policies: for CartPole, Acrobot and
+MountainCar the corner test above solves every corner with *one* controller that ignores the physics
+(for Acrobot, each of its elbow-velocity controllers alone solves all 16 corners; Pendulum's controller
+reads the physics), so one federated policy can be good for every client, and FedAvg pays
+no heterogeneity penalty at its optimum (measured in issue 13: at h=1 FedAvg's worst client beat
+local-only training's). Widening the physics ranges does not change that while the task stays
+solvable; what does is an asymmetry the observation does not reveal (a constant wind or track slope, a
+biased sensor, reversed motors), which needs an env the batched CartPole does not simulate. Where the
+penalty is wanted, use the application families below, whose ranges are chosen for it.
+
+Application families (``kind = "application"``) are the networking tasks of the survey (§4.1), gymnasium
+envs registered by this package under ``securefrl/...`` ids, each with a batched numpy implementation
+(:mod:`securefrl.envs.batched`). Their ranges are chosen so that clients need *different* policies at h=1
+(tested with hand-written per-client policies in ``tests/securefrl/test_envs_applications.py``):
+
+==============  =================================================  ==========================
+family          parameters (default)                               range at h=1
+==============  =================================================  ==========================
+edge_caching    popularity_centre 0.5 (circle of item types),      0–1 (any centre),
+                zipf_exponent 1.0                                  0.6–1.4
+mec_offloading  channel_gain_db 0, local_cpu_ghz 1.0,              -10–10 dB, 0.3–1.7,
+                server_cpu_ghz 4.0, task_size_mbit 0.5,            0.5–7.5, 0.3–0.7,
+                arrival_rate 1.0                                   0.5–1.5
+==============  =================================================  ==========================
+
+See :mod:`securefrl.envs.edge_caching` and :mod:`securefrl.envs.mec_offloading` for the models and why
+the ranges are what they are.
+
+``hopper`` (:mod:`securefrl.envs.mujoco_hopper`, optional extra ``securefrl[mujoco]``) is continuous
+control with an 11-dimensional state: MuJoCo's Hopper-v5 with per-client shin length (0.35-0.65 m, as
+Jin et al. vary the leg), torso and thigh masses (0.5-1.5x) and foot friction (0.5-3.0, stock 2.0).
+Whether these ranges make one policy worse than local training is not measured yet (a SAC run per
+client is beyond the test budget).
 """
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
 import gymnasium as gym
+import numpy as np
 from gymnasium.envs.classic_control.acrobot import AcrobotEnv
 from gymnasium.envs.classic_control.cartpole import CartPoleEnv
 from gymnasium.envs.classic_control.mountain_car import MountainCarEnv
 from gymnasium.envs.classic_control.pendulum import PendulumEnv
 
+from securefrl.envs.edge_caching import EdgeCachingEnv
+from securefrl.envs.mec_offloading import MECOffloadingEnv
 from securefrl.errors import ConfigError
+
+EDGE_CACHING_ID = "securefrl/EdgeCaching-v0"
+MEC_OFFLOADING_ID = "securefrl/MECOffloading-v0"
+HOPPER_ID = "securefrl/Hopper-v5"
+
+# The application envs are registered with gymnasium so an EnvSpec (and a Ray worker) rebuilds them by id.
+for _id, _entry in ((EDGE_CACHING_ID, "securefrl.envs.edge_caching:EdgeCachingEnv"),
+                    (MEC_OFFLOADING_ID, "securefrl.envs.mec_offloading:MECOffloadingEnv"),
+                    (HOPPER_ID, "securefrl.envs.mujoco_hopper:HeterogeneousHopperEnv")):
+    if _id not in gym.registry:
+        gym.register(id=_id, entry_point=_entry)
 
 __all__ = [
     "FAMILIES",
@@ -65,10 +116,12 @@ class FamilyParam:
     high: float
     doc: str
     scale: float = 1.0
+    positive: bool = True
+    """Physical quantities (masses, lengths, rates) must be > 0; a position on a circle need not be."""
 
     def __post_init__(self) -> None:
-        if not 0.0 < self.low <= self.default <= self.high:
-            raise ValueError(f"{self.name}: need 0 < low <= default <= high")
+        if not self.low <= self.default <= self.high or (self.positive and self.low <= 0.0):
+            raise ValueError(f"{self.name}: need low <= default <= high (and 0 < low for a positive quantity)")
 
 
 def _spread(
@@ -88,10 +141,45 @@ class EnvFamily:
 
     name: str
     env_id: str
-    env_class: type[gym.Env]
+    env_class: type[gym.Env] | str
+    """The env class, or ``"module:Class"`` for a class behind an optional extra (imported on use)."""
     params: tuple[FamilyParam, ...]
     derive: Callable[[gym.Env], dict[str, float]]
     description: str
+    kind: str = "physics"
+    """physics (a classic-control task with perturbed physics) or application (a networking task of the
+    survey, registered by this package: edge caching, MEC offloading)."""
+    batched: str = ""
+    """``module:Class`` of the batched numpy implementation of the env (the vectorized simulation), if any."""
+    requires: str = ""
+    """Module the env needs that is not a core dependency (e.g. ``mujoco``), and so the optional extra."""
+    extra: str = ""
+    """The ``securefrl[...]`` extra that installs :attr:`requires`."""
+
+    def available(self) -> bool:
+        """Whether the env can be built here (its optional dependency, if any, is installed)."""
+        return not self.requires or importlib.util.find_spec(self.requires) is not None
+
+    def check_available(self, field: str = "env.name") -> None:
+        """ConfigError naming the extra to install if :meth:`available` is False."""
+        if not self.available():
+            raise ConfigError(field, f"family {self.name!r} needs the optional dependency {self.requires!r}; "
+                              f"install it with: pip install 'securefrl[{self.extra}]'")
+
+    def env_type(self) -> type[gym.Env]:
+        """The env class (importing it if given as ``module:Class``)."""
+        if isinstance(self.env_class, str):
+            self.check_available()
+            module, name = self.env_class.split(":")
+            return getattr(importlib.import_module(module), name)
+        return self.env_class
+
+    def is_env(self, unwrapped: object) -> bool:
+        """Whether ``unwrapped`` is this family's env, without importing an optional class that is not loaded."""
+        if isinstance(self.env_class, str):
+            module, name = self.env_class.split(":")
+            return module in sys.modules and isinstance(unwrapped, getattr(sys.modules[module], name))
+        return isinstance(unwrapped, self.env_class)
 
     @property
     def param_names(self) -> tuple[str, ...]:
@@ -126,10 +214,10 @@ class EnvFamily:
     def apply(self, env: gym.Env, params: Mapping[str, float]) -> None:
         """Set ``params`` on ``env.unwrapped`` and recompute the attributes derived from them."""
         unwrapped = env.unwrapped
-        if not isinstance(unwrapped, self.env_class):
+        if not isinstance(unwrapped, self.env_type()):
             raise ConfigError(
                 "env_id",
-                f"family {self.name!r} needs a {self.env_class.__name__} (e.g. {self.env_id!r}), "
+                f"family {self.name!r} needs a {self.env_type().__name__} (e.g. {self.env_id!r}), "
                 f"got {type(unwrapped).__name__}",
             )
         for name, value in params.items():
@@ -166,6 +254,11 @@ def _no_derived(env: gym.Env) -> dict[str, float]:
     return {}
 
 
+# Stock Hopper-v5 body masses (MuJoCo computes them from the capsules' volumes at density 1000 kg/m^3).
+_HOPPER_TORSO_MASS = 1000.0 * np.pi * 0.05**2 * (2 * 0.2 + 4 / 3 * 0.05)
+_HOPPER_THIGH_MASS = 1000.0 * np.pi * 0.05**2 * (2 * 0.225 + 4 / 3 * 0.05)
+
+
 _FAMILY_LIST = (
     EnvFamily(
         name="cartpole",
@@ -180,6 +273,7 @@ _FAMILY_LIST = (
         ),
         derive=_cartpole_derived,
         description="balance a pole on a cart (Barto, Sutton & Anderson 1983); discrete actions",
+        batched="securefrl.vectorized.cartpole:CartPoleBatch",
     ),
     EnvFamily(
         name="acrobot",
@@ -217,15 +311,67 @@ _FAMILY_LIST = (
         derive=_no_derived,
         description="swing up and hold an inverted pendulum; continuous torque",
     ),
+    EnvFamily(
+        name="edge_caching",
+        env_id=EDGE_CACHING_ID,
+        env_class=EdgeCachingEnv,
+        params=(
+            FamilyParam("popularity_centre", "popularity_centre", 0.5, 0.0, 1.0,
+                        "centre of the station's popular content on the circle of item types (0 = 1)",
+                        positive=False),
+            FamilyParam("zipf_exponent", "zipf_exponent", 1.0, 0.6, 1.4, "Zipf exponent of the request law"),
+        ),
+        derive=_no_derived,
+        description="a base station caching 3 of 12 items under Zipf requests (Zhang et al.); discrete admit/evict",
+        kind="application",
+        batched="securefrl.envs.batched:EdgeCachingBatch",
+    ),
+    EnvFamily(
+        name="mec_offloading",
+        env_id=MEC_OFFLOADING_ID,
+        env_class=MECOffloadingEnv,
+        params=(
+            FamilyParam("channel_gain_db", "channel_gain_db", 0.0, -10.0, 10.0,
+                        "long-term uplink channel gain [dB] (path loss, shadowing)", positive=False),
+            FamilyParam("local_cpu_ghz", "local_cpu_ghz", 1.0, 0.3, 1.7, "device CPU frequency [GHz]"),
+            FamilyParam("server_cpu_ghz", "server_cpu_ghz", 4.0, 0.5, 7.5, "the device's edge-server CPU share [GHz]"),
+            FamilyParam("task_size_mbit", "task_size_mbit", 0.5, 0.3, 0.7, "mean task input size [Mbit]"),
+            FamilyParam("arrival_rate", "arrival_rate", 1.0, 0.5, 1.5, "tasks per second (Poisson)"),
+        ),
+        derive=_no_derived,
+        description="run each arriving task locally or offload it to an edge server (Mao et al. 2017); discrete",
+        kind="application",
+        batched="securefrl.envs.batched:MECOffloadingBatch",
+    ),
+    EnvFamily(
+        name="hopper",
+        env_id=HOPPER_ID,
+        env_class="securefrl.envs.mujoco_hopper:HeterogeneousHopperEnv",
+        params=(
+            FamilyParam("leg_length", "leg_length", 0.5, 0.35, 0.65, "shin length [m] (Jin et al. vary the leg)"),
+            _spread("torso_mass", "torso_mass", _HOPPER_TORSO_MASS, 0.5, 1.5, "torso mass [kg]"),
+            _spread("thigh_mass", "thigh_mass", _HOPPER_THIGH_MASS, 0.5, 1.5, "thigh mass [kg]"),
+            FamilyParam("foot_friction", "foot_friction", 2.0, 0.5, 3.0, "sliding friction of the foot"),
+        ),
+        derive=_no_derived,
+        description="MuJoCo Hopper-v5 (11-d state, 3 torques) with per-client leg, masses and friction; continuous",
+        requires="mujoco",
+        extra="mujoco",
+    ),
 )
 
 FAMILIES: Mapping[str, EnvFamily] = MappingProxyType({f.name: f for f in _FAMILY_LIST})
 """Built-in families by name (read-only)."""
 
 
-def family_names() -> tuple[str, ...]:
-    """Names of the built-in families, sorted (for config validation and CLI help)."""
-    return tuple(sorted(FAMILIES))
+FAMILY_KINDS = ("physics", "application")
+
+
+def family_names(kind: str | None = None) -> tuple[str, ...]:
+    """Names of the built-in families, sorted (for config validation and CLI help); only ``kind`` if given."""
+    if kind is not None and kind not in FAMILY_KINDS:
+        raise ConfigError("kind", f"unknown family kind {kind!r}; allowed: {', '.join(FAMILY_KINDS)}")
+    return tuple(sorted(n for n, f in FAMILIES.items() if kind is None or f.kind == kind))
 
 
 def get_family(name: str, field: str = "family") -> EnvFamily:
@@ -239,7 +385,7 @@ def get_family(name: str, field: str = "family") -> EnvFamily:
 def family_for_env(unwrapped: gym.Env) -> EnvFamily | None:
     """The family whose env class ``unwrapped`` is, so plain-id overrides also refresh derived attributes."""
     for family in _FAMILY_LIST:
-        if isinstance(unwrapped, family.env_class):
+        if family.is_env(unwrapped):
             return family
     return None
 

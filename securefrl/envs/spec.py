@@ -13,6 +13,7 @@ from __future__ import annotations
 import difflib
 import inspect
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,6 +21,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
+from securefrl.envs.contract import keep_space_contract
 from securefrl.envs.families import EnvFamily, family_for_env, family_names, get_family, refresh_derived
 from securefrl.errors import ConfigError
 
@@ -49,8 +51,8 @@ class EnvSpec:
         if self.family is not None:
             family = get_family(self.family)
             for name, value in self.params.items():
-                family.param(name)
-                clean[name] = _check_positive(f"params.{name}", value)
+                check = _check_positive if family.param(name).positive else _check_finite
+                clean[name] = check(f"params.{name}", value)
         else:
             for name, value in self.params.items():
                 _check_public_name(f"params.{name}", name)
@@ -58,7 +60,11 @@ class EnvSpec:
         object.__setattr__(self, "params", clean)
 
     def make(self, render_mode: str | None = None) -> gym.Env:
-        """Build the environment with this client's physics applied to ``env.unwrapped``."""
+        """Build the environment with this client's physics applied to ``env.unwrapped``.
+
+        Spaces follow the overrides (:mod:`securefrl.envs.contract`): rebuilt for the classic-control
+        classes, checked at every observation for other classes given plain-attribute overrides.
+        """
         env = gym.make(self.env_id, render_mode=render_mode)
         try:
             if self.family is not None:
@@ -68,7 +74,8 @@ class EnvSpec:
         except BaseException:
             env.close()
             raise
-        return env
+        # Spaces built in __init__ from overridden attributes (Pendulum's max_speed) must follow them.
+        return keep_space_contract(env, self.params, checked=self.family is None)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able record of this client's environment (inverse of :meth:`from_dict`)."""
@@ -96,7 +103,9 @@ def resolve_env(env: str, field: str = "env") -> EnvFamily | None:
     if not isinstance(env, str):
         raise ConfigError(field, f"must be a family name or gymnasium id string, got {type(env).__name__}")
     if env in family_names():
-        return get_family(env, field)
+        family = get_family(env, field)
+        family.check_available(field)
+        return family
     if env in gym.registry:
         return None
     raise ConfigError(field, _unknown_env_message(env))
@@ -147,7 +156,9 @@ def draw_client_envs(
     for name in sorted(set(overrides) & set(ranges)):
         raise ConfigError(f"overrides.{name}", "is also given in ranges; either fix a parameter or vary it, not both")
 
-    positive = family is not None
+    def positive(name: str) -> bool:
+        return family is not None and family.param(name).positive
+
     if family is not None:
         env_id = family.env_id
         for name in overrides:
@@ -158,13 +169,14 @@ def draw_client_envs(
         box = family.ranges()
     else:
         env_id = env
-        if h > 0.0 and not ranges:
-            raise ConfigError("heterogeneity", _plain_id_without_ranges_message(env_id, h))
+        if h > 0.0 and not ranges:  # runs, with identical clients: the default h must not refuse "any gymnasium id"
+            warnings.warn(NothingVariesWarning(_plain_id_without_ranges_message(env_id, h)), stacklevel=2)
         defaults = _read_defaults(env_id, overrides, ranges)
         box = {}
     for name, value in ranges.items():
-        box[name] = _check_range(f"ranges.{name}", value, positive)
-    fixed = {name: _override_values(f"overrides.{name}", value, n, positive) for name, value in overrides.items()}
+        box[name] = _check_range(f"ranges.{name}", value, positive(name))
+    fixed = {name: _override_values(f"overrides.{name}", value, n, positive(name))
+             for name, value in overrides.items()}
 
     names = list(defaults)
     draws = rng.random((n, len(names)))
@@ -258,8 +270,13 @@ def _unknown_env_message(env: object) -> str:
     return msg
 
 
+class NothingVariesWarning(UserWarning):
+    """A plain gymnasium id at heterogeneity > 0 without ``env.ranges``: every client gets the same environment."""
+
+
 def _plain_id_without_ranges_message(env_id: str, h: float) -> str:
-    msg = f"is {h} but {env_id!r} is a plain gymnasium id and no ranges were given, so nothing would vary"
+    msg = (f"env.heterogeneity is {h} but {env_id!r} is a plain gymnasium id and no env.ranges were given, so every "
+           "client gets the same environment")
     try:
         probe = gym.make(env_id)
     except Exception:  # the id is registered but cannot be built here; the hint is optional
@@ -268,8 +285,8 @@ def _plain_id_without_ranges_message(env_id: str, h: float) -> str:
         family = family_for_env(probe.unwrapped)
         probe.close()
         if family is not None:
-            return msg + f"; use env={family.name!r} or give ranges"
-    return msg + f"; give ranges, use heterogeneity 0, or use a family ({', '.join(family_names())})"
+            return msg + f"; to vary its physics use env.name={family.name!r} or give env.ranges"
+    return msg + f"; to vary it give env.ranges, or use a family ({', '.join(family_names())})"
 
 
 def _check_mapping(fld: str, value: object) -> dict[str, Any]:

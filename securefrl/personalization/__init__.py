@@ -27,6 +27,9 @@ method         what is shared / what stays on the client        protected vector
                (Nadiger et al. 2019)
 ``ifca``       k cluster models; each client picks the one       k slots (see below)
                serving it best (Ghosh et al. 2020)
+``relation``   one model per client on the server, mixed with    model delta (plaintext only: the server
+               learned similarity weights (FedAMP, Huang et al.  weighs individual updates; refused under
+               2021; pFedGraph, Ye et al. 2023; :mod:`.relation`) CKKS / SecAgg)
 =============  ===============================================  =======================================
 
 Under CKKS or SecAgg the protected vector is exactly the shared part: the protocol is built for its
@@ -72,7 +75,10 @@ from securefrl.personalization.parts import (
     frozen,
     head_parameter_names,
 )
+from securefrl.personalization.relation import RelationFederation, relation_round
 from securefrl.personalization.slots import decode_slots, encode_slots, slot_length
+
+FEDERATIONS["relation"] = RelationFederation  # registered here: relation.py builds on federations.py
 
 __all__ = [
     "FEDERATIONS",
@@ -84,6 +90,7 @@ __all__ = [
     "LocalOnlyFederation",
     "PartialFederation",
     "PersonalizedFederation",
+    "RelationFederation",
     "assign_groups",
     "attach_env_embedding",
     "bin_edges",
@@ -94,5 +101,6 @@ __all__ = [
     "frozen",
     "head_parameter_names",
     "make_personalized_federation",
+    "relation_round",
     "slot_length",
 ]

@@ -55,6 +55,10 @@ def check_personalization(config: ExperimentConfig) -> None:
         if config.protocol.name == "secagg" and float(config.protocol.params.get("clip", 1.0)) < 1.0:
             raise ConfigError("protocol.params.clip", f"{method} sends a 1 in the chosen slot's count coordinate; "
                               "SecAgg clips coordinates to [-clip, clip], so clip must be >= 1")
+    if method == "relation":
+        from securefrl.personalization.relation import check_relation
+
+        check_relation(config)
     if method == "ifca" and p.n_clusters < 2:
         raise ConfigError("personalization.n_clusters", "ifca needs at least 2 cluster models (1 is plain FedAvg)")
     if method == "group":

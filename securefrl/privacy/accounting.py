@@ -22,10 +22,13 @@ resumed from a checkpoint reports exactly the same epsilon.
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Any, Literal
 
+import numpy as np
 from opacus.accountants import PRVAccountant, RDPAccountant
 from opacus.accountants.accountant import IAccountant
+from opacus.accountants.analysis import rdp as rdp_analysis
 from opacus.accountants.utils import get_noise_multiplier
 
 from securefrl.errors import ConfigError, SecureFRLError
@@ -71,9 +74,27 @@ def _merged(history: list[HistoryEntry], z: float, q: float, steps: int) -> list
     return out
 
 
+@lru_cache(maxsize=1024)
+def _rdp_per_step(noise_multiplier: float, sample_rate: float) -> np.ndarray:
+    """RDP of one subsampled-Gaussian step at Opacus's default orders, cached per ``(z, q)``.
+
+    A run repeats a handful of ``(z, q)`` pairs for hundreds of rounds; RDP composes additively, so the
+    epsilon of any history is ``sum(steps * rdp(z, q))`` converted once -- no recomputation per round.
+    """
+    vec = rdp_analysis.compute_rdp(q=sample_rate, noise_multiplier=noise_multiplier, steps=1,
+                                   orders=RDPAccountant.DEFAULT_ALPHAS)
+    out = np.asarray(vec, dtype=np.float64)
+    out.setflags(write=False)
+    return out
+
+
 def _epsilon_of(mechanism: str, history: list[HistoryEntry], delta: float) -> float:
     if not history:
         return 0.0
+    if mechanism == "rdp":  # same analysis as Opacus's RDPAccountant.get_epsilon, with the per-(z, q) cache
+        total = sum(n * _rdp_per_step(z, q) for z, q, n in history)
+        eps, _ = rdp_analysis.get_privacy_spent(orders=RDPAccountant.DEFAULT_ALPHAS, rdp=total, delta=delta)
+        return float(eps)
     accountant = _ACCOUNTANTS[mechanism]()
     accountant.history = list(history)
     return float(accountant.get_epsilon(delta=delta))
@@ -177,6 +198,11 @@ def noise_multiplier_for(
     ``[target_epsilon - epsilon_tolerance, target_epsilon]``.
     """
     positive("target_epsilon", target_epsilon)
+    if accountant == "rdp":  # Opacus's bisection, on the cached per-(z, q) RDP vectors
+        return _rdp_noise_multiplier(positive("target_epsilon", target_epsilon),
+                                     probability("target_delta", target_delta, allow_one=False),
+                                     probability("sample_rate", sample_rate), positive_int("steps", steps),
+                                     positive("epsilon_tolerance", epsilon_tolerance))
     try:
         return float(
             get_noise_multiplier(
@@ -192,6 +218,31 @@ def noise_multiplier_for(
         if isinstance(err, ConfigError):
             raise
         raise ConfigError("target_epsilon", f"unreachable with noise multiplier <= 1e6: {err}") from err
+
+
+_MAX_SIGMA = 1e6
+
+
+def _rdp_noise_multiplier(target: float, delta: float, q: float, steps: int, tolerance: float) -> float:
+    """The bisection of Opacus's ``get_noise_multiplier`` (same steps, same result) with cached RDP vectors."""
+
+    def eps(sigma: float) -> float:
+        return _epsilon_of("rdp", [(sigma, q, steps)], delta)
+
+    eps_high, sigma_low, sigma_high = float("inf"), 0.0, 10.0
+    while eps_high > target:
+        sigma_high = 2 * sigma_high
+        eps_high = eps(sigma_high)
+        if sigma_high > _MAX_SIGMA:
+            raise ConfigError("target_epsilon", "unreachable with noise multiplier <= 1e6: the budget is too low")
+    while target - eps_high > tolerance:
+        sigma = (sigma_low + sigma_high) / 2
+        e = eps(sigma)
+        if e < target:
+            sigma_high, eps_high = sigma, e
+        else:
+            sigma_low = sigma
+    return float(sigma_high)
 
 
 class PrivacyBudget:

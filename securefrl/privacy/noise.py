@@ -68,7 +68,8 @@ def _warn_seeded_once() -> None:
         _seeded_warning_issued = True
         warnings.warn(
             "DP noise is drawn from a seeded numpy Generator: reproducible for experiments, but predictable to "
-            "anyone who knows the seed and open to floating-point attacks. Use secure=True for deployment.",
+            "anyone who knows the seed and open to floating-point attacks. For deployment set "
+            "privacy.secure_noise = true in the config (secure=True in the Python API).",
             SeededNoiseWarning,
             stacklevel=3,
         )
@@ -155,19 +156,33 @@ def add_central_noise(
     return arr + gaussian_noise(std, arr.shape, rng, secure=secure)
 
 
-def distributed_noise_std(clip: float, noise_multiplier: float, min_survivors: int) -> float:
-    """Per-client noise std ``z C / sqrt(m_min)``: ``m_min`` shares sum to the full variance ``(z C)^2``."""
+def distributed_noise_std(clip: float, noise_multiplier: float, min_survivors: int, max_colluding: int = 0) -> float:
+    """Per-client noise std ``z C / sqrt(m_min - k)``: any ``m_min - k`` shares sum to the full ``(z C)^2``.
+
+    ``k = max_colluding`` included clients may withhold their share (colluding with the server, which then
+    knows the rest); the honest ``m_min - k`` still carry the full noise.
+    """
     c = positive("clip", clip)
     z = non_negative("noise_multiplier", noise_multiplier)
-    return z * c / math.sqrt(positive_int("min_survivors", min_survivors))
+    m = positive_int("min_survivors", min_survivors)
+    k = _colluding(max_colluding, m)
+    return z * c / math.sqrt(m - k)
+
+
+def _colluding(max_colluding: int, min_survivors: int) -> int:
+    k = int(max_colluding)
+    if k < 0 or k >= min_survivors:
+        raise ConfigError("max_colluding", f"must lie in [0, min_survivors={min_survivors}), got {max_colluding}")
+    return k
 
 
 def survivor_noise_multiplier(
-    noise_multiplier: float, survivors: int, min_survivors: int, *, allow_fewer: bool = False
+    noise_multiplier: float, survivors: int, min_survivors: int, *, allow_fewer: bool = False, max_colluding: int = 0
 ) -> float:
-    """Noise multiplier the aggregate really carries: ``z_eff = z * sqrt(survivors / m_min)``.
+    """Noise multiplier the aggregate really carries: ``z_eff = z * sqrt((survivors - k) / (m_min - k))``.
 
-    Each of the ``survivors`` clients whose share reached the sum added variance ``(z C)^2 / m_min``.
+    Each of the ``survivors`` clients whose share reached the sum added variance ``(z C)^2 / (m_min - k)``,
+    of which up to ``k = max_colluding`` may have withheld theirs, so only ``survivors - k`` count.
     Report ``z_eff`` to the accountant so epsilon is honest: smaller when more clients survived than
     planned for, larger when fewer did. Fewer than ``m_min`` survivors raises
     :class:`InsufficientSurvivorsError` unless ``allow_fewer`` (then the reduced ``z_eff`` is returned).
@@ -175,9 +190,12 @@ def survivor_noise_multiplier(
     z = non_negative("noise_multiplier", noise_multiplier)
     m_min = positive_int("min_survivors", min_survivors)
     m = positive_int("survivors", survivors)
+    k = _colluding(max_colluding, m_min)
     if m < m_min and not allow_fewer:
         raise InsufficientSurvivorsError(m, m_min)
-    return z * math.sqrt(m / m_min)
+    if m <= k:
+        raise InsufficientSurvivorsError(m, m_min)
+    return z * math.sqrt((m - k) / (m_min - k))
 
 
 def _require_clipped(arr: np.ndarray, clip: float, name: str) -> None:
@@ -213,7 +231,7 @@ def add_local_noise(clip: float, noise_multiplier: float, *, secure: bool = Fals
 
 
 def add_distributed_noise(
-    clip: float, noise_multiplier: float, min_survivors: int, *, secure: bool = False
+    clip: float, noise_multiplier: float, min_survivors: int, *, secure: bool = False, max_colluding: int = 0
 ) -> UpdateTransform:
     """Transform adding one client's share ``N(0, (z C)^2 / m_min)`` of the aggregate noise.
 
@@ -222,8 +240,9 @@ def add_distributed_noise(
     """
     c = positive("clip", clip)
     z = non_negative("noise_multiplier", noise_multiplier)
-    std = distributed_noise_std(c, z, min_survivors)
-    return _noise_transform(f"distributed_noise(z={z}, C={c}, m_min={min_survivors})", c, std, secure)
+    std = distributed_noise_std(c, z, min_survivors, max_colluding)
+    return _noise_transform(f"distributed_noise(z={z}, C={c}, m_min={min_survivors}, k={max_colluding})", c, std,
+                            secure)
 
 
 def dp_client_pipeline(
@@ -233,6 +252,7 @@ def dp_client_pipeline(
     *,
     min_survivors: int | None = None,
     secure: bool = False,
+    max_colluding: int = 0,
 ) -> UpdateTransform:
     """Client pipeline ``check_finite -> clip -> noise`` for the given noise placement.
 
@@ -247,4 +267,5 @@ def dp_client_pipeline(
         return chain(clipper, add_local_noise(clip, noise_multiplier, secure=secure))
     if min_survivors is None:
         raise ConfigError("min_survivors", "distributed noise needs the minimum number of surviving clients")
-    return chain(clipper, add_distributed_noise(clip, noise_multiplier, min_survivors, secure=secure))
+    return chain(clipper, add_distributed_noise(clip, noise_multiplier, min_survivors, secure=secure,
+                                                max_colluding=max_colluding))

@@ -58,9 +58,10 @@ class ClientSlot(Agent):
     """Client ``cid``'s PPO agent as a view of row ``cid`` of a :class:`PPOPopulation`.
 
     ``set_flat``/``get_flat`` read and write that row; ``learn`` trains this client alone through
-    the batched code (C = 1). Unlike ``PPOAgent``, ``learn`` always starts from environments freshly
-    reset by the seed of the last :meth:`reseed` (the federation reseeds before every round);
-    a second ``learn`` without ``reseed`` continues from a seed derived from that one.
+    the batched code (C = 1), continuing the episodes of the client's environment copies, as
+    ``PPOAgent`` does. Its action and minibatch streams come from the last :meth:`reseed` (the
+    federation reseeds before every round); a second ``learn`` without ``reseed`` draws them from a
+    seed derived from that one.
     """
 
     name = "ppo"
@@ -81,7 +82,7 @@ class ClientSlot(Agent):
 
     def learn(self, env_steps: int) -> dict[str, float]:
         if self._seed is None:
-            raise RuntimeError("reseed the slot before learn: its environments start from that seed")
+            raise RuntimeError("reseed the slot before learn: its action and minibatch streams come from that seed")
         seed = self._seed if self._calls == 0 else derive_seed(self._seed, "learn", self._calls) % (2**31)
         self._calls += 1
         return self.population.learn([self.cid], env_steps, [seed])[0]
@@ -120,6 +121,8 @@ class VectorizedFederation(Federation):
         self.population.physics = (phys, limit)
 
     def _make_agent(self, cid: int, spec: EnvSpec, env_fn: Callable[[], Any], agent_cfg: Any) -> Agent:
+        # The per-client agent would be built with this seed and reset its environments from it once.
+        self.population.env_seeds[cid] = derive_seed(self.config.seed, "agent", cid)
         return ClientSlot(self.population, cid)
 
     # --- training: the whole round's sampled clients in one batch ---------------------------------

@@ -98,6 +98,16 @@ class PPOPopulation:
         self.num_timesteps = np.zeros(self.n, dtype=np.int64)
         self.num_updates = np.zeros(self.n, dtype=np.int64)
         self.physics = physics
+        # Every client's environment copies persist across learn() calls (PPOAgent resets its pool once, when
+        # built): physics state, time-limit counter, running episode statistics and each copy's generator.
+        copies = self.n * config.n_envs
+        self.env_state = np.zeros((copies, 4), dtype=np.float64)
+        self.env_elapsed = np.zeros(copies, dtype=np.int64)
+        self.env_ep_returns = np.zeros(copies, dtype=np.float64)
+        self.env_ep_lengths = np.zeros(copies, dtype=np.int64)
+        self.env_rngs: list[np.random.Generator | None] = [None] * copies
+        self.env_seeds = [int(c) for c in range(self.n)]
+        """Per client, the agent seed whose ``Streams.env_seeds`` reset its copies at their first use."""
         self.last_rollout: tuple[np.ndarray, np.ndarray] | None = None
         """Observations and actions ``(t, C, n_envs, ...)`` of the last rollout :meth:`learn` trained on."""
 
@@ -154,7 +164,8 @@ class PPOPopulation:
         """Train clients ``ids`` for ``env_steps`` steps each, client ``ids[k]`` reseeded with ``seeds[k]``.
 
         Equivalent, client by client, to ``agent.reseed(seed); agent.learn(env_steps)`` on a
-        :class:`~securefrl.agents.ppo.PPOAgent`; returns each client's ``learn`` statistics.
+        :class:`~securefrl.agents.ppo.PPOAgent` built with seed ``env_seeds[cid]``: the environments continue
+        the episodes the client's last call left running. Returns each client's ``learn`` statistics.
         """
         if self.physics is None:
             raise ValueError("this population has no environment physics to train in")
@@ -168,9 +179,7 @@ class PPOPopulation:
         leaves = [v.detach().requires_grad_(True) for v in self.views(work)]
         adam = _BatchedAdam(self.exp_avg[idx], self.exp_avg_sq[idx], self.adam_steps[ids].copy())
         streams = [Streams(int(s), n) for s in seeds]
-        phys, limit = self.physics
-        env = CartPoleBatch({k: np.repeat(v[ids], n) for k, v in phys.items()}, limit)
-        env.reset([s for st in streams for s in st.env_seeds])
+        env = self._load_envs(ids)
         obs_dim, n_actions = int(self.spec.shapes[0][1]), int(self.spec.shapes[self.n_actor - 1][0])
         t_max = cfg.n_steps
         buf_obs = np.zeros((t_max, c, n, obs_dim), dtype=np.float32)
@@ -214,6 +223,7 @@ class PPOPopulation:
                                           buf_obs, buf_actions, buf_logp, buf_rewards, buf_dones, buf_values))
                 self.last_rollout = (buf_obs[:t], buf_actions[:t])
                 t = 0
+        self._store_envs(ids, env)
         with torch.no_grad():
             self.flat[idx] = work
             self.exp_avg[idx], self.exp_avg_sq[idx] = adam.exp_avg, adam.exp_avg_sq
@@ -228,6 +238,43 @@ class PPOPopulation:
                 stats.update({key: float(np.mean([float(i[key][k]) for i in infos])) for key in infos[-1]})
             out.append(stats)
         return out
+
+    # --- persistent environments ----------------------------------------------------------------
+    def _copies(self, ids: Sequence[int]) -> np.ndarray:
+        n = self.config.n_envs
+        return np.concatenate([np.arange(c * n, (c + 1) * n) for c in ids])
+
+    def _load_envs(self, ids: list[int]) -> CartPoleBatch:
+        """A batch of clients ``ids``' copies in the state they were left in (reset on first use, as PPOAgent)."""
+        assert self.physics is not None
+        phys, limit = self.physics
+        n = self.config.n_envs
+        env = CartPoleBatch({k: np.repeat(v[ids], n) for k, v in phys.items()}, limit)
+        rows = self._copies(ids)
+        fresh = [k for k, c in enumerate(ids) if self.env_rngs[c * n] is None]
+        for k in fresh:  # a client's first learn(): PPOAgent.__init__ resets its pool with its agent seed's streams
+            cid = ids[k]
+            seeds = Streams(self.env_seeds[cid], n).env_seeds
+            env.reset(seeds, range(k * n, (k + 1) * n))
+            self._store_envs([cid], env, offset=k * n)
+        env.state[:] = self.env_state[rows]
+        env.elapsed[:] = self.env_elapsed[rows]
+        env.ep_returns[:] = self.env_ep_returns[rows]
+        env.ep_lengths[:] = self.env_ep_lengths[rows]
+        env.rngs = [self.env_rngs[int(r)] for r in rows]  # the same generator objects: they advance in place
+        env.finished = [[] for _ in range(env.n)]
+        env.obs[:] = env.state.astype(np.float32)  # CartPole observes its state as float32
+        return env
+
+    def _store_envs(self, ids: list[int], env: CartPoleBatch, offset: int = 0) -> None:
+        rows = self._copies(ids)
+        sl = slice(offset, offset + len(rows))
+        self.env_state[rows] = env.state[sl]
+        self.env_elapsed[rows] = env.elapsed[sl]
+        self.env_ep_returns[rows] = env.ep_returns[sl]
+        self.env_ep_lengths[rows] = env.ep_lengths[sl]
+        for r, rng in zip(rows, env.rngs[sl], strict=True):
+            self.env_rngs[int(r)] = rng
 
     def _update(self, ids: list[int], work: torch.Tensor, leaves: list[torch.Tensor], adam: _BatchedAdam,
                 streams: list[Streams],
@@ -307,7 +354,16 @@ class PPOPopulation:
         return {"params": self.flat[cid].clone(), "exp_avg": self.exp_avg[cid].clone(),
                 "exp_avg_sq": self.exp_avg_sq[cid].clone(),
                 "adam_step": int(self.adam_steps[cid]), "num_timesteps": int(self.num_timesteps[cid]),
-                "num_updates": int(self.num_updates[cid])}
+                "num_updates": int(self.num_updates[cid]), "envs": self._env_client_state(cid)}
+
+    def _env_client_state(self, cid: int) -> dict[str, Any]:
+        rows = self._copies([cid])
+        rngs = [self.env_rngs[int(r)] for r in rows]
+        return {"state": torch.from_numpy(self.env_state[rows].copy()),
+                "elapsed": torch.from_numpy(self.env_elapsed[rows].copy()),
+                "ep_returns": torch.from_numpy(self.env_ep_returns[rows].copy()),
+                "ep_lengths": torch.from_numpy(self.env_ep_lengths[rows].copy()),
+                "rngs": [None if g is None else g.bit_generator.state for g in rngs]}
 
     @torch.no_grad()
     def load_client_state(self, cid: int, state: dict[str, Any]) -> None:
@@ -317,10 +373,33 @@ class PPOPopulation:
         self.adam_steps[cid] = int(state["adam_step"])
         self.num_timesteps[cid] = int(state["num_timesteps"])
         self.num_updates[cid] = int(state["num_updates"])
+        envs = state.get("envs")
+        if envs is None:
+            raise ValueError("checkpoint has no environment state (written before environments persisted across "
+                             "rounds); it cannot be continued exactly, start a new run")
+        rows = self._copies([cid])
+        if len(envs["rngs"]) != len(rows):
+            raise ValueError(f"checkpoint has {len(envs['rngs'])} environment copies per client, this population "
+                             f"{len(rows)}")
+        self.env_state[rows] = envs["state"].numpy()
+        self.env_elapsed[rows] = envs["elapsed"].numpy()
+        self.env_ep_returns[rows] = envs["ep_returns"].numpy()
+        self.env_ep_lengths[rows] = envs["ep_lengths"].numpy()
+        for r, bit_state in zip(rows, envs["rngs"], strict=True):
+            rng = None
+            if bit_state is not None:
+                rng = np.random.Generator(getattr(np.random, bit_state["bit_generator"])())
+                rng.bit_generator.state = bit_state
+            self.env_rngs[int(r)] = rng
 
     def nbytes(self) -> int:
-        """Bytes held by the population's tensors and counters (grows linearly with clients)."""
-        return sum(t.numel() * t.element_size() for t in (self.flat, self.exp_avg, self.exp_avg_sq)) + 3 * 8 * self.n
+        """Bytes held by the population's tensors, counters and environment arrays (grows linearly with clients).
+
+        Not counted: the per-copy ``numpy.random.Generator`` objects, created at a client's first training.
+        """
+        envs = sum(a.nbytes for a in (self.env_state, self.env_elapsed, self.env_ep_returns, self.env_ep_lengths))
+        return sum(t.numel() * t.element_size() for t in (self.flat, self.exp_avg, self.exp_avg_sq)) + 3 * 8 * self.n \
+            + envs
 
 
 class _BatchedAdam:

@@ -25,6 +25,7 @@ Plaintext bodies are arrays in an explicit encoding (:func:`encode_arrays`): nev
 
 from __future__ import annotations
 
+import math
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -189,7 +190,7 @@ def decode_arrays(body: bytes, expected: Sequence[tuple[np.dtype | type, int]] |
         shape = tuple(_DIM.unpack_from(view, pos + k * _DIM.size)[0] for k in range(ndim))
         pos += ndim * _DIM.size
         dtype = _DTYPES[code]
-        nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        nbytes = math.prod(shape) * dtype.itemsize  # exact Python ints: a huge shape cannot wrap negative
         if pos + nbytes > len(view):
             raise MalformedMessageError(f"array {i}: {nbytes} data bytes announced, {len(view) - pos} left")
         arr = np.frombuffer(view[pos:pos + nbytes], dtype=dtype).reshape(shape).astype(dtype.newbyteorder("="))

@@ -21,7 +21,8 @@ TINY_BASE = {
 
 
 def _matrix(tmp_path: Path, **kw) -> MatrixConfig:  # type: ignore[no-untyped-def]
-    data = {"name": "tiny", "output_dir": str(tmp_path), "seeds": [0], "base": TINY_BASE, "tail_rounds": 1, **kw}
+    data = {"name": "tiny", "output_dir": str(tmp_path), "seeds": [0], "base": TINY_BASE, "tail_rounds": 1,
+            "protocol_attacks": [], **kw}
     return from_dict(MatrixConfig, data)
 
 
@@ -135,3 +136,17 @@ def test_overrides_apply(tmp_path: Path) -> None:
     m = load_matrix_config(None, ["seeds=[1,2]", "base.federation.rounds=7", f"output_dir={tmp_path}"])
     assert m.seeds == [1, 2] and m.base["federation"]["rounds"] == 7
     assert m.base["federation"]["n_clients"] == 6  # the rest of the small default base is kept
+
+
+def test_protocol_section_runs_each_attack_against_weakened_and_default(tmp_path: Path) -> None:
+    from attacks.harness import write_outputs
+
+    m = _matrix(tmp_path, attacks=[], defences=[], protocol_attacks=["secagg_replay", "weight_amplification"])
+    rows = run_matrix(m, log=lambda s: None)
+    got = {(r["attack"], r["defence"]): r for r in rows if r["kind"] == "protocol"}
+    assert set(got) == {(a, t) for a in ("secagg_replay", "weight_amplification") for t in ("weakened", "default")}
+    assert all(got[(a, "weakened")]["succeeded"] and not got[(a, "default")]["succeeded"]
+               for a in ("secagg_replay", "weight_amplification"))
+    folder = write_outputs(rows, m)
+    md = (folder / "summary.md").read_text()
+    assert "## Protocol attacks" in md and "SignatureError" in md

@@ -47,3 +47,16 @@ def test_weight_amplification_blows_the_mean_up_only_when_weights_travel_uncheck
     assert weak.metric > 1e6 and weak.details["total_weight"] < 1e-6
     strong = PROTOCOL_ATTACKS["weight_amplification"]().run(False, 4)
     assert "round dropped" in strong.reason
+
+
+@pytest.mark.parametrize("name", ["dp_noise_regeneration", "dp_membership_vs_server"])
+def test_dp_attacks_break_the_weakened_config_and_not_the_default(name):
+    weak = PROTOCOL_ATTACKS[name]().run(weakened=True, seed=0)
+    strong = PROTOCOL_ATTACKS[name]().run(weakened=False, seed=0)
+    assert weak.succeeded, weak.reason
+    assert not strong.succeeded and strong.reason, strong.reason
+
+
+def test_membership_attack_exceeds_the_amplified_claim_but_not_the_server_epsilon():
+    out = PROTOCOL_ATTACKS["dp_membership_vs_server"]().run(weakened=True, seed=1)
+    assert out.details["claimed_epsilon"] <= 8.0 < out.metric <= out.details["epsilon_server"]

@@ -25,7 +25,7 @@ from protocols.ckks import (
     RefusedError,
     UpdateRangeError,
 )
-from protocols.ckks.ring import ERROR_BOUND, Encoder, RNSRing, expand_shift, floor_shift, mulmod
+from protocols.ckks.ring import ERROR_BOUND, Encoder, RNSRing, expand_shift, floor_shift, matmul_mod, mulmod
 from protocols.ckks.roles import CKKSClient, parse_update
 from protocols.errors import (
     EnvelopeError,
@@ -118,6 +118,17 @@ def test_dropping_low_order_bits_is_exact_floor_and_centred_expansion(bits):
         assert [int(v) for v in back[i]] == centre
 
 
+@pytest.mark.parametrize("bits", [54, 56])
+def test_share_dealing_matrix_product_is_exact(bits):
+    q = int(seal.CoeffModulus.Create(4096, [bits])[0].value())
+    rng = np.random.default_rng(bits)
+    a = rng.integers(0, q, (5, 256), dtype=np.uint64)
+    b = rng.integers(0, q, (256, 4), dtype=np.uint64)
+    a[0], b[:, 0] = q - 1, q - 1
+    ref = [[sum(int(a[i, k]) * int(b[k, j]) for k in range(256)) % q for j in range(4)] for i in range(5)]
+    assert [[int(x) for x in row] for row in matmul_mod(a, b, q)] == ref
+
+
 def test_crt_lift_is_centred_and_encoder_round_trips():
     ring = _small_ring()
     values = [5, -5, 2**70 + 3, -(2**90), 0]
@@ -135,7 +146,7 @@ def test_crt_lift_is_centred_and_encoder_round_trips():
 def test_weighted_mean_matches_plaintext_protocol(proto):
     ups = _updates(1, N_CLIENTS, DIM)
     weights = {0: 0.5, 1: 2.0, 2: 1.25, 3: 1.0, 4: 3.0}
-    plain = PlaintextProtocol(DIM)
+    plain = PlaintextProtocol(DIM, public_weights=False)  # weights that differ must travel
     expected = plain.open(plain.combine(0, {c: plain.protect(c, 0, ups[c], weights[c]) for c in ups}))
 
     opened = proto.open(proto.combine(0, _protect_all(proto, 0, ups, weights)))
@@ -196,7 +207,7 @@ def test_encryption_is_randomised_hides_the_update_and_is_refused_twice_per_roun
 
 
 def test_values_at_the_per_client_bound_do_not_wrap_around():
-    params = CKKSParams(max_clients=4)
+    params = CKKSParams(max_clients=4, max_weight=1e6)
     proto = CKKSProtocol(4096, n_clients=4, params=params)
     w = params.value_bound * 0.999
     payloads = _protect_all(proto, 0, {c: np.ones(4096) for c in range(4)}, {c: w for c in range(4)})
@@ -210,7 +221,10 @@ def test_values_at_the_per_client_bound_do_not_wrap_around():
         proto.protect(0, 1, np.ones(4096), params.value_bound * 1.01)
 
 
-def test_server_sum_is_exact_modulo_each_prime(proto):
+@pytest.mark.parametrize("wire_bits", [56, 63])  # 63: only two high parts fit a uint64 sum (lazy expansion)
+def test_server_sum_is_exact_modulo_each_prime(wire_bits):
+    proto = CKKSProtocol(DIM, n_clients=N_CLIENTS, params=CKKSParams(wire_bits=wire_bits))
+    assert proto.server.suite.lazy == {56: 256, 63: 2}[wire_bits]
     ups = _updates(3, N_CLIENTS, DIM)
     payloads = _protect_all(proto, 0, ups)
     su = proto.server.suite
@@ -395,6 +409,21 @@ def test_dropouts_at_key_generation_and_encryption():
         CKKSProtocol(DIM, n_clients=3, offline_at_keygen=(0, 1))
 
 
+def test_a_dropout_halfway_through_share_dealing_is_left_out_and_the_rest_works():
+    proto = CKKSProtocol(DIM, n_clients=N_CLIENTS, offline_during_sharing=(2,))
+    ups = _updates(19, N_CLIENTS, DIM)
+    assert sorted(proto.clients) == [0, 1, 3, 4] and proto.threshold == 3
+    assert all(2 not in cl._shares for cl in proto.clients.values())  # its dealt shares were discarded
+    proto.begin_round(0, list(ups))
+    payloads = {c: proto.protect(c, 0, ups[c], 1.0) for c in proto.clients}
+    proto.offline = {0}  # and one more drops at decryption: 3 of 4 remain, t = 3
+
+    opened = proto.open(proto.combine(0, payloads))
+
+    assert opened.included == [1, 3, 4]
+    assert np.max(np.abs(opened.mean - np.mean([ups[c] for c in (1, 3, 4)], axis=0))) < TOL
+
+
 def test_single_update_and_replayed_requests_are_refused_by_every_client(proto):
     ups = _updates(10, N_CLIENTS, DIM)
     aggregate = proto.combine(0, _protect_all(proto, 0, ups))
@@ -429,7 +458,7 @@ def test_negative_or_huge_weight_drops_that_client_and_the_round_goes_on(proto):
     payloads = _protect_all(proto, 0, ups)
     bad = proto.clients[1]  # a malicious client signs a payload with a weight its honest code would refuse
     c0 = parse_update(proto.server.suite, 0, 1, payloads[1])[0]
-    for weight in (-1.0, 1e300, float("nan"), 0.0):
+    for weight in (-1.0, 1e300, 100.5, float("nan"), 0.0):
         payloads[1] = bad.signed_update(0, c0, weight)
 
         aggregate = proto.combine(0, payloads)
@@ -493,7 +522,9 @@ def test_shared_key_mode_is_labelled_opens_safely_and_one_key_holder_opens_every
     assert opened.mean.dtype == np.float32
     assert np.max(np.abs(opened.mean - np.mean(list(ups.values()), axis=0))) < TOL
     with pytest.raises(RefusedError, match="at least 2"):  # the opener sums itself and refuses k = 1
-        proto.clients[0].open_shared(0, {0: payloads[0]})
+        proto.clients[0].open_shared(0, {0: payloads[0]}, {})
+    with pytest.raises(RefusedError):  # members sign one set per round: no second, nested opening
+        proto.clients[1].open_shared(0, {0: payloads[0], 1: payloads[1]}, {})
     # the documented weakness: the server plus any one client (a key holder) decrypts a single update
     su = proto.server.suite
     key = su.ring.from_signed(proto.clients[3]._secret)

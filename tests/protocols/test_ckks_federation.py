@@ -34,6 +34,20 @@ def test_a_failed_opening_aborts_the_round_and_the_run_goes_on(tmp_path):
     assert record.summary["aborted"] is None and not (fed.global_params == before).all()
 
 
+def test_an_update_too_large_to_encrypt_drops_that_client_only(tmp_path):
+    fed = Federation(_cfg(tmp_path))
+
+    def poison(round_id, deltas):
+        deltas[0] = deltas[0] * 1e12  # far beyond CKKS's per-client value bound
+
+    fed._poison = poison
+    record = fed.run_round()
+
+    rows = {row["client"]: row for row in record.clients}
+    assert "UpdateRangeError" in rows[0]["rejected"]
+    assert record.summary["aborted"] is None and record.summary["n_included"] == 2
+
+
 def test_reproducible_ckks_runs_give_identical_rounds_and_are_marked(tmp_path):
     runs = [run_experiment(_cfg(tmp_path, "protocol.params.seed=3", name=n), progress=False) for n in ("a", "b")]
     strip = lambda rows: [{k: v for k, v in r.items() if not k.startswith("time") and k != "round_time"}  # noqa: E731
@@ -50,3 +64,28 @@ def test_shared_key_mode_is_reachable_from_the_config_and_labelled(tmp_path):
     fed = Federation(_cfg(tmp_path, "protocol.params.keys=shared"))
     assert "SHARED KEY" in fed.protocol.label
     assert fed.run_round().summary["aborted"] is None
+
+
+def test_what_the_server_keeps_of_a_ckks_round_decrypts_no_update(tmp_path):
+    from attacks.protocol.ckks import recover_updates
+    from protocols.base import OpenedAggregate
+
+    fed = Federation(_cfg(tmp_path, "federation.rounds=1"))
+    sent: dict[int, np.ndarray] = {}
+    protect = fed.protocol.protect
+
+    def spy(cid, r, update, weight):
+        sent[cid] = np.asarray(update, dtype=np.float64).copy()
+        return protect(cid, r, update, weight)
+
+    fed.protocol.protect = spy
+    before = fed.global_params.astype(np.float64)
+    record = fed.run_round()
+    # the global model (what checkpoint.pt and the optimizer keep) minus the old one is the released mean
+    mean = fed.global_params.astype(np.float64) - before
+    opened = OpenedAggregate(mean, float(record.summary["n_included"]), sorted(sent))
+
+    recovered = recover_updates(fed.protocol.server, 0, opened)
+
+    assert np.max(np.abs(mean - np.mean(list(sent.values()), axis=0))) < 1e-6  # the model did move by the mean
+    assert min(np.max(np.abs(recovered[c] - sent[c])) for c in sent) > 1.0

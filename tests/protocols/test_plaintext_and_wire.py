@@ -39,7 +39,7 @@ def test_envelope_size_limit_checked_before_parsing():
 def test_plaintext_weighted_mean_matches_numpy():
     rng = np.random.default_rng(0)
     dim, n = 37, 5
-    proto = PlaintextProtocol(dim)
+    proto = PlaintextProtocol(dim, public_weights=False)  # weighted FedAvg: weights travel
     updates = rng.normal(size=(n, dim))
     weights = rng.uniform(1, 10, size=n)
     payloads = {i: proto.protect(i, 0, updates[i], weights[i]) for i in range(n)}
@@ -67,3 +67,19 @@ def test_plaintext_refuses_nonfinite_update():
     with pytest.raises(ValueError, match="NaN"):
         proto.protect(0, 0, np.array([1.0, np.nan, 0.0]), 1.0)
     assert issubclass(PayloadError, ValueError)
+
+
+def test_plaintext_refuses_a_payload_claiming_a_private_weight():
+    import struct
+
+    import numpy as np
+
+    from protocols import wire
+    from protocols.plaintext import PlaintextProtocol
+
+    proto = PlaintextProtocol(4)
+    good = {c: proto.protect(c, 0, np.ones(4) * c, 1.0) for c in range(3)}
+    body = struct.pack("<d", 1e-9) + (np.ones(4) * 1e-9).astype("<f4").tobytes()  # tiny weight: mean x 1e9
+    good[2] = wire.pack("plaintext", 0, 2, body)
+    agg = proto.combine(0, good)
+    assert agg.included == [0, 1] and "weights are public" in agg.rejected[2]

@@ -529,7 +529,7 @@ def test_equivocating_server_gets_no_shares():
     sets = {c: tuple(range(n)) if c < 4 else tuple(range(n - 1)) for c in range(n - 1)}
     signed = {c: clients[c].sign_survivors(codec.encode_consistency_request(1, ConsistencyRequest(c, sets[c])))
               for c in sets}
-    sigs = {c: codec.decode_consistency_signature(signed[c], 1, c)[1] for c in signed}
+    sigs = {c: codec.decode_consistency_signature(signed[c], 1, c)[2] for c in signed}
     for c in range(n - 1):
         same = tuple(sorted((v, s) for v, s in sigs.items() if sets[v] == sets[c]))
         live = set(sets[c])
@@ -588,3 +588,60 @@ def test_travelling_weight_outside_its_bounds_aborts_the_round():
     payloads[3] = proto.protect_encoded(3, 0, crafted)
     with pytest.raises(AggregateBoundsError):
         release(proto, proto.combine(0, payloads))
+
+
+def test_graph_seed_is_a_digest_of_the_signed_key_book_that_every_party_derives():
+    n, k = 30, 6
+    params = SecAggParams(dim=DIM, max_clients=n, neighbours=k)
+    assert params.plan(1, range(n), b"book A").neighbours != params.plan(1, range(n), b"book B").neighbours
+    _, server, clients = _run(params, range(n), *_inputs(n, DIM, seed=9))
+    assert all(clients[c].plan.neighbours == server.plan.neighbours for c in range(n))
+    assert server.plan.neighbours != params.plan(1, range(n)).neighbours  # not the seed-only graph
+
+
+def test_a_shrunken_key_book_cannot_lower_the_threshold():
+    # t = 7 for the 9 sampled clients; a book of 6 (all validly signed) must not give a 6-client plan.
+    n = 9
+    params = SecAggParams(dim=DIM, max_clients=n)
+    server = _server(params, 1, range(n))
+    clients = {c: _client(params, 1, c, range(n)) for c in range(n)}
+    for c in range(n):
+        server.receive(c, clients[c].advertise_keys())
+    codec = MessageCodec(params, REG)
+    book = codec.decode_key_list(server.broadcast_keys()[0], 1)
+    small = KeyList(0, tuple(e for e in book.entries if e.client_id < 6))
+    with pytest.raises(RoundAbortedError):
+        clients[0].share_keys(codec.encode_key_list(1, small))
+
+
+def test_consistency_signatures_bind_the_key_book_each_signer_saw():
+    from protocols.secagg.messages import Kind, encode_ids, signed_message
+
+    params, server, clients, forwarded = _up_to_masked_input()
+    for c, msg in forwarded.items():
+        server.receive(c, clients[c].masked_input(msg, np.zeros(DIM), 1.0))
+    for c, msg in server.request_consistency().items():
+        server.receive(c, clients[c].sign_survivors(msg))
+    requests = server.request_unmask()
+    codec = MessageCodec(params, REG)
+    req = codec.decode_unmask_request(requests[0], 1)
+    # Client 1's signature over the same survivor set but another key book (a split view) does not count.
+    other = crypto_sign(KEYS[1], signed_message(Kind.CONSISTENCY_SIGNATURE, 1, 1,
+                                                encode_ids(req.survivor_set) + bytes(32)))
+    sigs = tuple((v, other if v == 1 else s) for v, s in req.signatures)
+    forged = UnmaskRequest(0, req.survivors, req.dropped, req.survivor_set, sigs)
+    with pytest.raises(SignatureError):
+        clients[0].unmask(codec.encode_unmask_request(1, forged))
+
+
+def crypto_sign(key, message: bytes) -> bytes:
+    from protocols import crypto
+
+    return crypto.sign(key, message)
+
+
+def test_sparse_round_needs_every_sampled_client_to_advertise():
+    n = 30
+    params = SecAggParams(dim=DIM, max_clients=n, neighbours=6)
+    with pytest.raises(RoundAbortedError, match="seed it"):
+        _run(params, range(n), *_inputs(n, DIM), {ADV: {3}})

@@ -14,19 +14,23 @@ from gymnasium.utils.env_checker import check_env
 from securefrl.envs import FAMILIES, EnvSpec, draw_client_envs, family_names, get_family, resolve_env
 from securefrl.errors import ConfigError
 
-FAMILY_PARAMS = [(f, p.name) for f in family_names() for p in FAMILIES[f].params]
+PHYSICS = family_names("physics")
+AVAILABLE = tuple(n for n in family_names() if get_family(n).available())  # hopper needs securefrl[mujoco]
+CLASSIC = tuple(n for n in PHYSICS if not get_family(n).requires)  # the classic-control families
+FAMILY_PARAMS = [(f, p.name) for f in AVAILABLE for p in FAMILIES[f].params]
 
 
-def rollout(spec: EnvSpec, steps: int = 30, seed: int = 0) -> np.ndarray:
-    """Observations under a fixed seeded action sequence (same actions for every spec of a family)."""
+def rollout(spec: EnvSpec, steps: int = 30, seed: int = 0, with_rewards: bool = False) -> np.ndarray:
+    """Observations (with the rewards appended if asked) under a fixed seeded action sequence (same actions for
+    every spec of a family). Rewards matter where a parameter only changes costs (the MEC server's speed)."""
     env = spec.make()
     try:
         obs, _ = env.reset(seed=seed)
         env.action_space.seed(seed)
-        out = [obs]
+        out = [np.append(obs, 0.0) if with_rewards else obs]
         for _ in range(steps):
-            obs, _, terminated, truncated, _ = env.step(env.action_space.sample())
-            out.append(obs)
+            obs, reward, terminated, truncated, _ = env.step(env.action_space.sample())
+            out.append(np.append(obs, reward) if with_rewards else obs)
             if terminated or truncated:
                 break
         return np.asarray(out)
@@ -45,10 +49,14 @@ def checker_warnings(env: gym.Env) -> set[str]:
 
 
 def test_family_names_sorted_and_complete() -> None:
-    assert family_names() == ("acrobot", "cartpole", "mountaincar", "pendulum")
+    assert family_names() == ("acrobot", "cartpole", "edge_caching", "hopper", "mec_offloading", "mountaincar",
+                              "pendulum")
+    assert PHYSICS == ("acrobot", "cartpole", "hopper", "mountaincar", "pendulum")
+    assert CLASSIC == ("acrobot", "cartpole", "mountaincar", "pendulum")
+    assert family_names("application") == ("edge_caching", "mec_offloading")
 
 
-@pytest.mark.parametrize("name", family_names())
+@pytest.mark.parametrize("name", AVAILABLE)
 def test_family_defaults_are_gymnasium_defaults(name: str) -> None:
     # Arrange: a fresh, untouched gymnasium env
     family = get_family(name)
@@ -57,7 +65,8 @@ def test_family_defaults_are_gymnasium_defaults(name: str) -> None:
     for p in family.params:
         assert getattr(env.unwrapped, p.attribute) == pytest.approx(p.scale * p.default)
         lo, hi = family.ranges()[p.name]
-        assert 0 < lo < p.default < hi
+        assert lo < p.default < hi
+        assert lo > 0 or not p.positive
     for attribute, value in family.derive(env.unwrapped).items():
         assert getattr(env.unwrapped, attribute) == pytest.approx(value)
     env.close()
@@ -72,7 +81,7 @@ def test_describe_lists_every_parameter() -> None:
 # --- draws --------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", family_names())
+@pytest.mark.parametrize("name", AVAILABLE)
 def test_draw_reproducible_with_seed_and_differs_with_another(name: str) -> None:
     a = draw_client_envs(name, 5, 0.7, np.random.default_rng(42))
     b = draw_client_envs(name, 5, 0.7, np.random.default_rng(42))
@@ -83,7 +92,7 @@ def test_draw_reproducible_with_seed_and_differs_with_another(name: str) -> None
     assert len({tuple(s.params.values()) for s in a}) == 5
 
 
-@pytest.mark.parametrize("name", family_names())
+@pytest.mark.parametrize("name", AVAILABLE)
 def test_h0_gives_identical_clients_at_defaults(name: str) -> None:
     specs = draw_client_envs(name, 4, 0.0, np.random.default_rng(0))
     family = get_family(name)
@@ -92,7 +101,7 @@ def test_h0_gives_identical_clients_at_defaults(name: str) -> None:
         assert s.family == name and s.env_id == family.env_id
 
 
-@pytest.mark.parametrize("name", family_names())
+@pytest.mark.parametrize("name", AVAILABLE)
 def test_h1_draws_span_the_documented_ranges(name: str) -> None:
     # 300 uniform draws: P(min or max further than 10% of the width from an end) < 1e-12 per parameter
     specs = draw_client_envs(name, 300, 1.0, np.random.default_rng(7))
@@ -194,7 +203,7 @@ def test_every_parameter_changes_the_dynamics(name: str, param: str) -> None:
     family = get_family(name)
     default = EnvSpec(family.env_id, family.defaults(), name)
     changed = EnvSpec(family.env_id, {**family.defaults(), param: family.ranges()[param][1]}, name)
-    a, b = rollout(default), rollout(changed)
+    a, b = rollout(default, with_rewards=True), rollout(changed, with_rewards=True)
     n = min(len(a), len(b))
     assert not np.allclose(a[:n], b[:n]), f"{name}.{param} had no effect on the trajectory"
 
@@ -240,7 +249,7 @@ def test_cartpole_step_matches_the_equations_of_motion_with_new_physics() -> Non
 # --- gymnasium API ------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", family_names())
+@pytest.mark.parametrize("name", AVAILABLE)
 def test_env_checker_passes_at_full_heterogeneity(name: str) -> None:
     family = get_family(name)
     reference = gym.make(family.env_id)
@@ -274,7 +283,7 @@ def rng() -> np.random.Generator:
     ("kwargs", "field", "fragment"),
     [
         ({"env": "cartpol"}, "env", "did you mean 'cartpole'"),
-        ({"env": "NoSuchEnv-v9"}, "env", "acrobot, cartpole, mountaincar, pendulum"),
+        ({"env": "NoSuchEnv-v9"}, "env", "acrobot, cartpole, edge_caching, hopper, mec_offloading, mountaincar"),
         ({"heterogeneity": 1.5}, "heterogeneity", "[0, 1]"),
         ({"heterogeneity": -0.1}, "heterogeneity", "[0, 1]"),
         ({"heterogeneity": float("nan")}, "heterogeneity", "finite"),
@@ -291,7 +300,6 @@ def rng() -> np.random.Generator:
         ({"ranges": {"gravity": (12.0, 5.0)}}, "ranges.gravity", "low <= high"),
         ({"ranges": {"gravity": 5.0}}, "ranges.gravity", "(low, high)"),
         ({"overrides": {"gravity": 9.0}, "ranges": {"gravity": (8.0, 9.0)}}, "overrides.gravity", "not both"),
-        ({"env": "CartPole-v1"}, "heterogeneity", "use env='cartpole'"),
         ({"env": "CartPole-v1", "ranges": {"pole_length": (1, 2)}}, "ranges.pole_length", "masspole"),
         ({"env": "CartPole-v1", "ranges": {"_sutton_barto_reward": (0, 1)}}, "ranges._sutton_barto_reward", "'_'"),
         ({"env": "CartPole-v1", "overrides": {"kinematics_integrator": 1.0}, "heterogeneity": 0.0},
@@ -371,7 +379,7 @@ def _solve(name: str, params: dict[str, float], seed: int, variant: int) -> bool
     return terminated
 
 
-@pytest.mark.parametrize("name", family_names())
+@pytest.mark.parametrize("name", CLASSIC)
 def test_every_corner_of_the_h1_box_is_solvable(name: str) -> None:
     # Guards the "task stays learnable" claim of the documented ranges (a solvable task, not a learning run).
     variants = range(3) if name == "acrobot" else range(1)
@@ -379,3 +387,108 @@ def test_every_corner_of_the_h1_box_is_solvable(name: str) -> None:
         (c, s) for c in _corners(name) for s in range(3) if not any(_solve(name, c, s, v) for v in variants)
     ]
     assert not failures, f"{name}: unsolved corners {failures[:3]}"
+
+
+# --- overrides keep the observation/action-space contract ---------------------------------
+
+
+def _max_abs_obs(spec: EnvSpec, action: object, steps: int = 200) -> tuple[gym.Env, np.ndarray]:
+    env = spec.make()
+    env.reset(seed=0)
+    seen = []
+    for _ in range(steps):
+        obs, _, terminated, truncated, _ = env.step(action)
+        assert env.observation_space.contains(obs), f"{obs} outside {env.observation_space}"
+        seen.append(np.abs(obs))
+        if terminated or truncated:
+            env.reset()
+    return env, np.max(seen, axis=0)
+
+
+def test_pendulum_max_speed_override_widens_the_observation_space() -> None:
+    # full torque on a light, long pendulum spins it up to the new speed limit of 12 (> the stock 8)
+    spec = EnvSpec("Pendulum-v1", {"max_speed": 12.0, "m": 0.3})
+    env, peak = _max_abs_obs(spec, np.array([2.0], dtype=np.float32))
+    assert peak[2] > 8.0
+    assert env.observation_space.high[2] == 12.0
+
+
+def test_pendulum_max_torque_override_rebuilds_the_action_space() -> None:
+    env = EnvSpec("Pendulum-v1", {"max_torque": 3.0}).make()
+    assert env.action_space.high[0] == 3.0 and env.action_space.low[0] == -3.0
+
+
+@pytest.mark.parametrize(
+    ("env_id", "params", "index", "bound"),
+    [
+        ("MountainCar-v0", {"max_speed": 0.1, "force": 0.004}, 1, 0.1),
+        ("Acrobot-v1", {"MAX_VEL_1": 20.0}, 4, 20.0),
+        ("CartPole-v1", {"x_threshold": 4.0}, 0, 8.0),
+    ],
+)
+def test_space_bounds_follow_overridden_attributes(env_id: str, params: dict, index: int, bound: float) -> None:
+    env = EnvSpec(env_id, params).make()
+    assert env.observation_space.high[index] == pytest.approx(bound)
+    assert env.observation_space.low[index] == pytest.approx(-bound)
+
+
+@pytest.mark.parametrize("env_id", ["Pendulum-v1", "CartPole-v1", "MountainCar-v0", "MountainCarContinuous-v0",
+                                    "Acrobot-v1"])
+def test_rebuilt_spaces_at_default_attributes_equal_gymnasiums(env_id: str) -> None:
+    from securefrl.envs.contract import SPACE_BUILDERS
+
+    u = gym.make(env_id).unwrapped
+    for attr, space in SPACE_BUILDERS[type(u)](u).items():
+        assert space == getattr(u, attr)
+
+
+class _ScaledObsEnv(gym.Env):
+    """An env the contract module does not know: its declared space ignores ``scale``."""
+
+    scale = 1.0
+
+    def __init__(self, render_mode: str | None = None) -> None:
+        self.render_mode = render_mode
+        self.observation_space = gym.spaces.Box(-1.0, 1.0, (1,), np.float32)
+        self.action_space = gym.spaces.Discrete(2)
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[np.ndarray, dict]:
+        super().reset(seed=seed)
+        return np.array([0.5 * self.scale], dtype=np.float32), {}
+
+    def step(self, action: object) -> tuple[np.ndarray, float, bool, bool, dict]:
+        return np.array([0.5 * self.scale], dtype=np.float32), 0.0, False, False, {}
+
+
+def test_unknown_class_with_overrides_refuses_observations_outside_the_space() -> None:
+    from securefrl.envs.contract import ObservationSpaceError
+
+    if "securefrl-test/ScaledObs-v0" not in gym.registry:
+        gym.register(id="securefrl-test/ScaledObs-v0", entry_point=_ScaledObsEnv)
+    EnvSpec("securefrl-test/ScaledObs-v0", {"scale": 1.5}).make().reset(seed=0)  # control: 0.75 is inside
+    env = EnvSpec("securefrl-test/ScaledObs-v0", {"scale": 4.0}).make()
+    with pytest.raises(ObservationSpaceError, match="after overriding scale"), \
+            pytest.warns(UserWarning, match="not within the observation space"):  # gymnasium's checker agrees
+        env.reset(seed=0)
+
+
+def test_a_family_behind_a_missing_extra_is_refused_naming_the_extra() -> None:
+    import dataclasses
+
+    missing = dataclasses.replace(get_family("hopper"), requires="securefrl_no_such_module", extra="mujoco")
+    assert not missing.available()
+    with pytest.raises(ConfigError, match=r"pip install 'securefrl\[mujoco\]'") as info:
+        missing.check_available("env.name")
+    assert info.value.field == "env.name"
+    with pytest.raises(ConfigError, match="securefrl_no_such_module"):
+        missing.env_type()
+
+
+def test_a_plain_gymnasium_id_runs_at_the_default_heterogeneity_with_identical_clients() -> None:
+    from securefrl.envs.spec import NothingVariesWarning
+
+    with pytest.warns(NothingVariesWarning, match="env.ranges"):
+        specs = draw_client_envs("MountainCarContinuous-v0", 3, 0.5, np.random.default_rng(0))
+    assert len(specs) == 3 and all(s == specs[0] for s in specs)
+    with pytest.warns(NothingVariesWarning, match="env.name='cartpole'"):  # a known family is named as the way out
+        draw_client_envs("CartPole-v1", 2, 0.5, np.random.default_rng(0))

@@ -82,7 +82,7 @@ def test_cli_run_and_errors(tmp_path, capsys):
     for s in [*TINY, f"output_dir={tmp_path}"]:
         args += ["--set", s]
     assert main(args) == 0
-    assert (tmp_path / "demo" / "summary.json").is_file()
+    assert len(list(tmp_path.glob("demo/*/summary.json"))) == 1  # results/<name>/<timestamp>/
     assert main(["run", "--set", "federation.rounds=0"]) == 2
     assert "federation.rounds" in capsys.readouterr().err
     assert main(["config"]) == 0

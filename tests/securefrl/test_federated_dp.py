@@ -23,11 +23,14 @@ def test_epsilon_reported_every_round_matches_the_accountant(tmp_path, placement
                          progress=False)
     eps = [r["epsilon"] for r in res.rounds]
     assert all(np.isfinite(eps)) and eps == sorted(eps) and eps[0] > 0
-    ref = PrivacyAccountant("rdp")
+    server, outsiders = PrivacyAccountant("rdp"), PrivacyAccountant("rdp")
     for _ in range(3):
-        ref.step(1.1, 0.5)  # 2 of 4 clients per round, no dropouts
-    assert eps[-1] == pytest.approx(ref.epsilon(1e-5), rel=1e-9)
-    assert res.summary["epsilon"] == eps[-1]
+        server.step(1.1, 1.0)  # the server knows who took part: no amplification
+        outsiders.step(1.1, 0.5)  # 2 of 4 clients per round, no dropouts
+    assert eps[-1] == pytest.approx(server.epsilon(1e-5), rel=1e-9)  # the headline holds against the server
+    assert res.rounds[-1]["epsilon_server"] == eps[-1]
+    assert res.rounds[-1]["epsilon_outsiders"] == pytest.approx(outsiders.epsilon(1e-5), rel=1e-9)
+    assert res.summary["epsilon"] == eps[-1] and res.summary["epsilon_outsiders"] < eps[-1]
 
 
 def test_updates_are_clipped_to_the_dp_bound(tmp_path):
@@ -73,6 +76,34 @@ def test_distributed_noise_under_secagg(tmp_path):
     res = run_experiment(cfg(tmp_path, "privacy.placement=distributed", "protocol.name=secagg"), progress=False)
     assert all(np.isfinite(r["epsilon"]) for r in res.rounds)
     assert all(r["n_included"] == 2 for r in res.rounds)
+    assert res.summary["dp_noise"] == "secure"  # secure noise by default under a secure protocol
+
+
+def test_seeded_noise_under_secagg_needs_the_experiment_flag_and_is_marked(tmp_path):
+    res = run_experiment(cfg(tmp_path, "privacy.placement=distributed", "protocol.name=secagg",
+                             "privacy.seeded_noise_experiment=true", "federation.rounds=1"), progress=False)
+    assert res.summary["dp_noise"] == "seeded" and res.rounds[0]["dp_noise"] == "seeded"
+
+
+def test_secagg_clip_that_would_clip_the_noise_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match="clip the noise") as info:
+        Federation(cfg(tmp_path, "privacy.placement=distributed", "protocol.name=secagg",
+                       "protocol.params.clip=1.0"))
+    assert info.value.field == "protocol.params.clip"
+
+
+def test_resume_refuses_an_edited_accountant_history(tmp_path):
+    import torch
+
+    c = cfg(tmp_path, "privacy.placement=distributed", name="edited")
+    res = run_experiment(c, progress=False, stop_after=2)
+    ckpt = res.path / "checkpoint.pt"
+    state = torch.load(ckpt, weights_only=True)
+    hist = state["federation"]["dp"]["accountant"]["history"]
+    hist[-1][2] = 1  # two accounted rounds become one: epsilon drops
+    torch.save(state, ckpt)
+    with pytest.raises(ConfigError, match=r"disagrees with rounds\.jsonl"):
+        run_experiment(c, resume=True, progress=False)
 
 
 def test_adaptive_clipping_moves_the_bound(tmp_path):

@@ -243,3 +243,16 @@ def test_bad_noise_configuration_raises_config_error(call, field: str) -> None:
     with pytest.raises(ConfigError) as err:
         call()
     assert err.value.field == field
+
+
+def test_distributed_noise_is_sized_for_colluding_clients_that_withhold_their_share() -> None:
+    from securefrl.privacy.noise import distributed_noise_std, survivor_noise_multiplier
+
+    # 10 survivors, 2 may withhold: the 8 honest shares alone must carry the full (z C)^2.
+    std = distributed_noise_std(1.0, 2.0, 10, max_colluding=2)
+    assert 8 * std**2 == pytest.approx(4.0)
+    assert survivor_noise_multiplier(2.0, 10, 10, max_colluding=2) == pytest.approx(2.0)
+    assert survivor_noise_multiplier(2.0, 6, 10, allow_fewer=True, max_colluding=2) == pytest.approx(
+        2.0 * math.sqrt(4 / 8))
+    with pytest.raises(ConfigError):
+        distributed_noise_std(1.0, 2.0, 3, max_colluding=3)

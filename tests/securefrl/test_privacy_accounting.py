@@ -127,3 +127,21 @@ def test_bad_accounting_input_raises_config_error(call, field: str | None) -> No
         call()
     if field is not None:
         assert err.value.field == field
+
+
+def test_cached_rdp_matches_opacus_and_calibration_is_unchanged():
+    from opacus.accountants import RDPAccountant
+    from opacus.accountants.utils import get_noise_multiplier
+
+    from securefrl.privacy.accounting import PrivacyAccountant, _rdp_per_step, noise_multiplier_for
+
+    history = [(1.1, 1.0, 10), (1.3, 1.0, 5), (0.9, 0.25, 3)]
+    ours = PrivacyAccountant("rdp")
+    for z, q, n in history:
+        ours.step(z, q, n)
+    ref = RDPAccountant()
+    ref.history = list(history)
+    assert ours.epsilon(1e-5) == pytest.approx(ref.get_epsilon(1e-5), rel=1e-12)
+    assert _rdp_per_step.cache_info().currsize >= 3  # one RDP vector per (z, q), reused every round
+    assert noise_multiplier_for(4.0, 1e-5, 1.0, 20) == get_noise_multiplier(
+        target_epsilon=4.0, target_delta=1e-5, sample_rate=1.0, steps=20)

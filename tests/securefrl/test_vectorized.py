@@ -70,6 +70,7 @@ def test_population_matches_per_client_ppo_agents():
     agents = [make_agent("ppo", s.make, cfg, seed=10 + i) for i, s in enumerate(specs)]
     init = make_agent("ppo", specs[0].make, cfg, seed=99).get_flat()
     pop = PPOPopulation(cfg, agents[0].parameter_spec(), 3, physics_of(specs))
+    pop.env_seeds = [10 + i for i in range(3)]  # the agents' seeds: their environments start from the same reset
     pop.set_rows(range(3), init)
     for a in agents:
         a.set_flat(init)
@@ -143,7 +144,8 @@ def test_population_memory_is_linear_in_clients_and_bounded():
     cfg = PPOConfig()
     env_fn = draw_client_envs("cartpole", 1, 0.0, np.random.default_rng(0))[0].make
     spec = make_agent("ppo", env_fn, cfg).parameter_spec()
-    per_client_bound = 3 * spec.dim * 4 + 64  # bytes: 3 float32 vectors + counters; about 110 KB for 64-64 nets
+    # bytes: 3 float32 vectors + counters + each env copy's state (4 float64 + 3 counters); about 110 KB for 64-64 nets
+    per_client_bound = 3 * spec.dim * 4 + 64 + cfg.n_envs * 56
     # Act
     sizes = {n: PPOPopulation(cfg, spec, n).nbytes() for n in (10, 100, 1000)}
     # Assert: exactly linear, under the stated per-client bound (1000 clients: about 105 MiB).
@@ -166,7 +168,7 @@ def test_run_experiment_logs_one_line_per_round_with_1000_clients(tmp_path, capf
         TINY_PPO, f"output_dir={tmp_path}", "name=big"])
     # Act
     result = run_experiment(cfg, progress=True)
-    err = capfd.readouterr().err
+    err = capfd.readouterr().out  # progress and the table go to stdout
     # Assert: banner + table header + one row per round + the closing line; nothing per client.
     lines = [ln for ln in re.split(r"[\r\n]+", err) if ln.strip() and "rounds:" not in ln]  # drop tqdm's bar
     rows = [ln for ln in lines if re.match(r"^\s+\d+\s+[-\d.]+\s", ln)]

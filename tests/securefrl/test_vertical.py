@@ -377,3 +377,15 @@ def test_observation_filter_and_baselines() -> None:
     assert part.env_steps == whole.env_steps == 300 and len(part.eval_returns) == 1
     with pytest.raises(ConfigError, match=r"1\.\.2"):
         run_partial_view_baseline(cfg, 0, 3)
+
+
+def test_decode_arrays_refuses_a_shape_that_would_overflow_before_allocating() -> None:
+    import struct
+
+    from securefrl.vertical.channel import MalformedMessageError, decode_arrays, encode_arrays
+
+    good = encode_arrays([np.zeros((2, 3), dtype=np.float32)])
+    head = good[:1] + good[1:3]  # count, then (dtype code, ndim) of the one array
+    huge = head + struct.pack("<I", 2**32 - 1) * 2  # (2^32 - 1)^2 * 4 bytes: wraps negative in int64
+    with pytest.raises(MalformedMessageError):
+        decode_arrays(huge)

@@ -1,0 +1,253 @@
+"""Client-relation personalization: the server learns which clients are related and mixes their models.
+
+The survey's third family of personalized FRL (Wu et al.'s DPFed: related clients collaborate more).
+The server keeps one model per client and builds each client's next model as a weighted average of the
+clients' locally trained models, with weights learned from how similar their updates are:
+
+* FedAMP (Huang et al. 2021, "Personalized Cross-Silo Federated Learning on Non-IID Data", AAAI): the
+  server's message passing ``u_i = sum_j xi_ij w_j``, a per-client convex combination whose weights grow
+  with the similarity of clients ``i`` and ``j``;
+* pFedGraph (Ye et al. 2023, "Personalized Federated Learning with Inferred Collaboration Graphs",
+  ICML): the weights of client ``i`` solve a small quadratic programme over the probability simplex,
+  trading closeness to the size prior ``p`` against similarity:
+
+      a_i = argmin_{a in simplex}  ||a - p||^2 - alpha * sum_j a_j s_ij  =  Proj_simplex(p + alpha/2 * s_i)
+
+  (completing the square), with ``s_ij`` the cosine similarity of the updates of ``i`` and ``j``, kept as
+  an exponential moving average over the rounds (the learned relation graph).
+
+Properties (tested): if every client sends the same update, ``s_i`` is constant, the projection returns
+``p`` and the round is exactly FedAvg; ``alpha = 0`` is FedAvg whatever the updates; with two clusters of
+opposite update directions the weights concentrate within each cluster as ``alpha`` grows.
+
+What it needs: the server uses *each* client's update, so it runs only with protocols that reveal
+individual updates (``reveals_individual_updates``, i.e. plaintext). Under CKKS or SecAgg the server
+sees only the sum; :func:`check_relation` refuses the configuration and names the methods that work.
+With client-level DP only ``local`` noise is allowed: each update is then differentially private by
+itself and the weighting is post-processing; central and distributed noise cover the released *sum*
+only, not per-client weighted averages computed from individual (under-noised) updates.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from securefrl.errors import ConfigError
+from securefrl.federation import Client
+from securefrl.personalization.federations import PersonalizedFederation, _seed31
+
+if TYPE_CHECKING:
+    from securefrl.behaviour import ServerView
+    from securefrl.config import ExperimentConfig
+    from securefrl.envs import EnvSpec
+
+__all__ = [
+    "RelationFederation",
+    "RelationRound",
+    "check_relation",
+    "cosine_similarity",
+    "project_to_simplex",
+    "relation_round",
+    "relation_weights",
+]
+
+#: Protocol name -> whether it reveals individual updates (the protocols' own class attribute, without
+#: building them). A protocol not listed here is checked on the built instance.
+_REVEALS = {"plaintext": True, "ckks": False, "secagg": False}
+
+#: Methods that personalize without individual updates (they work under CKKS and SecAgg).
+AGGREGATE_ONLY_METHODS = ("finetune", "fedprox", "ditto", "fedper", "fedrep", "embedding", "group", "ifca", "local")
+
+
+def project_to_simplex(v: np.ndarray) -> np.ndarray:
+    """Euclidean projection of each row of ``v`` onto the probability simplex (Duchi et al. 2008, Fig. 1)."""
+    x = np.atleast_2d(np.asarray(v, dtype=np.float64))
+    n = x.shape[1]
+    u = -np.sort(-x, axis=1)
+    css = np.cumsum(u, axis=1) - 1.0
+    k = np.arange(1, n + 1)
+    rho = np.sum(u - css / k > 0, axis=1)  # number of positive coordinates of the projection (>= 1)
+    tau = css[np.arange(x.shape[0]), rho - 1] / rho
+    out = np.maximum(x - tau[:, None], 0.0)
+    return out.reshape(np.shape(v))
+
+
+def cosine_similarity(updates: np.ndarray, eps: float = 1e-12) -> np.ndarray:
+    """``(n, n)`` cosine similarities of the rows of ``updates``; a zero row is similar (1) to everything.
+
+    Treating a zero update as similar to all keeps "every client sent nothing new" a FedAvg round.
+    """
+    u = np.asarray(updates, dtype=np.float64)
+    norms = np.linalg.norm(u, axis=1)
+    zero = norms <= eps
+    unit = np.where(zero[:, None], 0.0, u / np.where(zero, 1.0, norms)[:, None])
+    sim = unit @ unit.T
+    sim[zero, :] = 1.0
+    sim[:, zero] = 1.0
+    return np.clip(sim, -1.0, 1.0)
+
+
+def relation_weights(similarity: np.ndarray, alpha: float, prior: np.ndarray | None = None) -> np.ndarray:
+    """Row-stochastic ``(n, n)`` weights: row ``i`` is ``Proj_simplex(prior + alpha/2 * similarity[i])``."""
+    s = np.asarray(similarity, dtype=np.float64)
+    n = s.shape[0]
+    if s.shape != (n, n):
+        raise ValueError(f"similarity must be square, got shape {s.shape}")
+    if not alpha >= 0.0:
+        raise ValueError(f"alpha must be >= 0, got {alpha}")
+    p = np.full(n, 1.0 / n) if prior is None else np.asarray(prior, dtype=np.float64)
+    if p.shape != (n,) or np.any(p < 0) or not np.isclose(p.sum(), 1.0):
+        raise ValueError("prior must be n non-negative weights summing to 1")
+    return project_to_simplex(p[None, :] + 0.5 * alpha * s)
+
+
+@dataclass(frozen=True)
+class RelationRound:
+    """One server step: every participant's new model, the weights used and the similarity kept."""
+
+    models: np.ndarray
+    """``(n, d)`` new per-client models, row ``i`` = ``sum_j weights[i, j] * (models_j + updates_j)``."""
+    weights: np.ndarray
+    """``(n, n)`` row-stochastic mixing weights."""
+    similarity: np.ndarray
+    """``(n, n)`` similarity after this round's moving-average step (feed it back as ``previous``)."""
+
+
+def relation_round(models: np.ndarray, updates: np.ndarray, alpha: float, ema: float = 1.0,
+                   previous: np.ndarray | None = None, prior: np.ndarray | None = None) -> RelationRound:
+    """The server math of one round over the ``n`` participating clients.
+
+    Parameters
+    ----------
+    models
+        ``(n, d)``: the model each participant started the round from (its personalized model).
+    updates
+        ``(n, d)``: each participant's update (locally trained model minus ``models``).
+    alpha
+        Strength of the similarity term (0 = FedAvg).
+    ema
+        Weight of this round's cosine similarities in the moving average (1 = forget the past).
+    previous
+        ``(n, n)`` similarity of these participants from earlier rounds, or None.
+    prior
+        FedAvg weights (default uniform).
+    """
+    m = np.asarray(models, dtype=np.float64)
+    u = np.asarray(updates, dtype=np.float64)
+    if m.ndim != 2 or m.shape != u.shape:
+        raise ValueError(f"models and updates must both be (n, d), got {m.shape} and {u.shape}")
+    if not (np.all(np.isfinite(m)) and np.all(np.isfinite(u))):
+        raise ValueError("models and updates must be finite")
+    if not 0.0 < ema <= 1.0:
+        raise ValueError(f"ema must lie in (0, 1], got {ema}")
+    sim = cosine_similarity(u)
+    if previous is not None:
+        prev = np.asarray(previous, dtype=np.float64)
+        if prev.shape != sim.shape:
+            raise ValueError(f"previous similarity must be {sim.shape}, got {prev.shape}")
+        sim = ema * sim + (1.0 - ema) * prev
+    weights = relation_weights(sim, alpha, prior)
+    return RelationRound(weights @ (m + u), weights, sim)
+
+
+def protocol_reveals_individual_updates(name: str) -> bool | None:
+    """Whether protocol ``name`` reveals individual updates; None if unknown here (checked when built)."""
+    return _REVEALS.get(name)
+
+
+def check_relation(config: ExperimentConfig) -> None:
+    """Refuse ``relation`` where its math or its threat model does not hold, naming what works instead."""
+    protocol = config.protocol.name
+    if protocol_reveals_individual_updates(protocol) is False:
+        raise ConfigError(
+            "personalization.method",
+            f"relation weighs each client's update by its similarity to the others, so the server needs the "
+            f"individual updates, but protocol {protocol!r} reveals only their aggregate. Methods that work under "
+            f"{protocol}: {', '.join(AGGREGATE_ONLY_METHODS)}; or use relation with protocol=plaintext",
+        )
+    placement = config.privacy.placement
+    if placement in ("central", "distributed"):
+        raise ConfigError(
+            "privacy.placement",
+            f"{placement} noise protects the released sum, not per-client weighted averages of individual "
+            "updates (with distributed noise each update carries only a share of it); use placement=local "
+            "(every update private by itself, the weighting is post-processing) or none",
+        )
+    if config.federation.aggregator != "fedavg":
+        raise ConfigError("federation.aggregator", "relation replaces the aggregation rule by per-client weighted "
+                          "averages; use aggregator=fedavg")
+    if config.federation.server_optimizer != "fedavg" or config.federation.server_lr != 1.0:
+        raise ConfigError("federation.server_optimizer", "relation sets each client's model to its weighted "
+                          "average directly; use server_optimizer=fedavg with server_lr=1")
+
+
+class RelationFederation(PersonalizedFederation):
+    """One model per client on the server, mixed each round by :func:`relation_round`.
+
+    A sampled client trains from its own server-side model and sends its update as in FedAvg; the server,
+    which sees the individual updates (plaintext only), sets each participant's next model to its
+    similarity-weighted average of the participants' trained models. ``global_params`` stays the FedAvg
+    model of the same updates (for reference; clients deploy their own). Clients not sampled keep theirs.
+    """
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        assert self.protocol is not None
+        if not self.protocol.reveals_individual_updates:
+            raise ConfigError("protocol.name", f"relation needs individual updates; protocol {self.protocol.name!r} "
+                              f"hides them. Methods that work: {', '.join(AGGREGATE_ONLY_METHODS)}")
+        # The server's step runs on what the server saw this round, before the round's evaluation.
+        self.observers = [self._relate, *self.observers]
+
+    def _initial_global_params(self, specs: list[EnvSpec], agent_cfg: Any) -> np.ndarray:
+        init = super()._initial_global_params(specs, agent_cfg)
+        self.models = np.tile(init.astype(np.float32), (len(specs), 1))
+        self.similarity = np.ones((len(specs), len(specs)))
+        self.last_weights: dict[int, dict[int, float]] = {}
+        return init
+
+    def _client_model(self, client: Client) -> np.ndarray:
+        return self.models[client.client_id]
+
+    def local_update(self, client: Client, round_id: int) -> tuple[np.ndarray, dict[str, Any]]:
+        """Train from the client's own server-side model; the update is relative to it."""
+        cid = client.client_id
+        start = self.models[cid].copy()
+        client.agent.set_flat(start)
+        client.agent.reseed(_seed31(self.config.seed, "train", round_id, cid))
+        stats = client.agent.learn(self.config.federation.local_steps)
+        client.env_steps += self.config.federation.local_steps
+        delta = client.agent.get_flat().astype(np.float64) - start.astype(np.float64)
+        return delta, {"train_" + k: float(v) for k, v in stats.items()}
+
+    def _relate(self, view: ServerView) -> None:
+        individual = view.individual_updates
+        ids = sorted(c for c in view.included if individual is not None and c in individual)
+        if not ids:
+            return
+        assert individual is not None
+        s = self.settings
+        result = relation_round(self.models[ids], np.stack([individual[c] for c in ids]), s.relation_alpha,
+                                s.relation_ema, self.similarity[np.ix_(ids, ids)])
+        self.models[ids] = result.models.astype(np.float32)
+        self.similarity[np.ix_(ids, ids)] = result.similarity
+        self.last_weights = {c: {ids[j]: float(w) for j, w in enumerate(result.weights[i])} for i, c in enumerate(ids)}
+
+    def _client_extras(self, client: Client) -> dict[str, Any]:
+        row = self.last_weights.get(client.client_id)
+        if row is None:
+            return {}
+        return {"relation_self_weight": row[client.client_id],
+                "relation_top": max((w, j) for j, w in row.items() if j != client.client_id)[1] if len(row) > 1
+                else client.client_id}
+
+    def _personal_state(self) -> dict[str, Any]:
+        return {"models": torch.from_numpy(self.models.copy()), "similarity": torch.from_numpy(self.similarity.copy())}
+
+    def _load_personal_state(self, state: dict[str, Any]) -> None:
+        self.models = state["models"].numpy().astype(np.float32)
+        self.similarity = state["similarity"].numpy().astype(np.float64)
