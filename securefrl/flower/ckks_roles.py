@@ -2,10 +2,11 @@
 
 The roles are :class:`protocols.ckks.CKKSClient` (key owner, encryptor, partial decryptor; one per
 ClientApp) and :class:`protocols.ckks.CKKSServer` (adds ciphertexts, combines partials; holds no key).
-Enrolment, once per run, is three round-trips: each client draws its keys and sends its identity key and
-signed X25519 key (``ckks_enrol``); every client gets the roster and returns its secret key's t-of-n
-Shamir shares, each sealed to one recipient (``ckks_shares``); every client gets the shares addressed to it
-and the public seed of the common polynomials (``ckks_finish``). Opening a round's aggregate is two:
+Enrolment, once per run, is three round-trips: each client draws its keys and sends its signed enrolment
+record (identity key, X25519 key, contribution to the public a-seed; ``ckks_enrol``); every client gets the
+roster and returns its secret key's t-of-n Shamir shares, each sealed to one recipient (``ckks_shares``);
+every client gets the shares addressed to it and derives the a-seed from the roster itself
+(``ckks_finish``), so the server cannot choose the common polynomials. Opening a round's aggregate is two:
 included clients sign their inclusion (``ckks_include``), the first t enrolled clients return flooded
 partial decryptions (``ckks_partial``). The order of draws matches :class:`~protocols.ckks.CKKSProtocol`,
 so with ``protocol.params.seed`` (reproducible mode, unfit for deployment) a Flower run equals the
@@ -30,7 +31,7 @@ import numpy as np
 from protocols import crypto
 from protocols.ckks import CKKSClient, CKKSParams
 from protocols.ckks.ring import RandomSource
-from protocols.ckks.roles import Suite
+from protocols.ckks.roles import Enrolment, Suite, a_seed_from
 from protocols.errors import PayloadError, ProtocolConfigError
 from securefrl.config import ExperimentConfig
 from securefrl.errors import ConfigError
@@ -69,27 +70,29 @@ class CKKSSetup:
             return RandomSource(None)
         return RandomSource(RandomSource(self.master).bytes(32, f"client/{cid}"))
 
-    def a_seed(self) -> bytes:
-        """The public seed of the common polynomials (the server draws it; seeded as CKKSProtocol's)."""
-        return RandomSource(self.master).bytes(32, "a-seed")
-
-    def suite(self, a_seed: bytes, verify_keys: Mapping[int, bytes]) -> Suite:
-        return Suite(self.params, self.dim, a_seed, verify_keys)
+    def suite(self, roster: Mapping[int, Enrolment]) -> Suite:
+        """The public suite of an enrolled roster (a-seed hashed from every signed contribution)."""
+        return Suite(self.params, self.dim, a_seed_from(roster), {c: e.verify_key for c, e in roster.items()})
 
 
 # -- byte layouts of the enrolment messages ----------------------------------------------------------------
-def encode_roster(roster: Mapping[int, tuple[bytes, bytes, bytes]]) -> bytes:
-    return b"".join(_U32.pack(c) + vk + dh + sig for c, (vk, dh, sig) in sorted(roster.items()))
+_ENTRY = 4 + 32 + 32 + 32 + 64
 
 
-def decode_roster(data: bytes, limit: int) -> dict[int, tuple[bytes, bytes, bytes]]:
-    size = 4 + 32 + 32 + 64
-    if len(data) % size or len(data) // size > limit:
+def encode_roster(roster: Mapping[int, Enrolment]) -> bytes:
+    """Every client's signed enrolment record (identity key, X25519 key, a-seed contribution, signature)."""
+    return b"".join(_U32.pack(c) + e.verify_key + e.dh_public + e.a_share + e.signature
+                    for c, e in sorted(roster.items()))
+
+
+def decode_roster(data: bytes, limit: int) -> dict[int, Enrolment]:
+    if len(data) % _ENTRY or len(data) // _ENTRY > limit:
         raise PayloadError(f"roster of {len(data)} bytes is not a list of at most {limit} entries")
     out = {}
-    for i in range(0, len(data), size):
+    for i in range(0, len(data), _ENTRY):
         (c,) = _U32.unpack_from(data, i)
-        out[c] = (data[i + 4:i + 36], data[i + 36:i + 68], data[i + 68:i + size])
+        b = data[i + 4:i + _ENTRY]
+        out[c] = Enrolment(b[:32], b[32:64], b[64:96], b[96:])
     return out
 
 
@@ -122,7 +125,7 @@ def decode_signatures(data: bytes, limit: int) -> dict[int, bytes]:
 
 
 # -- a client's state in context.state -----------------------------------------------------------------------
-def save_client(client: CKKSClient, roster: Mapping[int, tuple[bytes, bytes, bytes]] | None) -> tuple[Any, Any]:
+def save_client(client: CKKSClient, roster: Mapping[int, Enrolment] | None) -> tuple[Any, Any]:
     """(ArrayRecord, ConfigRecord) holding ``client``'s state (and the enrolment roster while it is needed)."""
     from flwr.app import Array, ArrayRecord, ConfigRecord
 
@@ -133,11 +136,11 @@ def save_client(client: CKKSClient, roster: Mapping[int, tuple[bytes, bytes, byt
     config: dict[str, Any] = {
         "identity": crypto.signing_key_bytes(client.identity),
         "dh": crypto.private_bytes(client._dh),
-        "dh_signature": client.dh_signature,
+        "enrolment": encode_roster({client.cid: client.enrolment}),
         "rng_seed": rng._seed if rng._seed is not None else b"",
         "rng_labels": list(rng._counters), "rng_counts": list(rng._counters.values()),
         "round": client._round, "did": sorted(client._did),
-        "verified": encode_roster({j: (vk, dh, b"\0" * 64) for j, (vk, dh) in client._verified.items()}),
+        "verified": encode_roster(client._verified),
     }
     if client.suite is not None:
         config["a_seed"] = client.suite.a_seed
@@ -155,16 +158,15 @@ def load_client(setup: CKKSSetup, cid: int, arrays: Any, config: Any) -> tuple[C
     client.identity = crypto.load_signing_key(bytes(config["identity"]))
     client.verify_key = crypto.verify_key_bytes(client.identity)
     client._dh = crypto.load_private(bytes(config["dh"]))
-    client.dh_public = crypto.public_bytes(client._dh)
-    client.dh_signature = bytes(config["dh_signature"])
+    client.enrolment = decode_roster(bytes(config["enrolment"]), 1)[cid]
     client._secret = arrays["secret"].numpy()
     client._shares = {int(k.split("/")[1]): arrays[k].numpy() for k in arrays if k.startswith("share/")}
-    client._verified = {j: (vk, dh) for j, (vk, dh, _) in decode_roster(bytes(config["verified"]),
-                                                                          setup.params.max_clients).items()}
+    client._verified = decode_roster(bytes(config["verified"]), setup.params.max_clients)
     if "a_seed" in config:
         raw = bytes(config["verify_keys"])
         keys = {_U32.unpack_from(raw, i)[0]: raw[i + 4:i + 36] for i in range(0, len(raw), 36)}
-        client.finish_enrolment(setup.suite(bytes(config["a_seed"]), keys), setup.threshold, setup.min_clients)
+        suite = Suite(setup.params, setup.dim, bytes(config["a_seed"]), keys)
+        client.finish_enrolment(suite, setup.threshold, setup.min_clients)
     client._round = int(config["round"])
     client._did = set(config["did"])
     roster = decode_roster(bytes(config["roster"]), setup.params.max_clients) if "roster" in config else None

@@ -361,7 +361,7 @@ def build_client_app(cfg: ExperimentConfig | None = None, mods: list[Any] | None
                 setup = ckks_roles.CKKSSetup(config, _dim(config, cid))
                 ckks = CKKSClient(cid, setup.params, setup.dim, setup.client_rng(cid))
                 _ckks_save(context, ckks, None)
-                return _reply(message, {"client": cid, "payload": ckks.verify_key + ckks.dh_public + ckks.dh_signature})
+                return _reply(message, {"client": cid, "payload": ckks_roles.encode_roster({cid: ckks.enrolment})[4:]})
             setup, ckks = _ckks_load(context, config, cid, round_id if step in ("include", "partial") else None)
             roster = _ckks_roster(context, setup)
             out = b""
@@ -374,8 +374,7 @@ def build_client_app(cfg: ExperimentConfig | None = None, mods: list[Any] | None
                 blobs = ckks_roles.decode_blobs(_meta_bytes(message, "payload"), setup.params.max_clients, 1 << 24)
                 for sender, blob in sorted(blobs.items()):
                     ckks.receive_share(sender, blob, roster)
-                suite = setup.suite(_meta_bytes(message, "a_seed"), {c: v[0] for c, v in roster.items()})
-                ckks.finish_enrolment(suite, setup.threshold, setup.min_clients)
+                ckks.finish_enrolment(setup.suite(roster), setup.threshold, setup.min_clients)
                 roster = None
             elif step == "include":
                 out = ckks.sign_inclusion(round_id, _meta_ids(message, "included"))

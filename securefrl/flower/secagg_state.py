@@ -86,8 +86,9 @@ def load(data: bytes, params: SecAggParams, identity: crypto.Ed25519PrivateKey,
     roster = r.ids()
     book = (r.ids(), r.take(32)) if r.take(1) == b"\x01" else None
     c = SecAggClient(params, round_id, cid, roster, identity, registry)
-    if book is not None:
-        c.plan = params.plan(round_id, book[0], book[1])
+    if book is not None:  # what share_keys derived from the key book (graph seeded by its digest)
+        c._book_digest = book[1]
+        c.plan = params.plan(round_id, book[0], book[1], len(c._roster))
     c.stage = Stage(stage)
     c._enc_key = crypto.load_private(r.take(crypto.KEY_BYTES))
     c._mask_key = crypto.load_private(r.take(crypto.KEY_BYTES))

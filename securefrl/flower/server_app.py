@@ -324,7 +324,7 @@ class FlowerServer:
 
     # -- threshold CKKS: key generation and decryption as round-trips ------------------------------------
     def _ckks_enrol(self) -> None:
-        import os
+        import struct
 
         from protocols.ckks import CKKSServer
         from securefrl.flower import ckks_roles
@@ -333,8 +333,12 @@ class FlowerServer:
         everyone = dict.fromkeys(sorted(self.nodes), b"")
         roster = {}
         for cid, data in self._stage(common.CKKS_ENROL, everyone, 0, traffic, sent).items():
-            if len(data) == 128:
-                roster[cid] = (data[:32], data[32:64], data[64:])
+            try:
+                entry = ckks_roles.decode_roster(struct.pack("<I", cid) + data, 1)[cid]
+                entry.verify(cid)
+            except (PayloadError, KeyError):
+                continue  # a malformed or unsigned enrolment record: that client is not enrolled
+            roster[cid] = entry
         packed = ckks_roles.encode_roster(roster)
         inbox: dict[int, dict[int, bytes]] = {c: {} for c in roster}
         replies = self._stage(common.CKKS_SHARES, dict.fromkeys(roster, packed), 0, traffic, sent)
@@ -346,12 +350,10 @@ class FlowerServer:
             for rid, blob in blobs.items():
                 if rid in inbox:
                     inbox[rid][sender] = blob
-        a_seed = setup.a_seed() if setup.master is not None else os.urandom(32)
         done = self._stage(common.CKKS_FINISH, {c: ckks_roles.encode_blobs(inbox[c]) for c in roster}, 0, traffic,
-                           sent, {"a_seed": a_seed})
+                           sent)
         self.ckks_enrolled = sorted(done)
-        verify_keys = {c: roster[c][0] for c in roster}
-        self.ckks_server = CKKSServer(setup.suite(a_seed, verify_keys), setup.threshold, setup.min_clients)
+        self.ckks_server = CKKSServer(setup.suite(roster), setup.threshold, setup.min_clients)
 
     def _ckks_open(self, aggregate: Any, traffic: dict[str, int], sent: dict[int, int]) -> Any:
         """Inclusion signatures from the included clients, then flooded partials from the first t enrolled."""

@@ -30,23 +30,20 @@ def test_rebuilt_ckks_roles_open_what_the_in_process_protocol_opens():
     want = ref.open(ref.combine(0, {c: ref.protect(c, 0, u, 1.0) for c, u in updates.items()})).mean
 
     clients = {c: _round_trip(setup, CKKSClient(c, setup.params, DIM, setup.client_rng(c)))[0] for c in range(3)}
-    roster = ckks_roles.decode_roster(ckks_roles.encode_roster(
-        {c: (cl.verify_key, cl.dh_public, cl.dh_signature) for c, cl in clients.items()}), 3)
+    roster = ckks_roles.decode_roster(ckks_roles.encode_roster({c: cl.enrolment for c, cl in clients.items()}), 3)
     inbox = {c: {} for c in clients}
     for c, cl in clients.items():
         blobs = ckks_roles.decode_blobs(ckks_roles.encode_blobs(cl.make_shares(roster, setup.threshold)), 3, 1 << 24)
         for rid, blob in blobs.items():
             inbox[rid][c] = blob
         clients[c], _ = _round_trip(setup, cl, roster)
-    a_seed = setup.a_seed()
     for c in clients:
         cl, _ = _round_trip(setup, clients[c], roster)
         for sender, blob in sorted(inbox[c].items()):
             cl.receive_share(sender, blob, roster)
-        cl.finish_enrolment(setup.suite(a_seed, {j: v[0] for j, v in roster.items()}), setup.threshold,
-                            setup.min_clients)
+        cl.finish_enrolment(setup.suite(roster), setup.threshold, setup.min_clients)
         clients[c], _ = _round_trip(setup, cl)
-    server = CKKSServer(setup.suite(a_seed, {j: v[0] for j, v in roster.items()}), setup.threshold, setup.min_clients)
+    server = CKKSServer(setup.suite(roster), setup.threshold, setup.min_clients)
     payloads = {}
     for c in clients:
         cl, _ = _round_trip(setup, clients[c])

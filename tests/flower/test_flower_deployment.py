@@ -79,8 +79,8 @@ def test_deployment_equals_in_process_run(deployment, enrolment, tmp_path, proto
     flower = read_jsonl(tmp_path / "flower" / "rounds.jsonl")
     ref = run_experiment(load_config(overrides=[*TINY, f"output_dir={tmp_path}", "name=ref", *extra]),
                          progress=False)
-    # In-process CKKS reports a round's decryption bytes one round late (extra_client_bytes is read before
-    # open); Flower counts them in their own round, so bytes_up is compared for the other protocols only.
+    # In-process CKKS predicts a round's opening bytes when it combines; Flower counts the bytes its clients
+    # really sent in the opening round-trips, so bytes_up is compared for the other protocols only.
     metrics = [k for k in METRICS if not (protocol == "ckks" and k == "bytes_up")]
     assert len(flower) == len(ref.rounds) == 2
     for got, want in zip(flower, ref.rounds, strict=True):
