@@ -96,6 +96,18 @@ def verify_key_bytes(key: Ed25519PrivateKey | Ed25519PublicKey) -> bytes:
     return pub.public_bytes(_RAW, serialization.PublicFormat.Raw)
 
 
+def signing_key_bytes(key: Ed25519PrivateKey) -> bytes:
+    """The 32-byte raw seed of an identity (signing) key, for the key file a deployed client keeps."""
+    return key.private_bytes(_RAW, serialization.PrivateFormat.Raw, serialization.NoEncryption())
+
+
+def load_signing_key(raw: bytes) -> Ed25519PrivateKey:
+    """An identity key from its 32-byte raw seed (:func:`signing_key_bytes`)."""
+    if len(raw) != KEY_BYTES:
+        raise ValueError(f"an Ed25519 signing key is {KEY_BYTES} raw bytes, got {len(raw)}")
+    return Ed25519PrivateKey.from_private_bytes(raw)
+
+
 def sign(key: Ed25519PrivateKey, message: bytes) -> bytes:
     """Ed25519 signature (64 bytes) over ``message``."""
     return key.sign(message)

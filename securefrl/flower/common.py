@@ -1,0 +1,146 @@
+"""What the Flower ServerApp and ClientApp share: the experiment config, message kinds, record codecs.
+
+Everything a peer sends travels as the project's own versioned protocol bytes (:mod:`protocols.wire`
+envelopes) inside a Flower ``ConfigRecord`` value, or as one float32 ``ArrayRecord`` (the public global
+model). Nothing is pickled: Flower serialises records with protobuf, and every field a peer sent is
+type- and size-checked here before use (:class:`MalformedReplyError` names what was wrong).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from securefrl.config import ExperimentConfig
+from securefrl.configtools import from_dict
+from securefrl.errors import ConfigError, SecureFRLError
+
+#: Run-config key holding the experiment config (JSON of ``ExperimentConfig.to_dict()``).
+RUN_CONFIG_KEY = "experiment"
+#: Run-config key naming the folder the ServerApp writes ``<name>/rounds.jsonl`` etc. into.
+RESULTS_KEY = "results-dir"
+#: Run-config keys of the ServerApp's waiting times (seconds).
+CONNECT_TIMEOUT_KEY = "connect-timeout"
+ROUND_TIMEOUT_KEY = "round-timeout"
+#: Node-config key naming which securefrl client a SuperNode is (Flower's own convention).
+PARTITION_KEY = "partition-id"
+#: SecAgg enrolment: node-config keys of a client's own identity key file and of the registry it trusts, and
+#: the run-config key of the enrolment folder (``client-<i>.key`` + ``registry.json``; simulation, server).
+IDENTITY_KEY = "identity-key"
+REGISTRY_KEY = "registry"
+ENROLMENT_KEY = "enrolment-dir"
+
+#: Message types (Flower ``category.action``); the ClientApp registers one handler per type.
+HELLO = "query.hello"
+TRAIN = "train"
+EVALUATE = "evaluate"
+SECAGG_ADVERTISE = "query.secagg_advertise"
+SECAGG_SHARE = "query.secagg_share"
+SECAGG_CONSISTENCY = "query.secagg_consistency"
+SECAGG_UNMASK = "query.secagg_unmask"
+CKKS_ENROL = "query.ckks_enrol"
+CKKS_SHARES = "query.ckks_shares"
+CKKS_FINISH = "query.ckks_finish"
+CKKS_INCLUDE = "query.ckks_include"
+CKKS_PARTIAL = "query.ckks_partial"
+
+#: Names of the records inside a message's RecordDict.
+GLOBAL = "global"
+META = "meta"
+REPLY = "reply"
+STATE = "securefrl"
+SECAGG_STATE = "securefrl-secagg"
+
+#: Largest reply payload accepted from one client before it is parsed (the protocol checks exactly).
+MAX_PAYLOAD_BYTES = 1 << 28
+
+#: Features of an experiment config the Flower apps run; anything else is refused up front.
+_SUPPORTED = ("protocol plaintext, secagg or threshold ckks, aggregator fedavg or a robust rule, no DP, no attack, "
+              "no personalization")
+
+
+class MalformedReplyError(SecureFRLError, ValueError):
+    """A client's reply is not what the stage expects (missing record, wrong type, oversized, wrong sender)."""
+
+
+def config_to_json(cfg: ExperimentConfig) -> str:
+    return json.dumps(cfg.to_dict(), sort_keys=True)
+
+
+def config_from_run_config(run_config: dict[str, Any]) -> ExperimentConfig:
+    """The experiment config embedded in a Flower run config (``[tool.flwr.app.config] experiment``)."""
+    raw = run_config.get(RUN_CONFIG_KEY)
+    if not isinstance(raw, str):
+        raise ConfigError(RUN_CONFIG_KEY, "the Flower run config holds no securefrl experiment; generate the app "
+                          "with `securefrl flower-app CONFIG --out DIR`")
+    cfg = from_dict(ExperimentConfig, json.loads(raw))
+    check_supported(cfg)
+    return cfg
+
+
+def check_supported(cfg: ExperimentConfig) -> None:
+    """Refuse configs the Flower apps do not (yet) run, naming the field, instead of silently diverging."""
+    if cfg.protocol.name not in ("plaintext", "secagg", "ckks"):
+        raise ConfigError("protocol.name", f"the Flower apps run {_SUPPORTED}; protocol {cfg.protocol.name!r} runs "
+                          "in-process (securefrl run)")
+    if cfg.privacy.placement != "none" or cfg.privacy.dpsgd:
+        raise ConfigError("privacy.placement", f"the Flower apps run {_SUPPORTED}")
+    if cfg.attack.name != "none":
+        raise ConfigError("attack.name", f"the Flower apps run {_SUPPORTED}")
+    if cfg.personalization.method != "none":
+        raise ConfigError("personalization.method", f"the Flower apps run {_SUPPORTED}")
+    if cfg.federation.simulation != "loop":
+        raise ConfigError("federation.simulation", "the Flower apps train one agent per ClientApp (simulation=loop)")
+
+
+def reply_field(content: Any, name: str, kind: type, max_bytes: int = MAX_PAYLOAD_BYTES) -> Any:
+    """Field ``name`` of a reply's ``reply`` ConfigRecord, checked to be of type ``kind``."""
+    records = getattr(content, "config_records", None)
+    if records is None or REPLY not in records:
+        raise MalformedReplyError(f"reply holds no {REPLY!r} config record")
+    record = records[REPLY]
+    if name not in record:
+        raise MalformedReplyError(f"reply record lacks field {name!r}")
+    value = record[name]
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise MalformedReplyError(f"reply field {name!r} is {type(value).__name__}, expected {kind.__name__}")
+    if isinstance(value, bytes) and len(value) > max_bytes:
+        raise MalformedReplyError(f"reply field {name!r} holds {len(value)} bytes, limit {max_bytes}")
+    if kind is float and not np.isfinite(value):
+        raise MalformedReplyError(f"reply field {name!r} is not finite")
+    return value
+
+
+def global_params_from(content: Any, dim: int | None = None) -> np.ndarray:
+    """The global model sent by the server (one float32 array in the ``global`` ArrayRecord)."""
+    arrays = content.array_records.get(GLOBAL) if hasattr(content, "array_records") else None
+    if arrays is None:
+        raise MalformedReplyError(f"message holds no {GLOBAL!r} array record")
+    (vec,) = arrays.to_numpy_ndarrays()
+    vec = np.asarray(vec, dtype=np.float32).reshape(-1)
+    if dim is not None and vec.shape[0] != dim:
+        raise MalformedReplyError(f"global model has {vec.shape[0]} values, expected {dim}")
+    return vec
+
+
+def registry_path(config: Any) -> str | None:
+    """The identity registry a run or node config names (``registry``, else ``enrolment-dir``/registry.json)."""
+    if config.get(REGISTRY_KEY):
+        return str(config[REGISTRY_KEY])
+    if config.get(ENROLMENT_KEY):
+        return str(Path(str(config[ENROLMENT_KEY])) / "registry.json")
+    return None
+
+
+def identity_path(node_config: Any, run_config: Any, cid: int) -> str | None:
+    """A client's identity key file: its node config's ``identity-key``, else the run's enrolment folder."""
+    if node_config.get(IDENTITY_KEY):
+        return str(node_config[IDENTITY_KEY])
+    if run_config.get(ENROLMENT_KEY):
+        return str(Path(str(run_config[ENROLMENT_KEY])) / f"client-{cid}.key")
+    return None
