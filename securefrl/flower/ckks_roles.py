@@ -101,7 +101,8 @@ def encode_blobs(blobs: Mapping[int, bytes]) -> bytes:
 
 
 def decode_blobs(data: bytes, limit: int, max_blob: int) -> dict[int, bytes]:
-    out, pos = {}, 0
+    out: dict[int, bytes] = {}
+    pos = 0
     while pos < len(data):
         if pos + 8 > len(data) or len(out) >= limit:
             raise PayloadError("share list is truncated or too long")

@@ -111,7 +111,7 @@ def reply_field(content: Any, name: str, kind: type, max_bytes: int = MAX_PAYLOA
         raise MalformedReplyError(f"reply field {name!r} is {type(value).__name__}, expected {kind.__name__}")
     if isinstance(value, bytes) and len(value) > max_bytes:
         raise MalformedReplyError(f"reply field {name!r} holds {len(value)} bytes, limit {max_bytes}")
-    if kind is float and not np.isfinite(value):
+    if isinstance(value, float) and not np.isfinite(value):
         raise MalformedReplyError(f"reply field {name!r} is not finite")
     return value
 

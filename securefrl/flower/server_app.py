@@ -19,11 +19,11 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
-from protocols.base import release
+from protocols.base import AggregationProtocol, release
 from protocols.errors import PayloadError, ProtocolError, RoundAbortedError
 from securefrl.config import ExperimentConfig
 from securefrl.errors import ConfigError
@@ -329,7 +329,8 @@ class FlowerServer:
         from protocols.ckks import CKKSServer
         from securefrl.flower import ckks_roles
 
-        setup, traffic, sent = self.ckks, {"up": 0, "down": 0}, {}
+        setup, traffic = self.ckks, {"up": 0, "down": 0}
+        sent: dict[int, int] = {}
         everyone = dict.fromkeys(sorted(self.nodes), b"")
         roster = {}
         for cid, data in self._stage(common.CKKS_ENROL, everyone, 0, traffic, sent).items():
@@ -389,7 +390,7 @@ class FlowerServer:
             return None
         if opened is not None:  # CKKS: opened by the decryptors; the same gate as protocols.base.release
             try:
-                mean = release(_Opened(opened), aggregate).mean
+                mean = release(cast(AggregationProtocol, _Opened(opened)), aggregate).mean
             except ProtocolError as err:
                 return f"open failed: {type(err).__name__}: {err}"
         elif self.rule is not None and self.protocol.reveals_individual_updates:
