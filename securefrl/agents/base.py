@@ -50,6 +50,8 @@ class Agent(ABC):
     supports_proximal: bool = False
     """True if every gradient step of :meth:`learn` adds :meth:`proximal_loss` (DQN and PPO)."""
     _proximal: tuple[float, list[torch.Tensor]] | None = None
+    config: Any
+    """The agent's hyperparameter dataclass (the registry entry's ``config``)."""
     optimizer: torch.optim.Optimizer
     """The optimizer of the local training steps (agents with networks; personalization adds parameter groups)."""
     dpsgd: Any = None
@@ -102,6 +104,28 @@ class Agent(ABC):
         if "dpsgd" not in self.capabilities:
             raise ConfigError("privacy.dpsgd", f"agent {self.name!r} does not implement record-level DP-SGD")
         return self.networks()
+
+    # --- what attacks and analyses read, declared by capability ---------------------------
+    # ``actor_critic``: a softmax policy over discrete actions and a state-value critic
+    # (:meth:`policy_logits`, :meth:`state_values`), trained by PPO's loss (``compute_loss`` on a PPO
+    # minibatch; ``config`` carries ``gamma``, ``gae_lambda``, ``norm_adv``, ``ent_coef``, ``vf_coef``).
+    # ``q_learning``: action values (:meth:`q_values`), an epsilon-greedy behaviour policy
+    # (:meth:`exploration_rate`), trained by a TD loss (``compute_loss`` on a replay batch; ``config.gamma``).
+    def policy_logits(self, obs: torch.Tensor) -> torch.Tensor:
+        """Action logits ``(n, actions)`` of the policy for a batch of observations (capability ``actor_critic``)."""
+        raise ConfigError("agent.name", f"agent {self.name!r} does not declare actor_critic (no policy logits)")
+
+    def state_values(self, obs: torch.Tensor) -> torch.Tensor:
+        """Critic values ``(n,)`` for a batch of observations (capability ``actor_critic``)."""
+        raise ConfigError("agent.name", f"agent {self.name!r} does not declare actor_critic (no state values)")
+
+    def q_values(self, obs: torch.Tensor) -> torch.Tensor:
+        """Action values ``(n, actions)`` for a batch of observations (capability ``q_learning``)."""
+        raise ConfigError("agent.name", f"agent {self.name!r} does not declare q_learning (no action values)")
+
+    def exploration_rate(self) -> float:
+        """Probability of a uniformly random action in the behaviour policy now (``q_learning``: epsilon)."""
+        return 0.0
 
     def after_set_parameters(self) -> None:  # noqa: B027
         """Hook run after new federated parameters are loaded (e.g. sync a target network)."""

@@ -36,7 +36,7 @@ class DQNAgent(Agent):
     """DQN for discrete action spaces; ``federated_parameters`` is the online Q-network."""
 
     name = "dqn"
-    capabilities = frozenset({"proximal", "freeze", "embedding", "dpsgd", "discrete"})
+    capabilities = frozenset({"proximal", "freeze", "embedding", "dpsgd", "discrete", "q_learning"})
     supports_proximal = True
 
     def __init__(self, env_fn: EnvFn, config: DQNConfig | None = None, seed: int = 0) -> None:
@@ -84,6 +84,12 @@ class DQNAgent(Agent):
             return cfg.exploration_final_eps
         frac = min(1.0, self.num_timesteps / cfg.exploration_steps)
         return cfg.exploration_initial_eps + frac * (cfg.exploration_final_eps - cfg.exploration_initial_eps)
+
+    def exploration_rate(self) -> float:
+        return self.epsilon()
+
+    def q_values(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.q_net(obs)
 
     @torch.no_grad()
     def _greedy(self, obs: np.ndarray) -> np.ndarray:

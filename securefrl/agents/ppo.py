@@ -98,7 +98,7 @@ class PPOAgent(Agent):
     """
 
     name = "ppo"
-    capabilities = frozenset({"proximal", "freeze", "embedding", "dpsgd", "batched", "discrete"})
+    capabilities = frozenset({"proximal", "freeze", "embedding", "dpsgd", "batched", "discrete", "actor_critic"})
     supports_proximal = True
 
     def __init__(self, env_fn: EnvFn, config: PPOConfig | None = None, seed: int = 0) -> None:
@@ -133,6 +133,12 @@ class PPOAgent(Agent):
 
     def networks(self) -> dict[str, torch.nn.Module]:
         return {"actor": self.actor, "critic": self.critic}
+
+    def policy_logits(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.actor(obs)
+
+    def state_values(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.critic(obs).squeeze(-1)
 
     def reseed(self, seed: int) -> None:
         """New action/minibatch streams from ``seed``; the environments continue their episodes."""
