@@ -60,9 +60,9 @@ from securefrl.privacy.noise import (
     dp_client_pipeline,
     survivor_noise_multiplier,
 )
+from securefrl.protocol_factory import PROTOCOLS
 from securefrl.transforms import UpdateTransform
 
-SECURE_PROTOCOLS = ("secagg", "ckks")
 #: Standard deviations of a noise share that the protocol's coordinate clip must leave above C.
 NOISE_CLIP_SIGMAS = 6.0
 
@@ -84,15 +84,18 @@ class ClientLevelDP:
 
     def __post_init__(self) -> None:
         s = self.section
-        if s.placement == "central" and self.protocol == "ckks":
+        protocol = PROTOCOLS.get(self.protocol)
+        if s.placement == "central" and not protocol.server_can_open:
             raise ConfigError(
                 "privacy.placement",
                 "central noise needs a trusted aggregator that sees the noise-free sum, but under CKKS nobody but "
                 "the key holder may see it (and the IND-CPA-D caveat asks that decrypted aggregates already carry "
                 "noise). Use placement=distributed (each client adds a share) or placement=local.",
             )
-        # Under a secure protocol seeded noise needs the experiment flag: anyone with the seed could remove it.
-        self.secure = bool(s.secure_noise) or (self.protocol in SECURE_PROTOCOLS and not s.seeded_noise_experiment)
+        # Under a protocol that hides updates seeded noise needs the experiment flag: anyone with the seed could
+        # remove it.
+        hides = not protocol.reveals_individual_updates
+        self.secure = bool(s.secure_noise) or (hides and not s.seeded_noise_experiment)
         self.accountant = PrivacyAccountant(s.accountant)
         self.accountant_outsiders = PrivacyAccountant(s.accountant)
         self.sample_rate = self.clients_per_round / self.n_clients
