@@ -4,7 +4,7 @@ DP-FedAvg (McMahan et al. 2018, "Learning Differentially Private Recurrent Langu
 sampled client clips its update to ``C``; Gaussian noise of std ``z C`` on the sum is added
 
 * ``central``: by the aggregator after combining (it sees the noise-free sum: plaintext or SecAgg
-  server only; refused under CKKS, where nobody but the key holder may see the sum);
+  server only; refused under any protocol whose server cannot open the sum, such as threshold CKKS);
 * ``distributed``: as shares ``N(0, (zC)^2 / (m_min - k))`` by every client, so any ``m >= m_min``
   surviving shares carry the full noise even if ``k = privacy.max_colluding`` of them withhold theirs,
   and no party ever sees the noise-free aggregate;
@@ -88,9 +88,10 @@ class ClientLevelDP:
         if s.placement == "central" and not protocol.server_can_open:
             raise ConfigError(
                 "privacy.placement",
-                "central noise needs a trusted aggregator that sees the noise-free sum, but under CKKS nobody but "
-                "the key holder may see it (and the IND-CPA-D caveat asks that decrypted aggregates already carry "
-                "noise). Use placement=distributed (each client adds a share) or placement=local.",
+                f"central noise needs a trusted aggregator that sees the noise-free sum, but under {self.protocol} the "
+                "server cannot open it (threshold decryption releases only what the clients' partials reveal, and "
+                "the IND-CPA-D caveat asks that decrypted aggregates already carry noise). Use "
+                "placement=distributed (each client adds a share) or placement=local.",
             )
         # Under a protocol that hides updates seeded noise needs the experiment flag: anyone with the seed could
         # remove it.
