@@ -32,7 +32,7 @@ from securefrl.config import ExperimentConfig
 from securefrl.envs import EnvSpec, draw_client_envs
 from securefrl.errors import UpdateRejectedError
 from securefrl.executors import Executor
-from securefrl.protocol_factory import make_protocol
+from securefrl.protocol_factory import PROTOCOLS, make_protocol
 from securefrl.seeding import derive_rng, sample_clients
 from securefrl.server import make_aggregation
 from securefrl.server_opt import ServerOptimizer
@@ -135,8 +135,9 @@ class Federation:
         self.aggregation = make_aggregation(self.rule, self.dp, cfg.seed)
         if self.protocol is None:
             params = dict(cfg.protocol.params)
-            if self.dp is not None and cfg.protocol.name == "secagg":  # room for the noise in SecAgg's clip
-                params.setdefault("clip", self.dp.required_coordinate_clip())
+            clip_param = PROTOCOLS.get(cfg.protocol.name).coordinate_clip_param
+            if self.dp is not None and clip_param is not None:  # room for the noise in the coordinate clip
+                params.setdefault(clip_param, self.dp.required_coordinate_clip())
             self.protocol = make_protocol(cfg.protocol.name, self.algorithm.protocol_dim(), len(self.clients),
                                           params)
         if self.dp is not None:
