@@ -16,6 +16,9 @@ reads with ``torch.load(weights_only=True)``, statistics as floats. No agent, pr
 object is pickled. Protocol payloads (``protect``/``combine``/``open``) stay in the driver, which
 simulates every party of the protocol.
 
+:class:`VectorizedRayExecutor` (``simulation = "vectorized"`` with ``backend = "ray"``) is the vectorized
+executor whose batched training runs in Ray tasks, one per chunk of the round's clients.
+
 Workers must be able to ``import securefrl`` (a local Ray inherits this interpreter; on a cluster
 install the same version of the package on every node).
 """
