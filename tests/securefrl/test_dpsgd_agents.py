@@ -358,6 +358,18 @@ def test_federation_reports_record_epsilon_per_client_and_round(tmp_path) -> Non
     assert not np.array_equal(plain.federation.global_params, res.federation.global_params)
 
 
+@pytest.mark.parametrize(("protocol", "flag", "secure"), [
+    ("plaintext", [], False), ("secagg", [], True), ("secagg", ["privacy.seeded_noise_experiment=true"], False),
+    ("plaintext", ["privacy.secure_noise=true"], True)])
+def test_dpsgd_noise_is_secure_by_default_under_a_protocol_that_hides_updates(protocol, flag, secure) -> None:  # type: ignore[no-untyped-def]
+    # As for client-level noise: seeded noise is regenerable from the config, so it needs the experiment flag.
+    from securefrl.federation import Federation
+
+    fed = Federation(load_config(overrides=[*FED, "privacy.dpsgd=true", f"protocol.name={protocol}", *flag]))
+    assert all(c.agent.dpsgd.settings.secure is secure and (c.agent.dpsgd.generator is None) is secure
+               for c in fed.clients)
+
+
 @pytest.mark.parametrize(("extra", "field"), [
     (["federation.simulation=vectorized", "agent.name=ppo", "agent.params.batch_sampling=poisson",
       "agent.params.gae_lambda=0", "agent.params.norm_adv=false"], "federation.simulation"),
