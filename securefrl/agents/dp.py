@@ -127,14 +127,20 @@ class DPSGDSettings:
 
 
 # --- Poisson sampling -----------------------------------------------------------------------
-def poisson_indices(n: int, q: float, rng: np.random.Generator) -> np.ndarray:
+def poisson_indices(n: int, q: float, rng: np.random.Generator, secure: bool = False) -> np.ndarray:
     """Indices of a Poisson sample of ``range(n)``: each included independently with probability ``q``.
 
     The batch size is Binomial(n, q), possibly 0 -- the sampling the subsampled-Gaussian accountants analyse.
-    One uniform draw per record from the agent's seeded numpy stream.
+    One uniform draw per record from the agent's seeded numpy stream, or with ``secure`` from the OS CSPRNG:
+    amplification by sampling assumes the adversary does not know the sample, and a seeded sample is known
+    to whoever has the seed.
     """
     if not 0 < q <= 1:
         raise ConfigError("sample_rate", f"must lie in (0, 1], got {q!r}")
+    if secure:
+        from securefrl.privacy.noise import secure_uniform
+
+        return np.flatnonzero(secure_uniform(n) < q)
     return np.flatnonzero(rng.random(n) < q)
 
 
@@ -144,11 +150,11 @@ def replay_rate(batch_size: int, stored: int) -> tuple[float, float]:
     return q, q * stored
 
 
-def poisson_replay_batch(replay: ReplayBuffer, batch_size: int, rng: np.random.Generator
+def poisson_replay_batch(replay: ReplayBuffer, batch_size: int, rng: np.random.Generator, secure: bool = False
                          ) -> dict[str, torch.Tensor]:
     """A Poisson sample of the stored transitions, expected size ``batch_size`` (rate :func:`replay_rate`)."""
     q, _ = replay_rate(batch_size, len(replay))
-    idx = poisson_indices(len(replay), q, rng)
+    idx = poisson_indices(len(replay), q, rng, secure)
     return {
         "obs": torch.from_numpy(replay.obs[idx]),
         "actions": torch.from_numpy(replay.actions[idx]),

@@ -299,6 +299,17 @@ def test_poisson_indices_for_ppo_minibatches() -> None:
         poisson_indices(10, 0.0, rng)
 
 
+def test_secure_poisson_sample_ignores_the_seeded_stream() -> None:
+    # With secure noise the sample comes from the OS CSPRNG: the same seeded stream does not regenerate it.
+    a = poisson_indices(4096, 0.25, np.random.default_rng(7), secure=True)
+    b = poisson_indices(4096, 0.25, np.random.default_rng(7), secure=True)
+    assert not np.array_equal(a, b)
+    assert np.array_equal(poisson_indices(4096, 0.25, np.random.default_rng(7)),
+                          poisson_indices(4096, 0.25, np.random.default_rng(7)))
+    sizes = np.array([len(poisson_indices(256, 0.25, np.random.default_rng(0), secure=True)) for _ in range(2000)])
+    assert abs(sizes.mean() - 64) < 5 * math.sqrt(256 * 0.25 * 0.75 / 2000)
+
+
 # --- names, checkpoints, federation ----------------------------------------------------------
 @pytest.mark.parametrize("algo", ["dqn", "ppo"])
 @pytest.mark.parametrize("mode", DPSGD_MODES)
