@@ -18,12 +18,13 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/securefrl run
 
-# Two pytest steps: the fast default suite, then the Flower deployment tests (marker `deployment`).
+# Two pytest steps: the fast default suite, then the Flower deployment tests and notebook executions
+# (markers `deployment`, `notebooks`; left out of a plain `pytest`).
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/python -m pytest -n 2 -q
-	$(BIN)/python -m pytest -n 2 -q -m deployment
+	$(BIN)/python -m pytest -n 2 -q -m "deployment or notebooks"
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -20,6 +20,7 @@ def _images(nb) -> int:
     return sum("image/png" in o.get("data", {}) for c in code for o in c.get("outputs", []))
 
 
+@pytest.mark.notebooks  # minutes of kernels: `make test` runs these as its second step (pytest -m notebooks)
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
 def test_notebook_executes_and_its_plots_render_inline(path, tmp_path, monkeypatch):
     # No MPLBACKEND: the kernel picks the inline backend as Jupyter does, so a library module that switched the

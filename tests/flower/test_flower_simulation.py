@@ -14,7 +14,7 @@ from securefrl.flower.appdir import write_app
 from securefrl.flower.local import LocalDeployment
 from securefrl.results import read_jsonl
 
-pytestmark = pytest.mark.deployment  # separate Flower processes: `make test` runs these as its second step
+pytestmark = pytest.mark.deployment  # separate Flower processes: `make test` runs them in its second step
 
 TINY = ["federation.n_clients=3", "federation.rounds=2", "federation.local_steps=64", "federation.eval_episodes=1",
         "env.heterogeneity=1.0"]
