@@ -18,6 +18,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from securefrl.flower.tls import TLSFiles, write_tls_files
+
 
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -40,10 +42,16 @@ class LocalDeployment:
     Use as a context manager. ``kill_supernode(i)`` ends SuperNode ``i`` (a client dropping out). With
     ``simulation=True`` the SuperLink runs Flower's simulation engine instead (``n_supernodes`` virtual
     clients in Ray actors, ``num_cpus`` of them at a time) and no SuperNode process is started.
+
+    ``tls=True`` (the default) runs every link with TLS under a throwaway CA written to ``WORKDIR/tls``
+    (:mod:`securefrl.flower.tls`): the SuperLink serves with its certificate, each SuperNode and ``flwr run``
+    verify it against ``ca.crt``. ``tls=False`` is Flower's ``--insecure`` mode: plaintext on 127.0.0.1, for
+    local testing only.
     """
 
     def __init__(self, n_supernodes: int, workdir: str | Path, env: dict[str, str] | None = None,
-                 enrolment: str | Path | None = None, simulation: bool = False, num_cpus: int = 2) -> None:
+                 enrolment: str | Path | None = None, simulation: bool = False, num_cpus: int = 2,
+                 tls: bool = True) -> None:
         self.n = n_supernodes
         self.workdir = Path(workdir)
         self.home = self.workdir / "flwr-home"
@@ -54,6 +62,9 @@ class LocalDeployment:
                     "FLWR_TELEMETRY_ENABLED": "0", "PATH": path}
         self.enrolment = Path(enrolment).resolve() if enrolment is not None else None
         self.simulation, self.num_cpus = simulation, num_cpus
+        self.tls: TLSFiles | None = None
+        if tls:
+            self.tls = write_tls_files(self.workdir.resolve() / "tls")
         self.superlink: subprocess.Popen[bytes] | None = None
         self.supernodes: dict[int, subprocess.Popen[bytes]] = {}
 
@@ -71,11 +82,14 @@ class LocalDeployment:
             options = (f"options.num-supernodes = {self.n}\n"
                        f"options.backend.init-args.num-cpus = {self.num_cpus}\n"
                        "options.backend.client-resources.num-cpus = 1\n")
+        link = f'root-certificates = "{self.tls.ca}"' if self.tls is not None else "insecure = true"
         (self.home / "config.toml").write_text(
             '[superlink]\ndefault = "local-deployment"\n\n'
-            f'[superlink.local-deployment]\naddress = "127.0.0.1:{self.port}"\ninsecure = true\n{options}')
+            f'[superlink.local-deployment]\naddress = "127.0.0.1:{self.port}"\n{link}\n{options}')
+        server_tls = (["--ssl-ca-certfile", str(self.tls.ca), "--ssl-certfile", str(self.tls.cert),
+                       "--ssl-keyfile", str(self.tls.key)] if self.tls is not None else ["--insecure"])
         self.superlink = self._spawn("superlink", [
-            _bin("flower-superlink"), "--insecure", "--host", "127.0.0.1", "--port", str(self.port),
+            _bin("flower-superlink"), *server_tls, "--host", "127.0.0.1", "--port", str(self.port),
             "--disable-runtime-dependency-installation", "--database", str(self.workdir / "superlink.db"),
             *(["--simulation"] if self.simulation else [])])
         self._wait_port(self.port, 60.0)
@@ -89,8 +103,9 @@ class LocalDeployment:
         if self.enrolment is not None:  # SecAgg: this client's own identity key and the registry it trusts
             node_config += (f" identity-key='{self.enrolment / f'client-{i}.key'}'"
                             f" registry='{self.enrolment / 'registry.json'}'")
+        client_tls = ["--root-certificates", str(self.tls.ca)] if self.tls is not None else ["--insecure"]
         self.supernodes[i] = self._spawn(f"supernode-{i}", [
-            _bin("flower-supernode"), "--insecure", "--superlink", f"127.0.0.1:{self.port}",
+            _bin("flower-supernode"), *client_tls, "--superlink", f"127.0.0.1:{self.port}",
             "--host", "127.0.0.1", "--port", str(free_port()), "--node-config", node_config])
 
     def _wait_port(self, port: int, timeout: float) -> None:
