@@ -34,7 +34,7 @@ from securefrl.config import load_config
 from securefrl.experiment import run_experiment
 from securefrl.flower.appdir import write_app
 from securefrl.flower.local import LocalDeployment
-from securefrl.results import read_jsonl
+from securefrl.results import latest_run, read_jsonl
 
 METRICS = ("mean_return", "min_return", "n_included", "bytes_up", "env_steps_per_client")
 
@@ -71,6 +71,14 @@ class PeakMemory:
         self._thread.join()
 
 
+def _run(parent: Path) -> Path:
+    """The run folder the ServerApp wrote below ``<results>/<name>/`` (timestamped, as `securefrl run`)."""
+    run = latest_run(parent)
+    if run is None:
+        raise FileNotFoundError(f"no run below {parent}")
+    return run
+
+
 def compare(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     overrides = [f"federation.rounds={args.rounds}", f"output_dir={work}", *args.set]
     t0 = time.perf_counter()
@@ -82,7 +90,7 @@ def compare(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         t0 = time.perf_counter()
         dep.run(app, timeout=args.timeout * (2 * args.rounds + 2))
         t_flower = time.perf_counter() - t0
-    flower = read_jsonl(work / "flower" / "rounds.jsonl")
+    flower = read_jsonl(_run(work / "flower") / "rounds.jsonl")
     equal = all(np.isclose(got[k], want[k], rtol=1e-9) for got, want in zip(flower, ref.rounds, strict=True)
                 for k in METRICS)
     complete = all(got["n_evaluated"] == cfg.federation.n_clients for got in flower)
@@ -115,7 +123,7 @@ def probe_simulation(args: argparse.Namespace, work: Path) -> list[dict[str, Any
             with PeakMemory() as mem, LocalDeployment(n, work / f"sim{n}", simulation=True) as dep:
                 dep.run(app, timeout=args.probe_timeout)
             row.update(ok=True, peak_gib=mem.peak / 2**30, seconds=time.perf_counter() - t0,
-                       rounds=len(read_jsonl(work / f"sim{n}" / "rounds.jsonl")))
+                       rounds=len(read_jsonl(_run(work / f"sim{n}") / "rounds.jsonl")))
         except (RuntimeError, TimeoutError) as err:
             row.update(ok=False, error=str(err)[-300:], seconds=time.perf_counter() - t0)
         out.append(row)
