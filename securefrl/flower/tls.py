@@ -58,7 +58,7 @@ def write_tls_files(folder: str | Path, hosts: tuple[str, ...] = LOCAL_HOSTS, da
 
     if not hosts:
         raise ValueError("the server certificate must name at least one host")
-    folder = Path(folder)
+    folder = Path(folder).resolve()  # absolute: Flower's connection config wants an absolute root-certificates
     folder.mkdir(parents=True, exist_ok=True)
     now = dt.datetime.now(dt.UTC)
     start, end = now - dt.timedelta(minutes=5), now + dt.timedelta(days=days)
