@@ -39,14 +39,16 @@ from securefrl.results import latest_run, read_jsonl
 METRICS = ("mean_return", "min_return", "n_included", "bytes_up", "env_steps_per_client")
 
 
-def _tree_rss(root: psutil.Process) -> int:
-    total = 0
+def _tree_rss(root: psutil.Process) -> tuple[int, int]:
+    """Summed RSS and number of processes of ``root`` and every descendant."""
+    total, n = 0, 0
     for p in [root, *root.children(recursive=True)]:
         try:
             total += p.memory_info().rss
+            n += 1
         except psutil.Error:
             continue
-    return total
+    return total, n
 
 
 class PeakMemory:
@@ -54,12 +56,15 @@ class PeakMemory:
 
     def __init__(self, interval: float = 0.5) -> None:
         self.peak, self.interval, self._stop = 0, interval, threading.Event()
+        self.processes = 0  # size of the process tree at the peak
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
         me = psutil.Process()
         while not self._stop.is_set():
-            self.peak = max(self.peak, _tree_rss(me))
+            rss, n = _tree_rss(me)
+            if rss > self.peak:
+                self.peak, self.processes = rss, n
             self._stop.wait(self.interval)
 
     def __enter__(self) -> PeakMemory:
@@ -122,7 +127,8 @@ def probe_simulation(args: argparse.Namespace, work: Path) -> list[dict[str, Any
         try:
             with PeakMemory() as mem, LocalDeployment(n, work / f"sim{n}", simulation=True) as dep:
                 dep.run(app, timeout=args.probe_timeout)
-            row.update(ok=True, peak_gib=mem.peak / 2**30, seconds=time.perf_counter() - t0,
+            row.update(ok=True, peak_gib=mem.peak / 2**30, processes_at_peak=mem.processes,
+                       seconds=time.perf_counter() - t0,
                        rounds=len(read_jsonl(_run(work / f"sim{n}") / "rounds.jsonl")))
         except (RuntimeError, TimeoutError) as err:
             row.update(ok=False, error=str(err)[-300:], seconds=time.perf_counter() - t0)

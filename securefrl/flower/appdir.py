@@ -43,6 +43,7 @@ def write_app(cfg: ExperimentConfig, out: str | Path, results_dir: str | Path | 
     server. The ``.key`` files are not part of the Flower app bundle (FAB).
     """
     common.check_supported(cfg)
+    common.make_dp(cfg)  # DP settings (survivors, colluders, noise) are refused here, not at the first round
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     enrolment = ""

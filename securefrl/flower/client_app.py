@@ -67,7 +67,7 @@ def make_pipeline(cfg: ExperimentConfig) -> UpdateTransform:
     """The client's update pipeline, as in-process: the DP clip-and-noise chain under DP, else the plain clip."""
     dp = common.make_dp(cfg)
     if dp is not None:
-        return dp.pipeline()  # type: ignore[no-any-return]
+        return dp.pipeline()
     fed = cfg.federation
     return chain(clip_by_l2_norm(fed.clip_norm)) if fed.clip_norm > 0 else identity()
 

@@ -20,6 +20,15 @@ from typing import Any
 
 from securefrl.flower.tls import TLSFiles, write_tls_files
 
+#: What ``flwr run``'s log says when the simulation engine's Ray node missed Ray's startup deadline.
+RAY_STARTUP_TIMEOUT = "The current node timed out during startup"
+#: What it says when the simulation runtime crashed (``flwr run`` still exits 0).
+SIMULATION_FAILED = "Simulation Runtime crashed"
+
+
+class RayStartupError(RuntimeError):
+    """The simulation engine's Ray node did not register in time (machine overloaded); nothing ran."""
+
 
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -136,11 +145,25 @@ class LocalDeployment:
         out = (self.logs / "flwr-run.log").read_text(errors="replace")
         if code != 0:
             raise RuntimeError(f"flwr run exited with {code}:\n{out[-3000:]}")
+        if RAY_STARTUP_TIMEOUT in out:
+            raise RayStartupError(f"the simulation engine's Ray node did not start in time:\n{out[-1500:]}")
+        if SIMULATION_FAILED in out:  # flwr run exits 0 even when the simulation runtime crashed
+            raise RuntimeError(f"the simulation runtime failed:\n{out[-3000:]}")
         return out
 
-    def run(self, app_dir: str | Path, timeout: float = 600.0) -> str:
-        """Submit the app and wait for the run to end; its log."""
-        return self.wait(self.submit(app_dir), timeout)
+    def run(self, app_dir: str | Path, timeout: float = 600.0, retries: int = 2) -> str:
+        """Submit the app and wait for the run to end; its log.
+
+        Ray gives its node a fixed 30 s to register, which a loaded machine can miss; such a run never started
+        a round, so it is submitted again (up to ``retries`` times).
+        """
+        for attempt in range(retries + 1):
+            try:
+                return self.wait(self.submit(app_dir), timeout)
+            except RayStartupError:
+                if attempt == retries:
+                    raise
+        raise AssertionError("unreachable")
 
     def stop(self) -> None:
         for proc in self.supernodes.values():
