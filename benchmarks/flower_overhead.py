@@ -130,7 +130,7 @@ def probe_simulation(args: argparse.Namespace, work: Path) -> list[dict[str, Any
             row.update(ok=True, peak_gib=mem.peak / 2**30, processes_at_peak=mem.processes,
                        seconds=time.perf_counter() - t0,
                        rounds=len(read_jsonl(_run(work / f"sim{n}") / "rounds.jsonl")))
-        except (RuntimeError, TimeoutError) as err:
+        except (RuntimeError, TimeoutError, FileNotFoundError) as err:
             row.update(ok=False, error=str(err)[-300:], seconds=time.perf_counter() - t0)
         out.append(row)
         print(row, flush=True)

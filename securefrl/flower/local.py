@@ -76,6 +76,8 @@ class LocalDeployment:
             self.tls = write_tls_files(self.workdir.resolve() / "tls")
         self.superlink: subprocess.Popen[bytes] | None = None
         self.supernodes: dict[int, subprocess.Popen[bytes]] = {}
+        self._runs = 0
+        self._run_logs: dict[int, Path] = {}
 
     # -- processes ---------------------------------------------------------------------------------
     def _spawn(self, name: str, args: list[str]) -> subprocess.Popen[bytes]:
@@ -132,8 +134,15 @@ class LocalDeployment:
         _stop(self.supernodes.pop(i), sig=signal.SIGKILL)
 
     def submit(self, app_dir: str | Path) -> subprocess.Popen[bytes]:
-        """Start ``flwr run APP local-deployment --stream`` (it streams the ServerApp's log until the run ends)."""
-        return self._spawn("flwr-run", [_bin("flwr"), "run", str(app_dir), "local-deployment", "--stream"])
+        """Start ``flwr run APP local-deployment --stream`` (it streams the ServerApp's log until the run ends).
+
+        Each submission logs to its own ``logs/flwr-run-<k>.log`` (several runs share one deployment).
+        """
+        self._runs += 1
+        name = f"flwr-run-{self._runs}"
+        proc = self._spawn(name, [_bin("flwr"), "run", str(app_dir), "local-deployment", "--stream"])
+        self._run_logs[proc.pid] = self.logs / f"{name}.log"
+        return proc
 
     def wait(self, proc: subprocess.Popen[bytes], timeout: float = 600.0) -> str:
         """Wait for a submitted run; its log (raises if ``flwr run`` fails or the time runs out)."""
@@ -142,11 +151,11 @@ class LocalDeployment:
         except subprocess.TimeoutExpired:
             _stop(proc)
             raise TimeoutError(f"flwr run did not finish within {timeout:.0f} s; logs in {self.logs}") from None
-        out = (self.logs / "flwr-run.log").read_text(errors="replace")
+        out = self._run_logs[proc.pid].read_text(errors="replace")
+        if RAY_STARTUP_TIMEOUT in out:  # whatever the exit code: nothing ran
+            raise RayStartupError(f"the simulation engine's Ray node did not start in time:\n{out[-1500:]}")
         if code != 0:
             raise RuntimeError(f"flwr run exited with {code}:\n{out[-3000:]}")
-        if RAY_STARTUP_TIMEOUT in out:
-            raise RayStartupError(f"the simulation engine's Ray node did not start in time:\n{out[-1500:]}")
         if SIMULATION_FAILED in out:  # flwr run exits 0 even when the simulation runtime crashed
             raise RuntimeError(f"the simulation runtime failed:\n{out[-3000:]}")
         return out

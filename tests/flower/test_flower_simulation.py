@@ -37,6 +37,7 @@ def _flower_and_reference(sim, tmp_path, extra):
     app = write_app(cfg, tmp_path / "app", tmp_path, round_timeout=600, connect_timeout=300)
     sim.run(app, timeout=1200)
     run = latest_run(tmp_path / "sim")
+    assert run is not None, f"the ServerApp wrote no run; logs in {sim.logs}"
     ref = run_experiment(load_config(overrides=[*TINY, f"output_dir={tmp_path}", "name=ref", *extra]),
                          progress=False)
     return run, ref
