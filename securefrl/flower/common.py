@@ -150,10 +150,14 @@ def make_dp(cfg: ExperimentConfig) -> Any:
 
 
 def protocol_params(cfg: ExperimentConfig, dp: Any) -> dict[str, Any]:
-    """The protocol's parameters, as in-process: under DP, SecAgg's coordinate clip leaves room for the noise."""
+    """The protocol's parameters, as in-process: under DP, a coordinate clip (SecAgg's) leaves room for the noise."""
     params = dict(cfg.protocol.params)
-    if dp is not None and cfg.protocol.name == "secagg":
-        params.setdefault("clip", dp.required_coordinate_clip())
+    if dp is not None:
+        from securefrl.protocol_factory import PROTOCOLS
+
+        clip_param = PROTOCOLS.get(cfg.protocol.name).coordinate_clip_param
+        if clip_param is not None:
+            params.setdefault(clip_param, dp.required_coordinate_clip())
     return params
 
 
