@@ -22,6 +22,8 @@ from securefrl.flower.secagg_state import write_enrolment
 from securefrl.flower.tls import peer_certificate
 from securefrl.results import latest_run, read_jsonl
 
+pytestmark = pytest.mark.deployment  # separate Flower processes: `make test` runs these as its second step
+
 TINY = ["federation.n_clients=3", "federation.rounds=2", "federation.local_steps=64", "federation.eval_episodes=1",
         "env.heterogeneity=1.0"]
 #: Fields of rounds.jsonl that depend only on the seed (times do not; Flower adds its own byte counts).

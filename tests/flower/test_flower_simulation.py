@@ -20,6 +20,8 @@ from securefrl.flower.appdir import write_app
 from securefrl.flower.local import LocalDeployment
 from securefrl.results import latest_run, read_jsonl
 
+pytestmark = pytest.mark.deployment  # separate Flower processes: `make test` runs these as its second step
+
 TINY = ["federation.n_clients=3", "federation.rounds=2", "federation.local_steps=64", "federation.eval_episodes=1",
         "env.heterogeneity=1.0"]
 METRICS = ("round", "mean_return", "min_return", "max_return", "mean_local_return", "n_sampled", "n_included",
