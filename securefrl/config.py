@@ -85,6 +85,14 @@ class FederationConfig:
     update per round on a K-th of that batch, so the federation gathers one single-agent batch per update."""
     clip_norm: float = 0.0
     """L2 clip bound on each client's update (0 = no clipping)."""
+    update: Literal["delta", "gradient"] = "delta"
+    """What clients send: delta = FedAvg of local parameter changes after local_steps of local training; gradient =
+    FedSGD / DD-PPO, every optimizer step federated (mean minibatch gradient, server-side Adam with the agent's lr;
+    a round is still local_steps environment steps per client, each of its optimizer steps one aggregation; see
+    securefrl.gradient). Agents ppo and dqn; loop simulation, local backend."""
+    estimator: Literal["minibatch", "fedpg-br"] = "minibatch"
+    """Gradient mode's gradient: minibatch = the agent's own loss on each minibatch; fedpg-br = FedPG-BR's
+    variance-reduced policy gradient (Fan et al. 2021; agent ppo; securefrl.fedpg)."""
     server_optimizer: str = "fedavg"
     """Server step on the mean update: FedAvg, FedAvgM (momentum) or FedAdam (Reddi et al. 2021)."""
     server_lr: float = 1.0
