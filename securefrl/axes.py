@@ -50,6 +50,9 @@ ALGORITHMS.register("relation", "securefrl.personalization.relation:Relation", r
 # gradient mode: selected by federation.update = "gradient" (securefrl.compat.algorithm_name), not by the method
 ALGORITHMS.register("fedsgd", "securefrl.gradient:FedSGD", agent_needs=("gradient",), task_features=("custom",),
                     selected_by="federation.update", check="securefrl.gradient:check_gradient")
+ALGORITHMS.register("fedpg-br", "securefrl.fedpg:FedPGBR", agent_needs=("gradient", "policy"),
+                    task_features=("custom",), selected_by="federation.estimator",
+                    check="securefrl.gradient:check_gradient")
 
 EXECUTORS: Registry[Any] = Registry("executor", "federation.executor", group="securefrl.executors")
 """Executors by name: ``local`` (simulation=loop, backend=local), ``vectorized``, ``ray``."""

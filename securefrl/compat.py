@@ -32,9 +32,14 @@ def algorithm_name(config: ExperimentConfig) -> str:
     """The client algorithm of :data:`securefrl.axes.ALGORITHMS` the config selects.
 
     ``personalization.method`` names it, except that ``federation.update = "gradient"`` selects gradient mode
-    (``fedsgd``, :mod:`securefrl.gradient`), whose own check refuses a personalization method next to it.
+    (``fedsgd``, :mod:`securefrl.gradient`, or with ``federation.estimator = "fedpg-br"`` FedPG-BR's
+    ``fedpg-br``, :mod:`securefrl.fedpg`; naming either as ``personalization.method`` is the same), whose own
+    check refuses a personalization method next to it.
     """
-    return "fedsgd" if config.federation.update == "gradient" else config.personalization.method
+    fed = config.federation
+    if fed.update != "gradient":
+        return config.personalization.method
+    return "fedpg-br" if fed.estimator == "fedpg-br" else "fedsgd"
 
 
 def protocol_class(config: ExperimentConfig) -> Any:
@@ -57,10 +62,6 @@ def check_experiment(config: ExperimentConfig) -> None:
     protocol = protocol_class(config)
     SERVER_OPTIMIZERS.check(config.federation.server_optimizer)
     ALGORITHMS.check(config.personalization.method)
-    selected_by = ALGORITHMS.meta(config.personalization.method).get("selected_by")
-    if selected_by and config.federation.update == "delta":
-        raise ConfigError("personalization.method", f"{config.personalization.method!r} is selected by {selected_by}, "
-                          "not named as a personalization method")
     method = algorithm_name(config)
     _check_attack(config)
     rule = make_rule(config)
@@ -81,7 +82,7 @@ def check_experiment(config: ExperimentConfig) -> None:
     alg = ALGORITHMS.meta(method)
     alg_field = alg.get("selected_by", "personalization.method")
     what = (f"personalization method {method!r}" if "selected_by" not in alg
-            else f"{alg_field}={config.federation.update} ({method})")
+            else f"{method} (selected by {alg_field})")
     ex_name = executor_name(config)
     if config.federation.executor:
         EXECUTORS.check(ex_name)

@@ -209,7 +209,7 @@ class FedSGD(ClientAlgorithm):
 def check_gradient(config: ExperimentConfig) -> None:
     """Refuse what gradient mode does not implement, naming the field to change (see the module docstring)."""
     fed, priv = config.federation, config.privacy
-    if config.personalization.method != "none":
+    if config.personalization.method not in ("none", "fedsgd", "fedpg-br"):
         raise ConfigError("federation.update", f"gradient mode federates every optimizer step of one shared model; "
                           f"personalization.method={config.personalization.method!r} needs update=delta")
     if fed.server_optimizer != "fedavg":
@@ -227,7 +227,7 @@ def check_gradient(config: ExperimentConfig) -> None:
     if config.agent.name == "dqn" and fed.client_fraction < 1:
         raise ConfigError("federation.client_fraction", "gradient-mode DQN needs every client in every round "
                           "(client_fraction=1): clients reach their training phases in lock step only then")
-    if fed.estimator != "minibatch":
+    if fed.estimator == "fedpg-br" or config.personalization.method == "fedpg-br":
         from securefrl.fedpg import check_estimator
 
         check_estimator(config)

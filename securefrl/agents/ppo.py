@@ -107,7 +107,7 @@ class PPOAgent(Agent):
     """
 
     name = "ppo"
-    capabilities = frozenset({"proximal", "freeze", "embedding", "dpsgd", "batched", "discrete", "gradient"})
+    capabilities = frozenset({"proximal", "freeze", "embedding", "dpsgd", "batched", "discrete", "gradient", "policy"})
     supports_proximal = True
 
     def __init__(self, env_fn: EnvFn, config: PPOConfig | None = None, seed: int = 0) -> None:

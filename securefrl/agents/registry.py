@@ -9,7 +9,8 @@ configuration layer without importing it:
   ``embedding`` (networks take a personal environment embedding), ``dpsgd`` (record-level DP-SGD),
   ``batched`` (a batched population implementation exists for the vectorized executor),
   ``discrete`` / ``continuous`` (action spaces), ``gradient`` (the minibatch-gradient methods of
-  ``federation.update = "gradient"``, :mod:`securefrl.gradient`).
+  ``federation.update = "gradient"``, :mod:`securefrl.gradient`), ``policy`` (a stochastic discrete actor whose
+  episodes FedPG-BR's estimator samples, :mod:`securefrl.fedpg`).
 
 Third parties register through the ``securefrl.agents`` entry-point group, or in code:
 ``AGENTS.register("mine", "pkg.mod:MyAgent", config="pkg.mod:MyConfig", capabilities=frozenset())``.
@@ -33,7 +34,7 @@ AGENTS.register("dqn", "securefrl.agents.dqn:DQNAgent", config="securefrl.agents
                 capabilities=frozenset({"proximal", "freeze", "embedding", "dpsgd", "discrete", "gradient"}))
 AGENTS.register("ppo", "securefrl.agents.ppo:PPOAgent", config="securefrl.agents.configs:PPOConfig",
                 capabilities=frozenset({"proximal", "freeze", "embedding", "dpsgd", "batched", "discrete",
-                                        "gradient"}))
+                                        "gradient", "policy"}))
 AGENTS.register("sac", "securefrl.agents.sac:SACAgent", config="securefrl.agents.configs:SACConfig",
                 capabilities=frozenset({"continuous"}))
 
