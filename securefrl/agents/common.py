@@ -89,6 +89,21 @@ def load_envs(pool: Any, state: dict[str, Any]) -> None:
 
 
 # --- gradient mode (FedSGD / DD-PPO; securefrl.gradient) -----------------------------------------------
+def _grad_tensors(agent: Any) -> tuple[list[torch.Tensor], Any]:
+    """The agent's federated tensors and their spec, cached: gradient mode reads them twice per minibatch step.
+
+    Loading a checkpoint or new parameters copies into the same tensors, so the cache stays valid; it is
+    rebuilt if a network was replaced (personalization, which gradient mode refuses anyway).
+    """
+    named = agent.__dict__.get("_grad_cache")
+    nets = tuple(id(m) for m in agent.networks().values())
+    if named is None or named[0] != nets:
+        params = [p for _, p in agent.federated_parameters()]
+        named = (nets, params, agent.parameter_spec())
+        agent._grad_cache = named
+    return named[1], named[2]
+
+
 def load_flat(agent: Any, flat: np.ndarray) -> None:
     """Load the server's flat parameters into ``agent``'s federated tensors, without ``after_set_parameters``.
 
@@ -97,7 +112,8 @@ def load_flat(agent: Any, flat: np.ndarray) -> None:
     """
     from securefrl.params import set_flat
 
-    set_flat([p for _, p in agent.federated_parameters()], agent.parameter_spec(), flat)
+    params, spec = _grad_tensors(agent)
+    set_flat(params, spec, flat)
 
 
 def flat_gradient(agent: Any, loss: torch.Tensor, max_grad_norm: float) -> np.ndarray:
@@ -106,14 +122,14 @@ def flat_gradient(agent: Any, loss: torch.Tensor, max_grad_norm: float) -> np.nd
     The clip is the agent's own global-norm clip of a local step (per client in gradient mode, so one client
     equals the single agent exactly); missing gradients (a tensor the loss does not reach) are zeros.
     """
-    params = [p for _, p in agent.federated_parameters()]
+    params, spec = _grad_tensors(agent)
     for p in params:
         p.grad = None
     loss.backward()
     if max_grad_norm > 0:
         torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
     grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-    out = agent.parameter_spec().flatten(grads)
+    out = spec.flatten(grads)
     for p in params:
         p.grad = None
     return out
