@@ -36,8 +36,10 @@ variance-reduced estimator (:mod:`securefrl.fedpg`).
 
 Limits (refused by :func:`check_gradient`): personalization methods, record-level DP-SGD, Poisson batches,
 DP budget calibration (``target_epsilon`` / ``epsilon_budget`` count one release per round, gradient mode makes
-one per step; a fixed ``noise_multiplier`` is accounted per step), adaptive clipping, executors without
-in-process tasks (vectorized, Ray), agents without the ``gradient`` capability (SAC).
+one per step; a fixed ``noise_multiplier`` is accounted per step, and the round's ``epsilon`` is the one after
+its last step), adaptive clipping, executors without in-process tasks (vectorized, Ray), agents without the
+``gradient`` capability (SAC). Not done: resuming a DP run in gradient mode (the resume check rebuilds one
+accountant step per round row and refuses the checkpoint).
 """
 
 from __future__ import annotations
@@ -58,6 +60,7 @@ if TYPE_CHECKING:
 
 __all__ = ["FedSGD", "adam_step", "check_gradient", "step_round_id"]
 
+_DP_KEYS = ("epsilon", "epsilon_server", "epsilon_outsiders", "noise_multiplier", "clip_norm", "dp_noise")
 STEP_ID_BASE = 1 << 48
 """Protocol round ids of a round's further gradient steps start here (far above any round number)."""
 _STEP_BITS = 24
@@ -200,6 +203,8 @@ class FedSGD(ClientAlgorithm):
             _, extra, aborted = fed._aggregate(sub, grads, rows, times, None)  # the round's own pipeline
             if aborted or not extra.get("n_included"):
                 self._round_stats["grad_steps_aborted"] += 1
+            # DP: the round reports the accountant after its last step, not after its first
+            self._round_stats.update({k: v for k, v in extra.items() if k in _DP_KEYS})
             self._round_stats["bytes_up_steps"] += int(sum(r.get("bytes_up", 0) for r in rows.values()))
 
     def summary_extras(self) -> dict[str, Any]:

@@ -138,6 +138,7 @@ def run_federation(args: argparse.Namespace, k: int, seed: int, mode: str) -> di
                 break
     fed.close()
     first, three = hits(curve, args.threshold)
+    print(f"  {mode} K={k} seed {seed}: first {first}, three {three} ({time.perf_counter() - t0:.0f} s)", flush=True)
     return {"k": k, "mode": mode, "seed": seed, "first": first, "three": three, "budget": budget, "curve": curve,
             "seconds": time.perf_counter() - t0}
 
@@ -162,6 +163,8 @@ def run_single(args: argparse.Namespace, setting: str, seed: int) -> dict[str, A
         if hits(curve, args.threshold)[1] is not None:
             break
     first, three = hits(curve, args.threshold)
+    print(f"  single {setting} seed {seed}: first {first}, three {three} ({time.perf_counter() - t0:.0f} s)",
+          flush=True)
     return {"setting": setting, "seed": seed, "first": first, "three": three, "budget": args.budget_k1,
             "curve": curve, "seconds": time.perf_counter() - t0}
 

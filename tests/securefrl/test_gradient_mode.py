@@ -120,3 +120,14 @@ def test_what_gradient_mode_does_not_implement_is_refused_naming_the_field(overr
     with pytest.raises(ConfigError) as info:
         _config(*extra, override)
     assert info.value.field == field, info.value
+
+
+def test_dp_accounts_every_gradient_step_and_reports_the_last() -> None:
+    # Arrange: central DP on the mean gradient, a fixed noise multiplier (accounted per aggregation).
+    fed = Federation(_config(*PPO, "privacy.placement=central", "privacy.noise_multiplier=1.0",
+                             "privacy.clip_norm=1.0", n_clients=2, local_steps=32))
+    # Act
+    summary = fed.run_round().summary
+    # Assert: one accountant step per aggregation, and the round's epsilon is the accountant's after all of them.
+    assert summary["grad_steps"] == 4 and fed.dp.accountant.steps == 4
+    assert summary["epsilon_server"] == pytest.approx(fed.dp.accountant.epsilon(fed.config.privacy.delta))
