@@ -18,10 +18,12 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/securefrl run
 
+# Two pytest steps: the fast default suite, then the Flower deployment tests (marker `deployment`).
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/python -m pytest -n 2 -q
+	$(BIN)/python -m pytest -n 2 -q -m deployment
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -34,19 +34,21 @@ from securefrl.config import load_config
 from securefrl.experiment import run_experiment
 from securefrl.flower.appdir import write_app
 from securefrl.flower.local import LocalDeployment
-from securefrl.results import read_jsonl
+from securefrl.results import latest_run, read_jsonl
 
 METRICS = ("mean_return", "min_return", "n_included", "bytes_up", "env_steps_per_client")
 
 
-def _tree_rss(root: psutil.Process) -> int:
-    total = 0
+def _tree_rss(root: psutil.Process) -> tuple[int, int]:
+    """Summed RSS and number of processes of ``root`` and every descendant."""
+    total, n = 0, 0
     for p in [root, *root.children(recursive=True)]:
         try:
             total += p.memory_info().rss
+            n += 1
         except psutil.Error:
             continue
-    return total
+    return total, n
 
 
 class PeakMemory:
@@ -54,12 +56,15 @@ class PeakMemory:
 
     def __init__(self, interval: float = 0.5) -> None:
         self.peak, self.interval, self._stop = 0, interval, threading.Event()
+        self.processes = 0  # size of the process tree at the peak
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
         me = psutil.Process()
         while not self._stop.is_set():
-            self.peak = max(self.peak, _tree_rss(me))
+            rss, n = _tree_rss(me)
+            if rss > self.peak:
+                self.peak, self.processes = rss, n
             self._stop.wait(self.interval)
 
     def __enter__(self) -> PeakMemory:
@@ -69,6 +74,14 @@ class PeakMemory:
     def __exit__(self, *exc: Any) -> None:
         self._stop.set()
         self._thread.join()
+
+
+def _run(parent: Path) -> Path:
+    """The run folder the ServerApp wrote below ``<results>/<name>/`` (timestamped, as `securefrl run`)."""
+    run = latest_run(parent)
+    if run is None:
+        raise FileNotFoundError(f"no run below {parent}")
+    return run
 
 
 def compare(args: argparse.Namespace, work: Path) -> dict[str, Any]:
@@ -82,7 +95,7 @@ def compare(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         t0 = time.perf_counter()
         dep.run(app, timeout=args.timeout * (2 * args.rounds + 2))
         t_flower = time.perf_counter() - t0
-    flower = read_jsonl(work / "flower" / "rounds.jsonl")
+    flower = read_jsonl(_run(work / "flower") / "rounds.jsonl")
     equal = all(np.isclose(got[k], want[k], rtol=1e-9) for got, want in zip(flower, ref.rounds, strict=True)
                 for k in METRICS)
     complete = all(got["n_evaluated"] == cfg.federation.n_clients for got in flower)
@@ -114,9 +127,10 @@ def probe_simulation(args: argparse.Namespace, work: Path) -> list[dict[str, Any
         try:
             with PeakMemory() as mem, LocalDeployment(n, work / f"sim{n}", simulation=True) as dep:
                 dep.run(app, timeout=args.probe_timeout)
-            row.update(ok=True, peak_gib=mem.peak / 2**30, seconds=time.perf_counter() - t0,
-                       rounds=len(read_jsonl(work / f"sim{n}" / "rounds.jsonl")))
-        except (RuntimeError, TimeoutError) as err:
+            row.update(ok=True, peak_gib=mem.peak / 2**30, processes_at_peak=mem.processes,
+                       seconds=time.perf_counter() - t0,
+                       rounds=len(read_jsonl(_run(work / f"sim{n}") / "rounds.jsonl")))
+        except (RuntimeError, TimeoutError, FileNotFoundError) as err:
             row.update(ok=False, error=str(err)[-300:], seconds=time.perf_counter() - t0)
         out.append(row)
         print(row, flush=True)

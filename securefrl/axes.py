@@ -55,7 +55,7 @@ ALGORITHMS.register("fedpg-br", "securefrl.fedpg:FedPGBR", agent_needs=("gradien
                     check="securefrl.gradient:check_gradient")
 
 EXECUTORS: Registry[Any] = Registry("executor", "federation.executor", group="securefrl.executors")
-"""Executors by name: ``local`` (simulation=loop, backend=local), ``vectorized``, ``ray``."""
+"""Executors by name: ``local`` (simulation=loop, backend=local), ``vectorized``, ``ray``, ``vectorized+ray``."""
 EXECUTORS.register("local", "securefrl.executors:LocalExecutor",
                    features=("proximal", "freeze", "embedding", "second_agent", "custom", "env_attacks", "record_dp",
                              "poisson_batches"))
@@ -63,3 +63,5 @@ EXECUTORS.register("vectorized", "securefrl.vectorized.executor:VectorizedExecut
                    agent_needs=("batched",), envs=("cartpole", "CartPole-v1"))
 EXECUTORS.register("ray", "securefrl.ray_backend:RayExecutor",
                    features=("proximal", "freeze", "second_agent", "poisson_batches"))
+EXECUTORS.register("vectorized+ray", "securefrl.ray_backend:VectorizedRayExecutor", features=(),
+                   agent_needs=("batched",), envs=("cartpole", "CartPole-v1"))

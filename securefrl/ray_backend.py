@@ -16,6 +16,9 @@ reads with ``torch.load(weights_only=True)``, statistics as floats. No agent, pr
 object is pickled. Protocol payloads (``protect``/``combine``/``open``) stay in the driver, which
 simulates every party of the protocol.
 
+:class:`VectorizedRayExecutor` (``simulation = "vectorized"`` with ``backend = "ray"``) is the vectorized
+executor whose batched training runs in Ray tasks, one per chunk of the round's clients.
+
 Workers must be able to ``import securefrl`` (a local Ray inherits this interpreter; on a cluster
 install the same version of the package on every node).
 """
@@ -35,6 +38,7 @@ from securefrl.agents.base import Agent
 from securefrl.errors import ConfigError
 from securefrl.seeding import eval_seed
 from securefrl.tasks import EvalTask, TrainResult, TrainTask
+from securefrl.vectorized.executor import VectorizedExecutor
 
 if TYPE_CHECKING:
     from securefrl.config import ExperimentConfig
@@ -129,6 +133,39 @@ def evaluate_clients(agent_cfg: dict[str, Any], specs: list[dict[str, Any]], see
         finally:
             env.close()
     return out
+
+
+def _attach_envs(population: Any, specs: list[Any]) -> None:
+    """The chunk's environments in ``population``, as :meth:`VectorizedExecutor.start` attaches the driver's."""
+    from securefrl.vectorized.cartpole import physics_of
+
+    population.physics = physics_of(specs)
+
+
+def train_population(agent_cfg: dict[str, Any], specs: list[dict[str, Any]], clients: list[dict[str, Any]],
+                     steps: int) -> list[dict[str, Any]]:
+    """Clients' plain train tasks as one batched :class:`~securefrl.vectorized.ppo.PPOPopulation` call.
+
+    Runs in a Ray worker: ``clients[k]`` carries client ``k`` of the chunk's exact population state
+    (``PPOPopulation.client_state`` as ``torch.save`` bytes), the agent seed its environments were first
+    reset from, and the round's train seed; ``specs[k]`` its environment. Returns each client's new state
+    and ``learn`` statistics (bytes and floats), what the driver's population would hold after the same call.
+    """
+    from securefrl.agents import make_agent
+    from securefrl.envs import EnvSpec
+    from securefrl.vectorized.ppo import PPOPopulation
+
+    torch.set_num_threads(1)
+    env_specs = [EnvSpec.from_dict(s) for s in specs]
+    template = make_agent(agent_cfg["agent"], env_specs[0].make, agent_cfg["params"], seed=0)  # names and shapes
+    pop = PPOPopulation(template.config, template.parameter_spec(), len(clients))
+    _attach_envs(pop, env_specs)
+    for k, c in enumerate(clients):
+        pop.env_seeds[k] = int(c["env_seed"])
+        pop.load_client_state(k, _load_state(c["state"]))
+    stats = pop.learn(list(range(len(clients))), int(steps), [int(c["seed"]) for c in clients])
+    return [{"state": _state_bytes(pop.client_state(k)), "stats": {key: float(v) for key, v in stats[k].items()}}
+            for k in range(len(clients))]
 
 
 def connect(address: str = "", num_cpus: int = 2) -> bool:
@@ -250,3 +287,53 @@ class RayExecutor:
             for t, value in zip(batch, values, strict=True):
                 results[id(t)] = value
         return [results[id(effective.get(id(t), t))] for t in tasks]
+
+
+class VectorizedRayExecutor(VectorizedExecutor):
+    """The vectorized executor, its batched training in Ray workers (``simulation=vectorized``, ``backend=ray``).
+
+    A round's sampled clients are split into ``federation.ray_num_cpus`` chunks (a number from the config, so
+    the same seed gives the same run on any cluster); each chunk trains as one batched population call in a
+    Ray task (:func:`train_population`) and hands its clients' population state back. The driver keeps the
+    authoritative population, so protocols, checkpoints and evaluation (batched, in this process) are those of
+    the local vectorized executor.
+    """
+
+    def __init__(self, federation: Federation) -> None:
+        super().__init__(federation)
+        self.started_ray = False
+
+    def start(self) -> None:
+        super().start()
+        fed = self.fed.config.federation
+        self.started_ray = connect(fed.ray_address, fed.ray_num_cpus)
+        import ray
+
+        self._ray = ray
+        self._train = ray.remote(train_population)
+        self._agent_cfg = agent_payload(self.fed.config)
+        self._specs = [c.env_spec.to_dict() for c in self.fed.clients]
+
+    def close(self) -> None:
+        """Shut down the local Ray instance this federation started (a joined cluster stays up)."""
+        if self.started_ray and self._ray.is_initialized():
+            self._ray.shutdown()
+        self.started_ray = False
+
+    def _learn(self, ids: list[int], steps: int, seeds: list[int]) -> list[dict[str, float]]:
+        pop = self.population
+        cfg_ref = self._ray.put(self._agent_cfg)
+        chunks = [c for c in np.array_split(np.arange(len(ids)), min(len(ids), self.fed.config.federation.ray_num_cpus))
+                  if len(c)]
+        futures = []
+        for chunk in chunks:
+            members = [ids[i] for i in chunk]
+            clients = [{"state": _state_bytes(pop.client_state(cid)), "env_seed": int(pop.env_seeds[cid]),
+                        "seed": int(seeds[i])} for i, cid in zip(chunk, members, strict=True)]
+            futures.append(self._train.remote(cfg_ref, [self._specs[cid] for cid in members], clients, int(steps)))
+        stats: dict[int, dict[str, float]] = {}
+        for chunk, result in zip(chunks, self._ray.get(futures), strict=True):
+            for i, res in zip(chunk, result, strict=True):
+                pop.load_client_state(ids[i], _load_state(res["state"]))
+                stats[int(i)] = res["stats"]
+        return [stats[i] for i in range(len(ids))]

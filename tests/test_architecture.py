@@ -1,4 +1,5 @@
-"""Architecture guards: import layering, no import cycles, a config that imports no torch, one registry type."""
+"""Architecture guards: import layering, no import cycles, a config that imports no torch, one registry type,
+no isinstance on concrete agents outside securefrl/agents, one checkpoint mechanism."""
 
 from __future__ import annotations
 
@@ -142,3 +143,40 @@ def test_loading_a_config_imports_no_torch(overrides: list[str]) -> None:
                           env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
     # Assert
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def _concrete_agent_isinstance(path: Path) -> list[int]:
+    """Lines of ``path`` that test ``isinstance(..., <SomeAgent>)`` against a concrete agent class."""
+    lines = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "isinstance" \
+                and len(node.args) == 2:
+            names = {n.id for n in ast.walk(node.args[1]) if isinstance(n, ast.Name)}
+            names |= {n.attr for n in ast.walk(node.args[1]) if isinstance(n, ast.Attribute)}
+            if any(n.endswith("Agent") and n != "Agent" for n in names):
+                lines.append(node.lineno)
+    return lines
+
+
+def test_no_code_outside_the_agents_tests_for_a_concrete_agent_class() -> None:
+    # Agents declare capabilities (policy_logits, q_values, ...): attacks and executors read those instead.
+    offenders = {}
+    for package in ("securefrl", "attacks", "protocols"):
+        for path in sorted((ROOT / package).rglob("*.py")):
+            if path.is_relative_to(ROOT / "securefrl" / "agents"):
+                continue
+            if found := _concrete_agent_isinstance(path):
+                offenders[str(path.relative_to(ROOT))] = found
+    assert offenders == {}
+    assert _concrete_agent_isinstance(ROOT / "tests" / "securefrl" / "test_agents.py")  # the finder finds one
+
+
+def test_one_checkpoint_mechanism_for_every_agent() -> None:
+    # Only the agent base class writes state_dict / load_state_dict; each agent declares what it holds.
+    from securefrl.agents import AGENTS
+    from securefrl.agents.base import Agent
+
+    for name in AGENTS.names():
+        cls = AGENTS.get(name)
+        assert cls.state_dict is Agent.state_dict and cls.load_state_dict is Agent.load_state_dict, name
+        assert cls.checkpointed, name

@@ -39,7 +39,7 @@ import torch
 
 from attacks.base import AttackError, Knowledge, ThreatModel
 from attacks.inference.common import ObservedRound, ServerRecorder, Transitions, roc_auc, tap_agent
-from securefrl.agents import DQNAgent, PPOAgent, make_agent
+from securefrl.agents import make_agent
 from securefrl.config import ExperimentConfig
 from securefrl.errors import ConfigError
 from securefrl.federation import Federation
@@ -74,8 +74,10 @@ class WindowScorer:
     def __init__(self, config: ExperimentConfig, env_fn: Any, policy_weight: float = 0.0) -> None:
         self.policy_weight = float(policy_weight)
         self.agent = make_agent(config.agent.name, env_fn, config.agent_config(), seed=0)
-        if not isinstance(self.agent, (PPOAgent, DQNAgent)):
-            raise ConfigError("agent.name", f"membership scoring supports ppo and dqn, got {config.agent.name!r}")
+        self.actor_critic = "actor_critic" in self.agent.capabilities
+        if not self.actor_critic and "q_learning" not in self.agent.capabilities:
+            raise ConfigError("agent.name", "membership scoring supports ppo and dqn (actor_critic or q_learning "
+                              f"agents), got {config.agent.name!r}")
 
     def _targets(self, w: Transitions) -> dict[str, torch.Tensor]:
         a = self.agent
@@ -85,10 +87,10 @@ class WindowScorer:
         term = torch.from_numpy(np.asarray(w.terminated, dtype=np.float32))
         trunc = torch.from_numpy(np.asarray(w.truncated, dtype=np.float32))
         with torch.no_grad():
-            if isinstance(a, PPOAgent):
+            if self.actor_critic:
                 cfg = a.config
-                v = a.critic(obs).squeeze(1)
-                v_next = a.critic(nxt).squeeze(1)
+                v = a.state_values(obs)
+                v_next = a.state_values(nxt)
                 rew = rew + cfg.gamma * v_next * trunc * (1 - term)  # the rollout's truncation bootstrap
                 done = torch.clamp(term + trunc, max=1.0)
                 adv = torch.zeros_like(rew)
@@ -99,20 +101,20 @@ class WindowScorer:
                     gae = delta + cfg.gamma * cfg.gae_lambda * (1 - done[t]) * gae
                     adv[t] = gae
                 return {"obs": obs, "returns": adv + v, "adv": adv / (adv.std() + 1e-8) if len(adv) > 1 else adv}
-            y = rew + a.config.gamma * (1 - term) * a.q_net(nxt).max(dim=1).values  # type: ignore[attr-defined]
+            y = rew + a.config.gamma * (1 - term) * a.q_values(nxt).max(dim=1).values
             return {"obs": obs, "y": y}
 
     def _loss(self, w: Transitions, tg: dict[str, torch.Tensor]) -> float:
         a = self.agent
         act = torch.from_numpy(np.asarray(w.actions, dtype=np.int64)).view(-1, 1)
         with torch.no_grad():
-            if isinstance(a, PPOAgent):
-                logp = torch.log_softmax(a.actor(tg["obs"]), dim=-1).gather(1, act).squeeze(1) if self.policy_weight \
-                    else torch.zeros(len(act))
-                v = a.critic(tg["obs"]).squeeze(1)
+            if self.actor_critic:
+                logp = torch.log_softmax(a.policy_logits(tg["obs"]), dim=-1).gather(1, act).squeeze(1) \
+                    if self.policy_weight else torch.zeros(len(act))
+                v = a.state_values(tg["obs"])
                 loss = 0.5 * (v - tg["returns"]) ** 2 - self.policy_weight * tg["adv"] * logp
             else:
-                q = a.q_net(tg["obs"]).gather(1, act).squeeze(1)  # type: ignore[attr-defined]  # DQN
+                q = a.q_values(tg["obs"]).gather(1, act).squeeze(1)  # q_learning
                 loss = torch.nn.functional.smooth_l1_loss(q, tg["y"], reduction="none")
         return float(loss.mean())
 

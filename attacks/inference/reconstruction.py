@@ -38,7 +38,7 @@ import torch
 
 from attacks.base import AttackError, Knowledge, ThreatModel
 from attacks.inference.common import ObservedRound, ServerRecorder, matched_errors
-from securefrl.agents import DQNAgent, PPOAgent, make_agent
+from securefrl.agents import make_agent
 from securefrl.algorithm import FedAvg
 from securefrl.config import ExperimentConfig
 from securefrl.envs import draw_client_envs
@@ -86,21 +86,30 @@ class SharedBatch:
     terminated: np.ndarray
 
 
+def _actor_critic(agent: Any) -> bool:
+    """True for an ``actor_critic`` agent (PPO's loss), False for a ``q_learning`` one (TD loss); else refused."""
+    caps = agent.capabilities
+    if "actor_critic" not in caps and "q_learning" not in caps:
+        raise ConfigError("agent.name", "gradient sharing supports ppo and dqn (agents declaring actor_critic or "
+                          f"q_learning), got {agent.name!r}")
+    return "actor_critic" in caps
+
+
 def _check_agent(agent: Any) -> None:
-    if not isinstance(agent, (PPOAgent, DQNAgent)):
-        raise ConfigError("agent.name", f"gradient sharing supports ppo and dqn agents, got {type(agent).__name__}")
+    _actor_critic(agent)
 
 
 def _policy_action(agent: Any, obs: np.ndarray, rng: np.random.Generator) -> int:
     """The agent's behaviour policy, sampled with ``rng`` (PPO: its softmax policy; DQN: epsilon-greedy)."""
     x = torch.as_tensor(np.asarray(obs, dtype=np.float32).reshape(1, -1))
     with torch.no_grad():
-        if isinstance(agent, PPOAgent):
-            p = torch.softmax(agent.actor(x), dim=-1).numpy().astype(np.float64)[0]
+        if _actor_critic(agent):
+            p = torch.softmax(agent.policy_logits(x), dim=-1).numpy().astype(np.float64)[0]
             return int(rng.choice(len(p), p=p / p.sum()))
-        if rng.random() < agent.epsilon():
-            return int(rng.integers(agent.n_actions))
-        return int(agent.q_net(x).argmax(dim=1)[0])
+        q = agent.q_values(x)
+        if rng.random() < agent.exploration_rate():
+            return int(rng.integers(q.shape[-1]))
+        return int(q.argmax(dim=1)[0])
 
 
 def collect_batch(agent: Any, env: Any, batch_size: int, rng: np.random.Generator, warmup_max: int = 50) -> SharedBatch:
@@ -136,14 +145,13 @@ def batch_gradient(agent: Any, batch: SharedBatch) -> np.ndarray:
     its critic (the rollout's ``logprobs``/``values`` are the current ones, so the ratio is 1, as in the
     first minibatch of an epoch). DQN: :meth:`DQNAgent.compute_loss` (Huber TD loss).
     """
-    _check_agent(agent)
     obs = torch.from_numpy(batch.obs)
     actions = torch.from_numpy(batch.actions)
-    if isinstance(agent, PPOAgent):
+    if _actor_critic(agent):
         with torch.no_grad():
-            logp = torch.log_softmax(agent.actor(obs), dim=-1).gather(1, actions.view(-1, 1)).squeeze(1)
-            values = agent.critic(obs).squeeze(1)
-            next_v = agent.critic(torch.from_numpy(batch.next_obs)).squeeze(1)
+            logp = torch.log_softmax(agent.policy_logits(obs), dim=-1).gather(1, actions.view(-1, 1)).squeeze(1)
+            values = agent.state_values(obs)
+            next_v = agent.state_values(torch.from_numpy(batch.next_obs))
             returns = torch.from_numpy(batch.rewards) + agent.config.gamma * (
                 1.0 - torch.from_numpy(batch.terminated)) * next_v
         mb = {"obs": obs, "actions": actions, "logprobs": logp, "advantages": returns - values, "returns": returns,
@@ -270,9 +278,9 @@ def _loss_model(agent: Any, x: torch.Tensor, action_logits: torch.Tensor, signal
     ``signal[:, 0]``. With one-hot actions and the true signals it reproduces the client's gradient.
     """
     soft = torch.softmax(action_logits, dim=-1)
-    if isinstance(agent, PPOAgent):
+    if _actor_critic(agent):
         cfg = agent.config
-        logp_all = torch.log_softmax(agent.actor(x), dim=-1)
+        logp_all = torch.log_softmax(agent.policy_logits(x), dim=-1)
         logp = (soft * logp_all).sum(dim=1)
         ratio = torch.exp(logp - logp.detach())
         adv = signal[:, 0]
@@ -280,10 +288,10 @@ def _loss_model(agent: Any, x: torch.Tensor, action_logits: torch.Tensor, signal
             adv = (adv - adv.mean()) / (adv.std() + 1e-8)
         pg = (-adv * ratio).mean()
         entropy = -(logp_all.exp() * logp_all).sum(dim=1).mean()
-        v = agent.critic(x).squeeze(1)
+        v = agent.state_values(x)
         v_loss = 0.5 * ((v - signal[:, 1]) ** 2).mean()
         return pg - cfg.ent_coef * entropy + cfg.vf_coef * v_loss
-    q = (soft * agent.q_net(x)).sum(dim=1)
+    q = (soft * agent.q_values(x)).sum(dim=1)
     return torch.nn.functional.smooth_l1_loss(q, signal[:, 0])
 
 
@@ -304,7 +312,9 @@ def dlg_reconstruct(update: np.ndarray, model: np.ndarray, template: Any, batch_
     if not torch.isfinite(target).all() or float(target.norm()) == 0.0:
         raise AttackError("the update is zero or non-finite: nothing to match")
     d = len(prior_mean)
-    n_actions = template.n_actions
+    with torch.no_grad():  # the discrete action count, read off the network the agent exposes
+        head = template.policy_logits if _actor_critic(template) else template.q_values
+        n_actions = int(head(torch.zeros(1, d)).shape[-1])
     mean = torch.as_tensor(prior_mean, dtype=torch.float32)
     std = torch.as_tensor(np.maximum(prior_std, 1e-3), dtype=torch.float32)
     best: tuple[float, np.ndarray] | None = None

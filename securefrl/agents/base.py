@@ -40,8 +40,9 @@ def frozen(agent: Agent, names: Sequence[str]) -> Iterator[None]:
 class Agent(ABC):
     """Base class of DQN, PPO and SAC agents.
 
-    Subclasses implement :meth:`federated_parameters` (the tensors that travel),
-    :meth:`learn`, :meth:`act`, :meth:`state_dict` and :meth:`load_state_dict`.
+    Subclasses implement :meth:`federated_parameters` (the tensors that travel), :meth:`learn`,
+    :meth:`act` and :meth:`reseed`, and declare what a checkpoint holds (:attr:`checkpointed`,
+    :attr:`counters`); :meth:`state_dict` / :meth:`load_state_dict` are shared.
     """
 
     name: str = "abstract"
@@ -50,6 +51,8 @@ class Agent(ABC):
     supports_proximal: bool = False
     """True if every gradient step of :meth:`learn` adds :meth:`proximal_loss` (DQN and PPO)."""
     _proximal: tuple[float, list[torch.Tensor]] | None = None
+    config: Any
+    """The agent's hyperparameter dataclass (the registry entry's ``config``)."""
     optimizer: torch.optim.Optimizer
     """The optimizer of the local training steps (agents with networks; personalization adds parameter groups)."""
     dpsgd: Any = None
@@ -75,17 +78,61 @@ class Agent(ABC):
         federated rounds, and :meth:`state_dict` carries their state so a checkpoint continues them exactly.
         """
 
-    @abstractmethod
+    # --- checkpoints: one mechanism for every agent, driven by what it declares ----------------
+    checkpointed: ClassVar[tuple[str, ...]] = ()
+    """Attributes :meth:`state_dict` saves under their own names, in order: networks, target networks,
+    optimizers, replay buffers (anything with ``state_dict``/``load_state_dict``) and bare tensors (e.g. a
+    learned temperature). The action/minibatch streams (``streams``), the environment pool (``pool``) and
+    the record-level DP-SGD engine (``dpsgd``) are saved by every agent that has them."""
+    counters: ClassVar[dict[str, str]] = {"num_timesteps": "num_timesteps", "num_updates": "num_updates"}
+    """Checkpoint key -> integer attribute (step and update counters the schedules read)."""
+
     def state_dict(self) -> dict[str, Any]:
-        """Everything needed to continue training exactly (nets, optimizers, buffers, counters).
+        """Everything needed to continue training exactly (nets, optimizers, buffers, counters, streams, envs).
 
         Values are tensors, numpy arrays, numbers, strings or nested dicts/lists of them, so a
-        checkpoint loads with ``torch.load(weights_only=True)``.
+        checkpoint loads with ``torch.load(weights_only=True)``. Built from :attr:`checkpointed` and
+        :attr:`counters`; an agent declares what it holds rather than writing its own.
         """
+        from securefrl.agents.common import config_state
 
-    @abstractmethod
+        state: dict[str, Any] = {"algo": self.name, "config": config_state(self.config)}
+        for key in self.checkpointed:
+            part = getattr(self, key)
+            state[key] = part.detach().clone() if isinstance(part, torch.Tensor) else part.state_dict()
+        state["counters"] = {key: int(getattr(self, attr)) for key, attr in self.counters.items()}
+        if hasattr(self, "streams"):
+            state["rng"] = self.streams.state_dict()
+        if hasattr(self, "pool"):
+            state["envs"] = self.pool.state_dict()
+        state["dpsgd"] = self.dpsgd.state_dict() if self.dpsgd is not None else None
+        return state
+
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore what :meth:`state_dict` returned."""
+        """Restore what :meth:`state_dict` returned; refuses another agent's or another config's checkpoint."""
+        from securefrl.agents.common import check_checkpoint, load_envs
+
+        check_checkpoint(state, self.name, self.config)
+        if (self.dpsgd is None) != (state.get("dpsgd") is None):
+            raise ValueError("checkpoint and agent differ in record-level DP-SGD (on in one, off in the other)")
+        missing = [k for k in (*self.checkpointed, "counters") if k not in state]
+        if missing:
+            raise ValueError(f"checkpoint lacks {missing}; it was not written by this agent's state_dict")
+        if self.dpsgd is not None:
+            self.dpsgd.load_state_dict(state["dpsgd"])
+        for key in self.checkpointed:
+            part = getattr(self, key)
+            if isinstance(part, torch.Tensor):
+                with torch.no_grad():
+                    part.copy_(state[key])
+            else:
+                part.load_state_dict(state[key])
+        for key, attr in self.counters.items():
+            setattr(self, attr, int(state["counters"][key]))
+        if hasattr(self, "streams"):
+            self.streams.load_state_dict(state["rng"])
+        if hasattr(self, "pool"):
+            load_envs(self.pool, state)
 
     def networks(self) -> dict[str, torch.nn.Module]:
         """Attribute name -> trained network, in a fixed order (what personalization extends, DP-SGD wraps)."""
@@ -102,6 +149,28 @@ class Agent(ABC):
         if "dpsgd" not in self.capabilities:
             raise ConfigError("privacy.dpsgd", f"agent {self.name!r} does not implement record-level DP-SGD")
         return self.networks()
+
+    # --- what attacks and analyses read, declared by capability ---------------------------
+    # ``actor_critic``: a softmax policy over discrete actions and a state-value critic
+    # (:meth:`policy_logits`, :meth:`state_values`), trained by PPO's loss (``compute_loss`` on a PPO
+    # minibatch; ``config`` carries ``gamma``, ``gae_lambda``, ``norm_adv``, ``ent_coef``, ``vf_coef``).
+    # ``q_learning``: action values (:meth:`q_values`), an epsilon-greedy behaviour policy
+    # (:meth:`exploration_rate`), trained by a TD loss (``compute_loss`` on a replay batch; ``config.gamma``).
+    def policy_logits(self, obs: torch.Tensor) -> torch.Tensor:
+        """Action logits ``(n, actions)`` of the policy for a batch of observations (capability ``actor_critic``)."""
+        raise ConfigError("agent.name", f"agent {self.name!r} does not declare actor_critic (no policy logits)")
+
+    def state_values(self, obs: torch.Tensor) -> torch.Tensor:
+        """Critic values ``(n,)`` for a batch of observations (capability ``actor_critic``)."""
+        raise ConfigError("agent.name", f"agent {self.name!r} does not declare actor_critic (no state values)")
+
+    def q_values(self, obs: torch.Tensor) -> torch.Tensor:
+        """Action values ``(n, actions)`` for a batch of observations (capability ``q_learning``)."""
+        raise ConfigError("agent.name", f"agent {self.name!r} does not declare q_learning (no action values)")
+
+    def exploration_rate(self) -> float:
+        """Probability of a uniformly random action in the behaviour policy now (``q_learning``: epsilon)."""
+        return 0.0
 
     def after_set_parameters(self) -> None:  # noqa: B027
         """Hook run after new federated parameters are loaded (e.g. sync a target network)."""

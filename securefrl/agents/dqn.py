@@ -8,7 +8,7 @@ Stable-Baselines3 zoo settings for CartPole, which keeps per-step overhead low.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import ClassVar
 
 import gymnasium as gym
 import numpy as np
@@ -18,12 +18,9 @@ import torch.nn.functional as F
 from securefrl.agents.base import Agent, EnvFn
 from securefrl.agents.common import (
     Streams,
-    check_checkpoint,
-    config_state,
     episode_stats,
     flat_gradient,
     init_generator,
-    load_envs,
     load_flat,
     obs_dim_of,
 )
@@ -39,7 +36,9 @@ class DQNAgent(Agent):
     """DQN for discrete action spaces; ``federated_parameters`` is the online Q-network."""
 
     name = "dqn"
-    capabilities = frozenset({"proximal", "freeze", "embedding", "dpsgd", "discrete", "gradient"})
+    capabilities = frozenset({"proximal", "freeze", "embedding", "dpsgd", "discrete", "q_learning", "gradient"})
+    checkpointed = ("q_net", "target_net", "optimizer", "replay")
+    counters: ClassVar[dict[str, str]] = {**Agent.counters, "since_train": "_since_train"}
     supports_proximal = True
 
     def __init__(self, env_fn: EnvFn, config: DQNConfig | None = None, seed: int = 0) -> None:
@@ -87,6 +86,12 @@ class DQNAgent(Agent):
             return cfg.exploration_final_eps
         frac = min(1.0, self.num_timesteps / cfg.exploration_steps)
         return cfg.exploration_initial_eps + frac * (cfg.exploration_final_eps - cfg.exploration_initial_eps)
+
+    def exploration_rate(self) -> float:
+        return self.epsilon()
+
+    def q_values(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.q_net(obs)
 
     @torch.no_grad()
     def _greedy(self, obs: np.ndarray) -> np.ndarray:
@@ -238,35 +243,3 @@ class DQNAgent(Agent):
         stats = self._learn_stats(done, [])
         stats["loss"] = float(np.mean(losses)) if losses else float("nan")
         return stats
-
-    # --- checkpoints ----------------------------------------------------------------------
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "algo": self.name,
-            "config": config_state(self.config),
-            "q_net": self.q_net.state_dict(),
-            "target_net": self.target_net.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "replay": self.replay.state_dict(),
-            "counters": {"num_timesteps": self.num_timesteps, "num_updates": self.num_updates,
-                         "since_train": self._since_train},
-            "rng": self.streams.state_dict(),
-            "envs": self.pool.state_dict(),
-            "dpsgd": self.dpsgd.state_dict() if self.dpsgd is not None else None,
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        check_checkpoint(state, self.name, self.config)
-        if (self.dpsgd is None) != (state.get("dpsgd") is None):
-            raise ValueError("checkpoint and agent differ in record-level DP-SGD (on in one, off in the other)")
-        if self.dpsgd is not None:
-            self.dpsgd.load_state_dict(state["dpsgd"])
-        self.q_net.load_state_dict(state["q_net"])
-        self.target_net.load_state_dict(state["target_net"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.replay.load_state_dict(state["replay"])
-        c = state["counters"]
-        self.num_timesteps, self.num_updates, self._since_train = (
-            int(c["num_timesteps"]), int(c["num_updates"]), int(c["since_train"]))
-        self.streams.load_state_dict(state["rng"])
-        load_envs(self.pool, state)

@@ -10,8 +10,6 @@ annealing; time-limit truncations bootstrap from the critic (Pardo et al. 2018).
 
 from __future__ import annotations
 
-from typing import Any
-
 import gymnasium as gym
 import numpy as np
 import torch
@@ -19,12 +17,9 @@ import torch
 from securefrl.agents.base import Agent, EnvFn
 from securefrl.agents.common import (
     Streams,
-    check_checkpoint,
-    config_state,
     episode_stats,
     flat_gradient,
     init_generator,
-    load_envs,
     load_flat,
     obs_dim_of,
 )
@@ -107,7 +102,9 @@ class PPOAgent(Agent):
     """
 
     name = "ppo"
-    capabilities = frozenset({"proximal", "freeze", "embedding", "dpsgd", "batched", "discrete", "gradient", "policy"})
+    capabilities = frozenset({"proximal", "freeze", "embedding", "dpsgd", "batched", "discrete", "actor_critic",
+                              "gradient", "policy"})
+    checkpointed = ("actor", "critic", "optimizer")
     supports_proximal = True
 
     def __init__(self, env_fn: EnvFn, config: PPOConfig | None = None, seed: int = 0) -> None:
@@ -143,6 +140,12 @@ class PPOAgent(Agent):
 
     def networks(self) -> dict[str, torch.nn.Module]:
         return {"actor": self.actor, "critic": self.critic}
+
+    def policy_logits(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.actor(obs)
+
+    def state_values(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.critic(obs).squeeze(-1)
 
     def reseed(self, seed: int) -> None:
         """New action/minibatch streams from ``seed``; the environments continue their episodes."""
@@ -362,31 +365,3 @@ class PPOAgent(Agent):
             out.update({k: float(np.mean([i[k] for i in infos])) for k in infos[-1]})
         out.update(getattr(self, "_grad_stats", {}))
         return out
-
-    # --- checkpoints ----------------------------------------------------------------------
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "algo": self.name,
-            "config": config_state(self.config),
-            "actor": self.actor.state_dict(),
-            "critic": self.critic.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "counters": {"num_timesteps": self.num_timesteps, "num_updates": self.num_updates},
-            "rng": self.streams.state_dict(),
-            "envs": self.pool.state_dict(),
-            "dpsgd": self.dpsgd.state_dict() if self.dpsgd is not None else None,
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        check_checkpoint(state, self.name, self.config)
-        if (self.dpsgd is None) != (state.get("dpsgd") is None):
-            raise ValueError("checkpoint and agent differ in record-level DP-SGD (on in one, off in the other)")
-        if self.dpsgd is not None:
-            self.dpsgd.load_state_dict(state["dpsgd"])
-        self.actor.load_state_dict(state["actor"])
-        self.critic.load_state_dict(state["critic"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        c = state["counters"]
-        self.num_timesteps, self.num_updates = int(c["num_timesteps"]), int(c["num_updates"])
-        self.streams.load_state_dict(state["rng"])
-        load_envs(self.pool, state)

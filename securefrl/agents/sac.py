@@ -10,7 +10,7 @@ squashed [-1, 1] space and rescaled to the environment's bounds when stepping.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import ClassVar
 
 import gymnasium as gym
 import numpy as np
@@ -20,11 +20,8 @@ import torch.nn.functional as F
 from securefrl.agents.base import Agent, EnvFn
 from securefrl.agents.common import (
     Streams,
-    check_checkpoint,
-    config_state,
     episode_stats,
     init_generator,
-    load_envs,
     obs_dim_of,
 )
 from securefrl.agents.configs import SACConfig
@@ -44,6 +41,9 @@ class SACAgent(Agent):
 
     name = "sac"
     capabilities = frozenset({"continuous"})
+    checkpointed = ("actor", "q1", "q2", "q1_target", "q2_target", "log_alpha", "actor_optimizer", "critic_optimizer",
+                    "alpha_optimizer", "replay")
+    counters: ClassVar[dict[str, str]] = {**Agent.counters, "since_train": "_since_train"}
 
     def __init__(self, env_fn: EnvFn, config: SACConfig | None = None, seed: int = 0) -> None:
         self.config = cfg = config if config is not None else SACConfig()
@@ -191,38 +191,3 @@ class SACAgent(Agent):
         if infos:
             stats.update({k: float(np.mean([i[k] for i in infos])) for k in infos[-1]})
         return stats
-
-    # --- checkpoints ----------------------------------------------------------------------
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "algo": self.name,
-            "config": config_state(self.config),
-            "actor": self.actor.state_dict(),
-            "q1": self.q1.state_dict(), "q2": self.q2.state_dict(),
-            "q1_target": self.q1_target.state_dict(), "q2_target": self.q2_target.state_dict(),
-            "log_alpha": self.log_alpha.detach().clone(),
-            "actor_optimizer": self.actor_optimizer.state_dict(),
-            "critic_optimizer": self.critic_optimizer.state_dict(),
-            "alpha_optimizer": self.alpha_optimizer.state_dict(),
-            "replay": self.replay.state_dict(),
-            "counters": {"num_timesteps": self.num_timesteps, "num_updates": self.num_updates,
-                         "since_train": self._since_train},
-            "rng": self.streams.state_dict(),
-            "envs": self.pool.state_dict(),
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        check_checkpoint(state, self.name, self.config)
-        for key in ("actor", "q1", "q2", "q1_target", "q2_target"):
-            getattr(self, key).load_state_dict(state[key])
-        with torch.no_grad():
-            self.log_alpha.copy_(state["log_alpha"])
-        self.actor_optimizer.load_state_dict(state["actor_optimizer"])
-        self.critic_optimizer.load_state_dict(state["critic_optimizer"])
-        self.alpha_optimizer.load_state_dict(state["alpha_optimizer"])
-        self.replay.load_state_dict(state["replay"])
-        c = state["counters"]
-        self.num_timesteps, self.num_updates, self._since_train = (
-            int(c["num_timesteps"]), int(c["num_updates"]), int(c["since_train"]))
-        self.streams.load_state_dict(state["rng"])
-        load_envs(self.pool, state)

@@ -43,6 +43,7 @@ def write_app(cfg: ExperimentConfig, out: str | Path, results_dir: str | Path | 
     server. The ``.key`` files are not part of the Flower app bundle (FAB).
     """
     common.check_supported(cfg)
+    common.make_dp(cfg)  # DP settings (survivors, colluders, noise) are refused here, not at the first round
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     enrolment = ""
@@ -86,12 +87,22 @@ def _cmd(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.set)
     out = write_app(cfg, args.out, args.results_dir, args.round_timeout, args.connect_timeout)
     n = cfg.federation.n_clients
-    print(f"wrote Flower app for {cfg.name!r} ({n} clients) to {out}\n"
-          f"simulation:  flwr run {out}   (a local superlink with options.num-supernodes = {n})\n"
-          f"deployment:  flower-superlink --insecure; then per client i in 0..{n - 1}:\n"
-          f"             flower-supernode --insecure --superlink 127.0.0.1:9092 "
-          "--clientappio-api-address 127.0.0.1:<port_i> --node-config 'partition-id=i'\n"
-          f"             flwr run {out} <connection>")
+    print(f"wrote Flower app for {cfg.name!r} ({n} clients) to {out}")
+    print(f"simulation:  flwr run {out} <connection with options.num-supernodes = {n}>")
+    if args.tls is not None:
+        from securefrl.flower.tls import write_tls_files
+
+        tls = write_tls_files(args.tls)
+        print(f"TLS:         throwaway CA and SuperLink certificate for localhost in {Path(args.tls).resolve()}\n"
+              f"deployment:  flower-superlink --ssl-ca-certfile {tls.ca} --ssl-certfile {tls.cert} "
+              f"--ssl-keyfile {tls.key}\n"
+              f"             per client i in 0..{n - 1}: flower-supernode --root-certificates {tls.ca} "
+              "--superlink 127.0.0.1:8000 --port <9100+i> --node-config 'partition-id=i'\n"
+              f"             connection: address = \"127.0.0.1:8000\", root-certificates = \"{tls.ca}\"")
+    else:
+        print("deployment:  with TLS: add --tls DIR for a throwaway CA (see README); for local testing only, "
+              "--insecure on flower-superlink and flower-supernode")
+    print(f"             flwr run {out} <connection> --stream")
     return 0
 
 
@@ -104,4 +115,6 @@ def register(sub: Any) -> None:
     p.add_argument("--results-dir", default=None, help="where the ServerApp writes results (default output_dir)")
     p.add_argument("--round-timeout", type=float, default=600.0, help="seconds the server waits for replies")
     p.add_argument("--connect-timeout", type=float, default=120.0, help="seconds the server waits for SuperNodes")
+    p.add_argument("--tls", default=None, metavar="DIR", help="also write a throwaway CA and a SuperLink "
+                   "certificate for localhost (ca.crt, server.pem, server.key) into DIR")
     p.set_defaults(func=_cmd)

@@ -18,22 +18,29 @@ dropout from this client's point of view).
 from __future__ import annotations
 
 import io
+import json
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
-from securefrl.agents import make_agent
-from securefrl.agents.base import Agent
 from securefrl.config import ExperimentConfig
 from securefrl.envs import EnvSpec, draw_client_envs
 from securefrl.errors import ConfigError, UpdateRejectedError
-from securefrl.federation import _to_numpy, _to_torch
 from securefrl.flower import common
 from securefrl.protocol_factory import make_protocol
 from securefrl.seeding import derive_rng, derive_seed
 from securefrl.transforms import UpdateTransform, chain, check_finite, clip_by_l2_norm, identity
+
+if TYPE_CHECKING:
+    from securefrl.agents.base import Agent
+
+# torch, the agents and the DP accountant are imported inside the functions that need them: Flower starts a
+# ClientApp process per message, and the protocol-stage messages (hello, SecAgg+ and CKKS round-trips) then
+# start in a few seconds instead of paying torch's import.
+
+#: context.state record caching what a node derives from the config once (model length, protocol parameters).
+STATIC = "securefrl-static"
 
 
 def client_specs(cfg: ExperimentConfig) -> list[EnvSpec]:
@@ -50,11 +57,17 @@ def client_specs(cfg: ExperimentConfig) -> list[EnvSpec]:
 
 def initial_global_params(cfg: ExperimentConfig, specs: list[EnvSpec]) -> np.ndarray:
     """The first global model, drawn from the same stream as the in-process federation's."""
+    from securefrl.agents import make_agent
+
     agent = make_agent(cfg.agent.name, specs[0].make, cfg.agent_config(), seed=derive_seed(cfg.seed, "global-init"))
     return agent.get_flat()
 
 
 def make_pipeline(cfg: ExperimentConfig) -> UpdateTransform:
+    """The client's update pipeline, as in-process: the DP clip-and-noise chain under DP, else the plain clip."""
+    dp = common.make_dp(cfg)
+    if dp is not None:
+        return dp.pipeline()
     fed = cfg.federation
     return chain(clip_by_l2_norm(fed.clip_norm)) if fed.clip_norm > 0 else identity()
 
@@ -71,9 +84,16 @@ class LocalClient:
     pipeline: UpdateTransform
     pipeline_state: Any
     env_steps: int
+    tuned: np.ndarray | None = None
+    """``finetune``: the model this client deploys (its last locally trained one; the initial model before)."""
 
     @classmethod
     def build(cls, cfg: ExperimentConfig, cid: int, saved: bytes | None) -> LocalClient:
+        import torch
+
+        from securefrl.agents import make_agent
+        from securefrl.federation import _to_numpy
+
         if not 0 <= cid < cfg.federation.n_clients:
             raise ConfigError(common.PARTITION_KEY, f"client id {cid} is not in [0, {cfg.federation.n_clients})")
         torch.set_num_threads(1)  # as the in-process federation: tiny networks
@@ -86,17 +106,29 @@ class LocalClient:
             dim = agent.get_flat().shape[0]
             client.pipeline_state = pipeline.init(dim)
             agent.set_flat(initial_global_params(cfg, specs))
+            if cfg.personalization.method == "finetune":
+                client.tuned = agent.get_flat().copy()
         else:
             state = torch.load(io.BytesIO(saved), weights_only=True)
             agent.load_state_dict(state["agent"])
             client.env_steps = int(state["env_steps"])
             client.pipeline_state = _to_numpy(state["pipeline"])
+            client.tuned = state["tuned"].numpy() if state.get("tuned") is not None else None
         return client
 
+    @property
+    def malicious(self) -> bool:
+        return self.cid in common.malicious_ids(self.cfg)
+
     def dump(self) -> bytes:
+        import torch
+
+        from securefrl.federation import _to_torch
+
         buf = io.BytesIO()
         torch.save({"agent": self.agent.state_dict(), "env_steps": self.env_steps,
-                    "pipeline": _to_torch(self.pipeline_state)}, buf)
+                    "pipeline": _to_torch(self.pipeline_state),
+                    "tuned": torch.from_numpy(self.tuned.copy()) if self.tuned is not None else None}, buf)
         return buf.getvalue()
 
     def evaluate(self, round_id: int, tag: str) -> float:
@@ -104,6 +136,19 @@ class LocalClient:
         episodes = self.cfg.federation.eval_episodes
         seed = derive_seed(self.cfg.seed, "eval", tag, round_id, self.cid) % (2**31)
         return float(np.mean(self.agent.evaluate(self.eval_env, episodes, seed)))
+
+    def craft(self, round_id: int, delta: np.ndarray) -> np.ndarray:
+        """A malicious client's poisoned update, crafted from its own update alone (no other client's).
+
+        In-process the malicious clients of a round craft jointly with one stream; here each crafts alone, so a
+        randomised attack equals the in-process run when one malicious client is sampled (a Flower client has
+        no channel to its accomplices).
+        """
+        from securefrl.behaviour import make_behaviour
+
+        behaviour = make_behaviour(self.cfg.attack.name, **self.cfg.attack.params)
+        crafted = behaviour.craft(delta[None, :], None, derive_rng(self.cfg.seed, "attack", round_id))
+        return np.asarray(crafted[0], dtype=np.float64)
 
     def train(self, round_id: int, global_params: np.ndarray) -> tuple[np.ndarray | None, dict[str, Any]]:
         """Local training, local evaluation and the update pipeline; the update to protect (None if rejected)."""
@@ -113,9 +158,14 @@ class LocalClient:
         self.agent.reseed(derive_seed(cfg.seed, "train", round_id, self.cid) % (2**31))
         stats = self.agent.learn(fed.local_steps)
         self.env_steps += fed.local_steps
-        delta = self.agent.get_flat().astype(np.float64) - global_params.astype(np.float64)
+        trained = self.agent.get_flat()
+        if self.tuned is not None:  # finetune: the client deploys what it just trained
+            self.tuned = trained.copy()
+        delta = trained.astype(np.float64) - global_params.astype(np.float64)
         row: dict[str, Any] = {"train_" + k: float(v) for k, v in stats.items()}
         row["return_local"] = self.evaluate(round_id, "local")
+        if self.malicious:  # as in-process: the attack replaces the update before the pipeline
+            delta = self.craft(round_id, delta)
         try:
             update, self.pipeline_state = self.pipeline.update(check_finite(delta), self.pipeline_state,
                                                                derive_rng(cfg.seed, "pipeline", round_id, self.cid))
@@ -128,7 +178,8 @@ class LocalClient:
     def protect_plain(self, round_id: int, update: np.ndarray) -> bytes:
         """The protocol's client role for one-shot protocols (plaintext): ``protect`` with the public weight 1."""
         fed = self.cfg.federation
-        protocol = make_protocol(self.cfg.protocol.name, update.shape[0], fed.n_clients, self.cfg.protocol.params)
+        protocol = make_protocol(self.cfg.protocol.name, update.shape[0], fed.n_clients,
+                                 common.protocol_params(self.cfg, None))
         return protocol.protect(self.cid, round_id, update, 1.0)
 
 
@@ -197,10 +248,9 @@ class _SecAggRole:
             raise ConfigError(common.IDENTITY_KEY, "secagg clients need their identity key and the registry: start "
                               "the SuperNode with --node-config \"identity-key='...' registry='...'\"")
         identity, registry = secagg_state.read_identity(key), secagg_state.read_registry(reg)
-        specs = client_specs(cfg)
-        dim = make_agent(cfg.agent.name, specs[cid].make, cfg.agent_config(), seed=0).get_flat().shape[0]
+        dim, protocol_params = _static(context, cfg, cid)
         params = SecAggProtocol(dim, cfg.federation.n_clients, registry=registry, identities={cid: identity},
-                                **cfg.protocol.params).params
+                                **protocol_params).params
         return params, identity, registry
 
     @classmethod
@@ -241,10 +291,28 @@ class _SecAggRole:
             {"client": secagg_state.dump(self.client, self.roster, self.book)})
 
 
-def _dim(cfg: ExperimentConfig, cid: int) -> int:
-    """Length of the flat model (the protocols' vector length)."""
+def _static(context: Any, cfg: ExperimentConfig, cid: int) -> tuple[int, dict[str, Any]]:
+    """Length of the flat model (the protocols' vector length) and the protocol's parameters.
+
+    Derived from the config once per node and run (it needs torch, and under DP the accountant), then kept
+    in ``context.state`` so later protocol-stage messages skip those imports.
+    """
+    from flwr.app import ConfigRecord
+
+    record = context.state.config_records.get(STATIC)
+    if record is not None:
+        return int(record["dim"]), dict(json.loads(str(record["params"])))
+    from securefrl.agents import make_agent
+
     spec = client_specs(cfg)[cid]
-    return int(make_agent(cfg.agent.name, spec.make, cfg.agent_config(), seed=0).get_flat().shape[0])
+    dim = int(make_agent(cfg.agent.name, spec.make, cfg.agent_config(), seed=0).get_flat().shape[0])
+    params = common.protocol_params(cfg, common.make_dp(cfg))
+    context.state.config_records[STATIC] = ConfigRecord({"dim": dim, "params": json.dumps(params)})
+    return dim, params
+
+
+def _dim(context: Any, cfg: ExperimentConfig, cid: int) -> int:
+    return _static(context, cfg, cid)[0]
 
 
 def _ckks_load(context: Any, cfg: ExperimentConfig, cid: int, round_id: int | None) -> tuple[Any, Any]:
@@ -255,7 +323,7 @@ def _ckks_load(context: Any, cfg: ExperimentConfig, cid: int, round_id: int | No
     config = context.state.config_records.get(ckks_roles.STATE_CONFIG)
     if arrays is None or config is None:
         raise common.MalformedReplyError("this client holds no CKKS keys (enrolment did not run)")
-    setup = ckks_roles.CKKSSetup(cfg, _dim(cfg, cid))
+    setup = ckks_roles.CKKSSetup(cfg, _dim(context, cfg, cid))
     client, _ = ckks_roles.load_client(setup, cid, arrays, config)
     if round_id is not None and round_id > client._round:  # as CKKSProtocol.begin_round for every client
         client.begin_round(round_id)
@@ -358,7 +426,7 @@ def build_client_app(cfg: ExperimentConfig | None = None, mods: list[Any] | None
             cid = _client_id(context)
             round_id = _round_of(message)
             if step == "enrol":
-                setup = ckks_roles.CKKSSetup(config, _dim(config, cid))
+                setup = ckks_roles.CKKSSetup(config, _dim(context, config, cid))
                 ckks = CKKSClient(cid, setup.params, setup.dim, setup.client_rng(cid))
                 _ckks_save(context, ckks, None)
                 return _reply(message, {"client": cid, "payload": ckks_roles.encode_roster({cid: ckks.enrolment})[4:]})
@@ -395,8 +463,12 @@ def build_client_app(cfg: ExperimentConfig | None = None, mods: list[Any] | None
         _, client = _load(context, cfg)
         round_id = _round_of(message)
         client.agent.set_flat(common.global_params_from(message.content, client.agent.get_flat().shape[0]))
-        return _reply(message, {"client": client.cid, "return_global": client.evaluate(round_id, "global"),
-                                "env_steps": client.env_steps})
+        fields: dict[str, Any] = {"client": client.cid, "return_global": client.evaluate(round_id, "global"),
+                                  "env_steps": client.env_steps}
+        if client.tuned is not None:  # finetune: the model this client deploys, evaluated as in-process
+            client.agent.set_flat(client.tuned)
+            fields["return_personal"] = client.evaluate(round_id, "personal")
+        return _reply(message, fields)
 
     return app
 

@@ -17,6 +17,7 @@ import numpy as np
 from securefrl.config import ExperimentConfig
 from securefrl.configtools import from_dict
 from securefrl.errors import ConfigError, SecureFRLError
+from securefrl.seeding import derive_rng, sample_clients
 
 #: Run-config key holding the experiment config (JSON of ``ExperimentConfig.to_dict()``).
 RUN_CONFIG_KEY = "experiment"
@@ -57,13 +58,24 @@ SECAGG_STATE = "securefrl-secagg"
 #: Largest reply payload accepted from one client before it is parsed (the protocol checks exactly).
 MAX_PAYLOAD_BYTES = 1 << 28
 
-#: Features of an experiment config the Flower apps run; anything else is refused up front.
-_SUPPORTED = ("protocol plaintext, secagg or threshold ckks, aggregator fedavg or a robust rule, no DP, no attack, "
-              "no personalization")
+#: What the Flower apps run of an experiment config (anything else is refused up front, naming the field).
+SUPPORTED = ("protocol plaintext, secagg or threshold ckks; aggregator fedavg or a robust rule; client-level DP "
+             "(placement local, distributed or central, fixed clip); update attacks that need no other client's "
+             "update; personalization none or finetune; simulation loop")
+#: Personalization methods a ClientApp runs: none needs nothing, finetune only the client's own trained model.
+FLOWER_PERSONALIZATION = ("none", "finetune")
 
 
 class MalformedReplyError(SecureFRLError, ValueError):
     """A client's reply is not what the stage expects (missing record, wrong type, oversized, wrong sender)."""
+
+
+class UnsupportedOnFlowerError(ConfigError):
+    """The experiment asks for something the Flower apps do not run (``field`` names it); it runs in-process."""
+
+    def __init__(self, field: str, what: str) -> None:
+        super().__init__(field, f"{what}; the Flower apps run {SUPPORTED}. Run this config in-process "
+                                "(securefrl run) instead")
 
 
 def config_to_json(cfg: ExperimentConfig) -> str:
@@ -82,18 +94,71 @@ def config_from_run_config(run_config: dict[str, Any]) -> ExperimentConfig:
 
 
 def check_supported(cfg: ExperimentConfig) -> None:
-    """Refuse configs the Flower apps do not (yet) run, naming the field, instead of silently diverging."""
+    """Refuse configs the Flower apps do not (yet) run, naming the field, instead of silently diverging.
+
+    Honoured: client-level DP with a fixed clip (the noise is added where the placement says -- by each
+    ClientApp for local/distributed, by the ServerApp for central -- and the ServerApp keeps the accountant);
+    update attacks that are not omniscient (a malicious ClientApp crafts its own update from its own update
+    alone); ``finetune``. Refused, with why: whatever needs state the ClientApp cannot keep per message, or
+    another client's update.
+    """
     if cfg.protocol.name not in ("plaintext", "secagg", "ckks"):
-        raise ConfigError("protocol.name", f"the Flower apps run {_SUPPORTED}; protocol {cfg.protocol.name!r} runs "
-                          "in-process (securefrl run)")
-    if cfg.privacy.placement != "none" or cfg.privacy.dpsgd:
-        raise ConfigError("privacy.placement", f"the Flower apps run {_SUPPORTED}")
-    if cfg.attack.name != "none":
-        raise ConfigError("attack.name", f"the Flower apps run {_SUPPORTED}")
-    if cfg.personalization.method != "none":
-        raise ConfigError("personalization.method", f"the Flower apps run {_SUPPORTED}")
+        raise UnsupportedOnFlowerError("protocol.name", f"protocol {cfg.protocol.name!r} is not run on Flower")
     if cfg.federation.simulation != "loop":
-        raise ConfigError("federation.simulation", "the Flower apps train one agent per ClientApp (simulation=loop)")
+        raise UnsupportedOnFlowerError("federation.simulation", "each ClientApp trains one agent (simulation=loop), "
+                                       f"not {cfg.federation.simulation!r}")
+    p = cfg.privacy
+    if p.dpsgd:
+        raise UnsupportedOnFlowerError("privacy.dpsgd", "record-level DP-SGD keeps its noise stream and accountant "
+                                       "in each client's agent across rounds, which a ClientApp rebuilt per message "
+                                       "does not")
+    if p.placement != "none" and p.adaptive_clipping:
+        raise UnsupportedOnFlowerError("privacy.adaptive_clipping", "adaptive clipping needs every client's noisy "
+                                       "clip bit at the server, which the Flower messages do not carry")
+    if cfg.attack.name != "none":
+        from securefrl.behaviour import attack_kind, make_behaviour
+
+        if attack_kind(cfg.attack.name) != "update":
+            raise UnsupportedOnFlowerError("attack.name", f"attack {cfg.attack.name!r} poisons the training "
+                                           "environment, whose random state a ClientApp does not keep across rounds")
+        if getattr(make_behaviour(cfg.attack.name, **cfg.attack.params), "omniscient", False):
+            raise UnsupportedOnFlowerError("attack.name", f"attack {cfg.attack.name!r} is omniscient (it needs the "
+                                           "honest clients' updates of the round), which no Flower client sees")
+    if cfg.personalization.method not in FLOWER_PERSONALIZATION:
+        raise UnsupportedOnFlowerError("personalization.method", f"personalization {cfg.personalization.method!r} "
+                                       "keeps per-client server state or sends part of the model")
+
+
+def malicious_ids(cfg: ExperimentConfig) -> list[int]:
+    """The attack's malicious clients, drawn as :class:`~securefrl.federation.Federation` draws them."""
+    if cfg.attack.name == "none":
+        return []
+    picked = derive_rng(cfg.seed, "malicious").choice(cfg.federation.n_clients, size=cfg.attack.n_malicious,
+                                                      replace=False)
+    return sorted(int(i) for i in picked)
+
+
+def make_dp(cfg: ExperimentConfig) -> Any:
+    """The run's client-level DP (:class:`~securefrl.privacy.federated.ClientLevelDP`), or None without DP."""
+    if cfg.privacy.placement == "none":
+        return None
+    from securefrl.privacy.federated import ClientLevelDP  # deferred: pulls in the accountant
+
+    fed = cfg.federation
+    per_round = len(sample_clients(cfg.seed, 0, fed.n_clients, fed.client_fraction))
+    return ClientLevelDP(cfg.privacy, cfg.protocol.name, fed.n_clients, per_round, fed.rounds)
+
+
+def protocol_params(cfg: ExperimentConfig, dp: Any) -> dict[str, Any]:
+    """The protocol's parameters, as in-process: under DP, a coordinate clip (SecAgg's) leaves room for the noise."""
+    params = dict(cfg.protocol.params)
+    if dp is not None:
+        from securefrl.protocol_factory import PROTOCOLS
+
+        clip_param = PROTOCOLS.get(cfg.protocol.name).coordinate_clip_param
+        if clip_param is not None:
+            params.setdefault(clip_param, dp.required_coordinate_clip())
+    return params
 
 
 def reply_field(content: Any, name: str, kind: type, max_bytes: int = MAX_PAYLOAD_BYTES) -> Any:

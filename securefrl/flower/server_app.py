@@ -30,8 +30,9 @@ from securefrl.errors import ConfigError
 from securefrl.flower import common
 from securefrl.flower.client_app import client_specs, initial_global_params
 from securefrl.protocol_factory import make_protocol
-from securefrl.results import ResultsDir
+from securefrl.results import ResultsDir, new_run_dir, plot_returns
 from securefrl.seeding import derive_rng
+from securefrl.seeding import sample_clients as seeded_sample
 from securefrl.server_opt import ServerOptimizer
 
 #: Per-client row fields a client reports after training (everything else in its reply is ignored).
@@ -40,10 +41,7 @@ _TRAIN_FIELDS = ("return_local", "update_norm", "rejected")
 
 def sample_clients(cfg: ExperimentConfig, round_id: int) -> list[int]:
     """Seeded sampling of ``ceil(fraction * n)`` clients, the stream of :meth:`Federation.sample_clients`."""
-    n = cfg.federation.n_clients
-    k = max(1, int(np.ceil(cfg.federation.client_fraction * n - 1e-9)))
-    rng = derive_rng(cfg.seed, "sample", round_id)
-    return sorted(int(i) for i in rng.choice(n, size=k, replace=False))
+    return seeded_sample(cfg.seed, round_id, cfg.federation.n_clients, cfg.federation.client_fraction)
 
 
 def message_bytes(message: Any) -> int:
@@ -64,6 +62,9 @@ class FlowerServer:
         self.specs = client_specs(cfg)
         self.global_params = initial_global_params(cfg, self.specs)
         self.dim = int(self.global_params.shape[0])
+        self.dp = common.make_dp(cfg)  # the accountant (and central noise) live here, as in-process
+        params = common.protocol_params(cfg, self.dp)
+        self.malicious = common.malicious_ids(cfg)
         if cfg.protocol.name == "secagg":  # the server role, with the registry the clients were enrolled with
             from protocols.secagg import SecAggProtocol
             from securefrl.flower.secagg_state import read_registry
@@ -72,19 +73,23 @@ class FlowerServer:
                 raise ConfigError(common.REGISTRY_KEY, "secagg needs the identity registry of the enrolment "
                                   "(`securefrl flower-app` writes one)")
             self.protocol: Any = SecAggProtocol(self.dim, fed.n_clients, registry=read_registry(registry),
-                                                identities={}, **cfg.protocol.params)
+                                                identities={}, **params)
         elif cfg.protocol.name == "ckks":  # the server role is built at enrolment (it needs the clients' keys)
             from securefrl.flower.ckks_roles import CKKSSetup
 
             self.ckks = CKKSSetup(cfg, self.dim)
             self.protocol = None
         else:
-            self.protocol = make_protocol(cfg.protocol.name, self.dim, fed.n_clients, cfg.protocol.params)
+            self.protocol = make_protocol(cfg.protocol.name, self.dim, fed.n_clients, params)
+        if self.dp is not None and self.protocol is not None:
+            self.dp.check_protocol(self.protocol)
         self.rule = cfg.make_rule()
         self.rule_state: Any = None
         self.server_opt = ServerOptimizer(fed.server_optimizer, fed.server_lr, fed.server_momentum, fed.server_beta2,
                                           fed.server_eps)
-        self.out = ResultsDir(Path(results_dir) / cfg.name)
+        # the layout of `securefrl run`: <results>/<name>/<YYYYmmdd-HHMMSS>/ (a new folder per run)
+        self.path = new_run_dir(Path(results_dir) / cfg.name)
+        self.out = ResultsDir(self.path)
         self.nodes: dict[int, int] = {}  # client id -> Flower node id
         self.env_steps = dict.fromkeys(range(fed.n_clients), 0)
         self.errors: dict[int, str] = {}  # the last error reply of each client (why it dropped out)
@@ -174,7 +179,8 @@ class FlowerServer:
         times = dict.fromkeys(("setup", "train", "protect", "combine", "open", "eval"), 0.0)
         traffic = {"up": 0, "down": 0}
         sampled = sample_clients(cfg, r)
-        rows: dict[int, dict[str, Any]] = {c: {"round": r, "client": c, "sampled": c in sampled, "malicious": False}
+        rows: dict[int, dict[str, Any]] = {c: {"round": r, "client": c, "sampled": c in sampled,
+                                               "malicious": c in self.malicious}
                                            for c in range(cfg.federation.n_clients)}
         aborted: str | None = None
         sent: dict[int, int] = {}  # bytes each client sent this round, every stage
@@ -240,11 +246,12 @@ class FlowerServer:
             for cid, reason in aggregate.rejected.items():
                 rows[cid]["rejected"] = reason
             t0 = time.perf_counter()
-            aborted = self._apply(aggregate, payloads, rows, opened)
+            aborted, dp_metrics = self._apply(aggregate, payloads, rows, opened)
             times["open"] += time.perf_counter() - t0
             extra = {"n_included": 0 if aborted else len(aggregate.included)}
             if not aborted:
                 extra["bytes_down_aggregate"] = len(aggregate.payload)
+                extra.update(dp_metrics)
         t0 = time.perf_counter()
         evals = self._exchange(common.EVALUATE, list(range(cfg.federation.n_clients)), r, True, traffic)
         for cid, content in evals.items():
@@ -253,6 +260,8 @@ class FlowerServer:
                     raise common.MalformedReplyError("reply names another client than the node it came from")
                 rows[cid]["return_global"] = common.reply_field(content, "return_global", float)
                 self.env_steps[cid] = common.reply_field(content, "env_steps", int)
+                if self.personalized:
+                    rows[cid]["return_personal"] = common.reply_field(content, "return_personal", float)
             except common.MalformedReplyError:
                 continue
         for cid, row in rows.items():
@@ -280,6 +289,11 @@ class FlowerServer:
             "flower_bytes_down": traffic["down"],
             "n_evaluated": len(returns),
         }
+        if self.personalized:  # the same summary entries as in-process personalization
+            personal = [row["return_personal"] for row in rows.values() if "return_personal" in row]
+            summary.update(method=cfg.personalization.method,
+                           mean_personal_return=float(np.mean(personal)) if personal else None,
+                           min_personal_return=float(np.min(personal)) if personal else None)
         self.round += 1
         return [rows[c] for c in sorted(rows)], summary
 
@@ -383,16 +397,23 @@ class FlowerServer:
             except ProtocolError:
                 continue  # recorded in server.rejected; the client is a dropout
 
+    @property
+    def personalized(self) -> bool:
+        return self.cfg.personalization.method != "none"
+
     def _apply(self, aggregate: Any, payloads: dict[int, bytes], rows: dict[int, dict[str, Any]],
-               opened: Any = None) -> str | None:
-        """Open (or robustly combine) and take the server optimizer's step; the abort reason, if any."""
+               opened: Any = None) -> tuple[str | None, dict[str, Any]]:
+        """Open (or robustly combine), DP's central noise and accounting, the server optimizer's step.
+
+        Returns the abort reason (if any) and the DP metrics of the round (epsilon etc., empty without DP).
+        """
         if not aggregate.included:
-            return None
+            return None, {}
         if opened is not None:  # CKKS: opened by the decryptors; the same gate as protocols.base.release
             try:
                 mean = release(cast(AggregationProtocol, _Opened(opened)), aggregate).mean
             except ProtocolError as err:
-                return f"open failed: {type(err).__name__}: {err}"
+                return f"open failed: {type(err).__name__}: {err}", {}
         elif self.rule is not None and self.protocol.reveals_individual_updates:
             individual = self.protocol.individual_updates(aggregate.round_id,
                                                           {c: payloads[c] for c in aggregate.included})
@@ -406,9 +427,13 @@ class FlowerServer:
             try:
                 mean = release(self.protocol, aggregate).mean
             except ProtocolError as err:
-                return f"open failed: {type(err).__name__}: {err}"
+                return f"open failed: {type(err).__name__}: {err}", {}
+        metrics: dict[str, Any] = {}
+        if self.dp is not None:  # fixed clip: no clip bits needed (adaptive clipping is refused up front)
+            mean, metrics = self.dp.finish_round(mean, len(aggregate.included), [],
+                                                 derive_rng(self.cfg.seed, "central-noise", aggregate.round_id))
         self.global_params = self.server_opt.step(self.global_params, mean)
-        return None
+        return None, metrics
 
     # -- the whole run --------------------------------------------------------------------------------
     def run(self) -> list[dict[str, Any]]:
@@ -418,21 +443,58 @@ class FlowerServer:
         self.connect()
         if self.cfg.protocol.name == "ckks":
             self._ckks_enrol()
-        summaries = []
+        summaries: list[dict[str, Any]] = []
+        client_rows: list[dict[str, Any]] = []
+        stopped = None
         t_start = time.perf_counter()
-        while self.round < self.cfg.federation.rounds:
-            clients, summary = self.run_round()
-            self.out.append_rows(clients, summary)
-            summaries.append(summary)
-        self.out.write_json("summary.json", {
-            "name": self.cfg.name, "engine": "flower", "rounds_completed": len(summaries),
-            "final_mean_return": summaries[-1]["mean_return"] if summaries else None,
-            "parameters": self.dim, "protocol": self.cfg.protocol.name,
-            "bytes_up_total": sum(s["bytes_up"] for s in summaries),
-            "flower_bytes_total": sum(s["flower_bytes_up"] + s["flower_bytes_down"] for s in summaries),
-            "wall_seconds": time.perf_counter() - t_start,
-        })
+        try:
+            while self.round < self.cfg.federation.rounds:
+                if self.dp is not None and self.dp.would_exceed_budget():
+                    stopped = (f"privacy budget: round {self.round} would take epsilon past "
+                               f"{self.cfg.privacy.epsilon_budget} at delta {self.cfg.privacy.delta}")
+                    break
+                clients, summary = self.run_round()
+                self.out.append_rows(clients, summary)
+                summaries.append(summary)
+                client_rows.extend(clients)
+        finally:
+            self.out.close()
+        self.out.write_json("summary.json", self.summary(summaries, time.perf_counter() - t_start, stopped))
+        if summaries and all("return_global" in c for c in client_rows):  # a client that never answered: no plot
+            plot_returns(client_rows, summaries, self.path / "returns.png", config=self.cfg, run=self.path)
         return summaries
+
+    def summary(self, rounds: list[dict[str, Any]], seconds: float, stopped: str | None) -> dict[str, Any]:
+        """``summary.json``: the keys of :func:`securefrl.experiment.summarize`, plus the Flower byte count."""
+        cfg = self.cfg
+        out: dict[str, Any] = {"name": cfg.name, "engine": "flower", "rounds_completed": len(rounds),
+                               "finished": len(rounds) == cfg.federation.rounds, "stopped_reason": stopped}
+        if not rounds:
+            return out
+        means = [r["mean_return"] for r in rounds if r["mean_return"] is not None]
+        out.update({
+            "first_mean_return": rounds[0]["mean_return"],
+            "final_mean_return": rounds[-1]["mean_return"],
+            "final_min_return": rounds[-1]["min_return"],
+            "best_mean_return": max(means) if means else None,
+            "env_steps_per_client": rounds[-1]["env_steps_per_client"],
+            "parameters": self.dim,
+            "protocol": cfg.protocol.name,
+            "protocol_mode": getattr(self.protocol, "label", None),
+            "bytes_up_total": sum(r["bytes_up"] for r in rounds),
+            "flower_bytes_total": sum(r["flower_bytes_up"] + r["flower_bytes_down"] for r in rounds),
+            "epsilon": rounds[-1].get("epsilon"),
+            "epsilon_server": rounds[-1].get("epsilon_server"),
+            "epsilon_outsiders": rounds[-1].get("epsilon_outsiders"),
+            "dp_noise": self.dp.noise_label if self.dp is not None else None,
+            "dp_calibrated_against": cfg.privacy.calibrate_against if self.dp is not None else None,
+            "delta": cfg.privacy.delta if self.dp is not None else None,
+            "malicious_clients": self.malicious,
+            "wall_seconds": seconds,
+            "time_per_phase": {k: sum(r[f"time_{k}"] for r in rounds)
+                               for k in ("setup", "train", "protect", "combine", "open", "eval")},
+        })
+        return out
 
 
 class _Opened:

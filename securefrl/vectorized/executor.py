@@ -131,11 +131,15 @@ class VectorizedExecutor:
             for t in group:
                 if t.params is not None:
                     pop.set_rows([t.client_id], t.params)
-            stats = pop.learn(ids, steps, [int(t.seed) for t in group])  # type: ignore[arg-type]
+            stats = self._learn(ids, steps, [int(t.seed) for t in group])  # type: ignore[arg-type]
             rows = pop.get_rows(ids)
             for k, t in enumerate(group):
                 out[id(t)] = TrainResult(t.client_id, t.slot, rows[k], stats[k])
         return [out[id(t)] for t in tasks]
+
+    def _learn(self, ids: list[int], steps: int, seeds: list[int]) -> list[dict[str, float]]:
+        """Train clients ``ids`` in the population (here, in this process; Ray workers in a subclass)."""
+        return self.population.learn(ids, steps, seeds)
 
     # --- evaluation: every task's episodes in few batches -----------------------------------------
     def evaluate(self, tasks: list[EvalTask]) -> list[float]:

@@ -53,13 +53,35 @@ def test_flower_app_command_takes_the_same_config_file_and_overrides(tmp_path, c
     assert "flwr run" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("override, field", [("privacy.placement=central", "privacy.placement"),
-                                             ("federation.simulation=vectorized", "federation.simulation")])
-def test_configs_the_apps_do_not_run_are_refused_naming_the_field(tmp_path, override, field):
-    cfg = load_config(overrides=[override])
-    with pytest.raises(ConfigError) as err:
+@pytest.mark.parametrize("overrides, field, why", [
+    (["federation.simulation=vectorized"], "federation.simulation", "one agent"),
+    (["privacy.placement=central", "privacy.adaptive_clipping=true"], "privacy.adaptive_clipping", "clip bit"),
+    (["attack.name=min_max", "attack.n_malicious=1"], "attack.name", "omniscient"),
+    (["attack.name=reward_flip", "attack.n_malicious=1"], "attack.name", "environment"),
+    (["personalization.method=fedper"], "personalization.method", "'fedper'"),
+])
+def test_configs_the_apps_do_not_run_are_refused_up_front_naming_the_field(tmp_path, overrides, field, why):
+    cfg = load_config(overrides=overrides)
+    with pytest.raises(common.UnsupportedOnFlowerError) as err:
         write_app(cfg, tmp_path / "app")
-    assert err.value.field == field
+    assert err.value.field == field and why in str(err.value) and "securefrl run" in str(err.value)
+    assert isinstance(err.value, ConfigError)
+
+
+def test_dp_sgd_is_refused_up_front(tmp_path):
+    cfg = load_config(overrides=["agent.name=dqn", "agent.params.batch_sampling=poisson"])
+    cfg.privacy.dpsgd = True  # set after validation: load_config's DP-SGD checks import Opacus (slow, not tested here)
+    with pytest.raises(common.UnsupportedOnFlowerError, match="DP-SGD") as err:
+        write_app(cfg, tmp_path / "app")
+    assert err.value.field == "privacy.dpsgd"
+
+
+@pytest.mark.parametrize("overrides", [
+    ["privacy.placement=central"], ["privacy.placement=distributed", "protocol.name=secagg"],
+    ["attack.name=sign_flip", "attack.n_malicious=1"], ["personalization.method=finetune"],
+])
+def test_dp_update_attacks_and_finetune_pass_the_check(tmp_path, overrides):
+    common.check_supported(load_config(overrides=overrides))
 
 
 def _reply(**fields):

@@ -23,7 +23,8 @@ TINY = ["federation.n_clients=3", "federation.rounds=2", "federation.local_steps
         "federation.client_fraction=0.7", "env.heterogeneity=1.0",
         "agent.params={n_envs: 2, n_steps: 16, hidden: [16]}"]
 EXECUTOR_OVERRIDES = {"local": [], "vectorized": ["federation.simulation=vectorized"],
-                      "ray": ["federation.backend=ray"]}
+                      "ray": ["federation.backend=ray"],
+                      "vectorized+ray": ["federation.simulation=vectorized", "federation.backend=ray"]}
 METHOD_EXTRA = {"group": ["personalization.groups=[0,1,0]"]}
 
 

@@ -7,13 +7,22 @@ import pytest
 import torch
 
 from securefrl.config import load_config
-from securefrl.errors import ConfigError
+from securefrl.executors import LocalExecutor
+from securefrl.experiment import run_experiment
 from securefrl.federation import Federation, make_federation
+from securefrl.results import read_jsonl
 from securefrl.seeding import derive_seed, eval_seed
+from securefrl.vectorized import VectorizedExecutor
 
 ray = pytest.importorskip("ray")
 
-from securefrl.ray_backend import RayExecutor, agent_payload, task_payload, train_client  # noqa: E402  (needs ray)
+from securefrl.ray_backend import (  # noqa: E402  (needs ray)
+    RayExecutor,
+    VectorizedRayExecutor,
+    agent_payload,
+    task_payload,
+    train_client,
+)
 
 TINY = ["federation.n_clients=3", "federation.rounds=2", "federation.local_steps=64", "federation.eval_episodes=1",
         "federation.client_fraction=0.6", "env.heterogeneity=1.0", "agent.params={n_envs: 2, n_steps: 16}"]
@@ -22,10 +31,10 @@ TIMES = ("round_time",)
 
 @pytest.fixture(scope="module")
 def local_ray():
-    """One local Ray instance (1 CPU) for the module, shut down afterwards."""
+    """One local Ray instance (2 CPUs) for the module, shut down afterwards."""
     started = not ray.is_initialized()
     if started:
-        ray.init(num_cpus=1, include_dashboard=False, logging_level="WARNING")
+        ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
     yield ray
     if started:
         ray.shutdown()
@@ -72,10 +81,35 @@ def test_task_payloads_are_bytes_and_primitives():
     assert {"train_" + k: v for k, v in out["stats"].items()} == stats
 
 
-def test_ray_backend_refuses_vectorized():
-    with pytest.raises(ConfigError) as err:
-        load_config(overrides=["federation.simulation=vectorized", "federation.backend=ray"])
-    assert err.value.field == "federation.backend"
+def _rounds_jsonl(overrides: list[str], tmp_path, name: str, executor: type) -> list[dict]:
+    run = run_experiment(load_config(overrides=[*overrides, f"output_dir={tmp_path}", f"name={name}"]), progress=False)
+    assert type(run.federation.executor) is executor
+    run.federation.close()  # joined the fixture's Ray instance: it stays up
+    return [{k: v for k, v in row.items() if not k.startswith("time_") and k not in TIMES}
+            for row in read_jsonl(run.path / "rounds.jsonl")]
+
+
+def test_personalization_x_vectorized_x_ray_x_ckks_gives_the_loops_rounds(local_ray, tmp_path):
+    # Arrange: FedPer under CKKS, its batched training in Ray workers (2 chunks of the sampled clients).
+    over = ["federation.n_clients=3", "federation.rounds=2", "federation.local_steps=32", "federation.eval_episodes=1",
+            "env.heterogeneity=1.0", "agent.params={n_envs: 2, n_steps: 16, n_epochs: 1, n_minibatches: 2}",
+            "personalization.method=fedper", "protocol.name=ckks", "federation.ray_num_cpus=2"]
+    vec_ray = [*over, "federation.simulation=vectorized", "federation.backend=ray"]
+    # Act
+    loop = _rounds_jsonl(over, tmp_path, "loop", LocalExecutor)
+    vec = _rounds_jsonl([*over, "federation.simulation=vectorized"], tmp_path, "vec", VectorizedExecutor)
+    ray_rows = _rounds_jsonl(vec_ray, tmp_path, "vecray", VectorizedRayExecutor)
+    # Assert: returns exactly; training statistics and norms within float rounding (batched matmuls sum in
+    # another order than nn.Linear, and CKKS decodes approximately), like the vectorized-vs-loop test.
+    assert len(loop) == len(ray_rows) == 2
+    for want, got, local_vec in zip(loop, ray_rows, vec, strict=True):
+        assert got == local_vec  # Ray workers compute what the in-process population computes
+        assert got.keys() == want.keys()
+        for key, value in want.items():
+            if isinstance(value, float) and not key.startswith("return"):
+                assert got[key] == pytest.approx(value, rel=1e-3, abs=1e-5, nan_ok=True), key
+            else:
+                assert got[key] == value, key
 
 
 @pytest.mark.parametrize("method", ["ditto", "fedrep"])
