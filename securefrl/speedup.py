@@ -283,7 +283,8 @@ def add_arguments(p: argparse.ArgumentParser, small: bool = False) -> None:
     p.add_argument("--env", default="cartpole", help="environment family (`securefrl envs`) or gymnasium id")
     p.add_argument("--threshold", type=float, default=None,
                    help="return threshold (default: 475 for cartpole, -100 for acrobot; required otherwise)")
-    p.add_argument("--ks", type=int, nargs="+", default=[1, 5] if small else [1, 2, 5, 10, 20])
+    p.add_argument("--ks", type=int, nargs="*", default=[1, 5] if small else [1, 2, 5, 10, 20],
+                   help="federation sizes K (none: only the single-agent sweep)")
     p.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES), help="federation.update modes")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1] if small else [0, 1, 2, 3, 4])
     p.add_argument("--client", default="1x32", help="per-client PPO rollout ENVSxSTEPS[:EPOCHS], one per round")
