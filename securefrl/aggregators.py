@@ -46,6 +46,7 @@ __all__ = [
     "CenteredClipping",
     "CoordinateMedian",
     "FedAvg",
+    "FedPGBRFilter",
     "GeometricMedian",
     "Krum",
     "MultiKrum",
@@ -525,6 +526,54 @@ class CenteredClipping(AggregationRule):
         return v, {"tau": taus}, v.copy()
 
 
+class FedPGBRFilter(AggregationRule):
+    """FedPG-BR's Byzantine filter (Fan et al. 2021, "Fault-Tolerant Federated Reinforcement Learning with
+    Theoretical Guarantee", NeurIPS; their FedPG-Aggregate step), in our words:
+
+    1. with a distance threshold ``T``, keep the candidates ``S``: rows within ``T`` of more than half of
+       all rows (itself included) — honest gradient estimates concentrate within ``T`` of each other;
+    2. the anchor ``m`` is the row of ``S`` closest to the coordinate-wise median of all rows;
+    3. the aggregate is the mean of the rows within ``T`` of ``m`` (``info["selected"]``; the others are
+       filtered out).
+
+    ``T = 2 sigma sqrt(V / B)`` with ``V = 2 log(2 n / delta)`` as in the paper, for an estimator of variance
+    bound ``sigma`` over batches of ``B`` episodes; ``sigma=None`` uses ``T = 2 x`` the median distance of the
+    rows to the coordinate-wise median (the library's scale-free choice, like norm bounding's). Precondition
+    ``n > 2f``: the honest majority defines ``S``. If no row qualifies for ``S`` the anchor is the row closest
+    to the median (the paper's fallback when its concentration bound fails).
+    """
+
+    name = "fedpg_br"
+
+    def __init__(self, n_clients: int, n_malicious: int = 0, *, sigma: float | None = None, batch: int = 16,
+                 delta: float = 0.6, **kwargs: Any) -> None:
+        super().__init__(n_clients, n_malicious, **kwargs)
+        self.sigma = None if sigma is None else _check_positive("aggregator.sigma", sigma)
+        self.batch = _check_int("aggregator.batch", batch, 1)
+        self.delta = _check_positive("aggregator.delta", delta)
+
+    def precondition(self, n: int, f: int) -> str | None:
+        return None if n > 2 * f else f"fedpg_br needs n > 2f, got n={n}, f={f}"
+
+    def threshold(self, x: np.ndarray) -> float:
+        """The distance threshold ``T`` for rows ``x``."""
+        if self.sigma is not None:
+            v = 2.0 * math.log(2.0 * x.shape[0] / self.delta)
+            return 2.0 * self.sigma * math.sqrt(v / self.batch)
+        return 2.0 * float(np.median(np.linalg.norm(x - np.median(x, axis=0), axis=1)))
+
+    def _aggregate(self, x: np.ndarray, w: np.ndarray, f: int, state: Any) -> tuple[np.ndarray, dict[str, Any], Any]:
+        n = x.shape[0]
+        t = self.threshold(x)
+        dist = np.sqrt(_pairwise_sq_dists(x))
+        candidates = np.flatnonzero((dist <= t).sum(axis=1) > n / 2)
+        to_median = np.linalg.norm(x - np.median(x, axis=0), axis=1)
+        pool = candidates if candidates.size else np.arange(n)
+        anchor = int(pool[np.argmin(to_median[pool])])
+        keep = np.flatnonzero(dist[anchor] <= t)
+        return x[keep].mean(axis=0), {"selected": keep.tolist(), "threshold": t}, None
+
+
 # ----------------------------------------------------------------------------------------------------
 # registry
 # ----------------------------------------------------------------------------------------------------
@@ -533,7 +582,7 @@ RULES: Registry[type[AggregationRule]] = Registry("aggregation rule", "federatio
                                                  group="securefrl.aggregators")
 """Rule classes by name; :func:`register_rule` adds user rules (or the ``securefrl.aggregators`` entry points)."""
 for _cls in (FedAvg, CoordinateMedian, TrimmedMean, Krum, MultiKrum, Bulyan, GeometricMedian, NormBounding,
-             CenteredClipping):
+             CenteredClipping, FedPGBRFilter):
     RULES.register(_cls.name, _cls)
 
 

@@ -47,6 +47,12 @@ ALGORITHMS.register("group", f"{_P}:Clustered", client_dp=False, robust=False, c
 ALGORITHMS.register("ifca", f"{_P}:Clustered", client_dp=False, robust=False, check=_CHECK)
 ALGORITHMS.register("ditto", f"{_P}:Ditto", agent_needs=("proximal",), task_features=("proximal", "second_agent"))
 ALGORITHMS.register("relation", "securefrl.personalization.relation:Relation", robust=False, check=_CHECK)
+# gradient mode: selected by federation.update = "gradient" (securefrl.compat.algorithm_name), not by the method
+ALGORITHMS.register("fedsgd", "securefrl.gradient:FedSGD", agent_needs=("gradient",), task_features=("custom",),
+                    selected_by="federation.update", check="securefrl.gradient:check_gradient")
+ALGORITHMS.register("fedpg-br", "securefrl.fedpg:FedPGBR", agent_needs=("gradient", "policy"),
+                    task_features=("custom",), selected_by="federation.estimator",
+                    check="securefrl.gradient:check_gradient")
 
 EXECUTORS: Registry[Any] = Registry("executor", "federation.executor", group="securefrl.executors")
 """Executors by name: ``local`` (simulation=loop, backend=local), ``vectorized``, ``ray``, ``vectorized+ray``."""

@@ -1,5 +1,5 @@
 """Command line: ``securefrl run`` (the default demo with no arguments), ``runs``, ``compare``, ``evaluate``,
-``sweep``, ``config``, ``envs``; plug-ins add more (``attack-matrix``)."""
+``sweep``, ``config``, ``envs``, ``speedup``; plug-ins add more (``attack-matrix``)."""
 
 from __future__ import annotations
 
@@ -157,6 +157,13 @@ def _cmd_envs(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_speedup(args: argparse.Namespace) -> int:
+    from securefrl.speedup import run
+
+    run(args)
+    return 0
+
+
 def _add_config_args(p: argparse.ArgumentParser, help_config: str = "TOML or YAML config file") -> None:
     p.add_argument("--config", "-c", help=help_config)
     p.add_argument("--set", "-s", action="append", default=[], metavar="SECTION.KEY=VALUE",
@@ -219,6 +226,14 @@ def build_parser() -> argparse.ArgumentParser:
     conf.set_defaults(func=_cmd_config)
     envs = sub.add_parser("envs", help="list environment families and their physics parameters")
     envs.set_defaults(func=_cmd_envs)
+    from securefrl.speedup import add_arguments as speedup_arguments
+
+    speed = sub.add_parser("speedup", help="steps per client to a return threshold vs clients K, both update modes, "
+                                           "against the best single agent (small slice of the benchmark)",
+                           description="A small slice of benchmarks/federation_speedup.py on your environment "
+                                       "family: writes <out>.json/.md/.png and prints the table.")
+    speedup_arguments(speed, small=True)
+    speed.set_defaults(func=_cmd_speedup)
     # Plug-in commands (e.g. the attack-evaluation harness of the `attacks` package) register
     # through the `securefrl.commands` entry-point group: `register(subparsers)` adds a sub-command.
     for ep in entry_points(group="securefrl.commands"):

@@ -28,6 +28,20 @@ def executor_name(config: ExperimentConfig) -> str:
     return "local" if fed.backend == "local" else fed.backend
 
 
+def algorithm_name(config: ExperimentConfig) -> str:
+    """The client algorithm of :data:`securefrl.axes.ALGORITHMS` the config selects.
+
+    ``personalization.method`` names it, except that ``federation.update = "gradient"`` selects gradient mode
+    (``fedsgd``, :mod:`securefrl.gradient`, or with ``federation.estimator = "fedpg-br"`` FedPG-BR's
+    ``fedpg-br``, :mod:`securefrl.fedpg`; naming either as ``personalization.method`` is the same), whose own
+    check refuses a personalization method next to it.
+    """
+    fed = config.federation
+    if fed.update != "gradient":
+        return config.personalization.method
+    return "fedpg-br" if fed.estimator == "fedpg-br" else "fedsgd"
+
+
 def protocol_class(config: ExperimentConfig) -> Any:
     from securefrl.protocol_factory import PROTOCOLS
 
@@ -48,6 +62,7 @@ def check_experiment(config: ExperimentConfig) -> None:
     protocol = protocol_class(config)
     SERVER_OPTIMIZERS.check(config.federation.server_optimizer)
     ALGORITHMS.check(config.personalization.method)
+    method = algorithm_name(config)
     _check_attack(config)
     rule = make_rule(config)
     if rule is not None and rule.requires_individual_updates and not protocol.reveals_individual_updates:
@@ -58,14 +73,16 @@ def check_experiment(config: ExperimentConfig) -> None:
             "aggregate. Alternatives that work: aggregator=fedavg with federation.clip_norm (client-side norm "
             "bounding) under this protocol, or a protocol that reveals individual updates (plaintext) with this rule.",
         )
-    if rule is not None and not ALGORITHMS.meta(config.personalization.method).get("robust", True):
-        raise ConfigError("federation.aggregator", f"{config.personalization.method} averages inside one protected "
+    if rule is not None and not ALGORITHMS.meta(method).get("robust", True):
+        raise ConfigError("federation.aggregator", f"{method} averages inside one protected "
                           "sum of k-slot vectors; a robust rule would see slot vectors, not updates. Use "
                           "aggregator=fedavg")
     _check_dp(config, protocol)
     # --- the three axes: client algorithm x executor x agent, one rule --------------------------------
-    method = config.personalization.method
     alg = ALGORITHMS.meta(method)
+    alg_field = alg.get("selected_by", "personalization.method")
+    what = (f"personalization method {method!r}" if "selected_by" not in alg
+            else f"{method} (selected by {alg_field})")
     ex_name = executor_name(config)
     if config.federation.executor:
         EXECUTORS.check(ex_name)
@@ -76,8 +93,10 @@ def check_experiment(config: ExperimentConfig) -> None:
     caps = agent_capabilities(config.agent.name)
     need = set(alg.get("agent_needs", ())) - caps
     if need:
-        raise ConfigError("personalization.method", f"{method} needs an agent with {', '.join(sorted(need))}; agent "
-                          f"{config.agent.name!r} declares {', '.join(sorted(caps)) or 'nothing'}")
+        able = [n for n in AGENTS.names() if set(alg.get("agent_needs", ())) <= agent_capabilities(n)]
+        raise ConfigError(alg_field, f"{what} needs an agent with {', '.join(sorted(need))} (agents: "
+                          f"{', '.join(able) or 'none'}); agent {config.agent.name!r} declares "
+                          f"{', '.join(sorted(caps)) or 'nothing'}")
     need = set(ex.get("agent_needs", ())) - caps
     if need:
         raise ConfigError("federation.simulation", f"executor {ex_name} needs an agent with "
@@ -90,7 +109,7 @@ def check_experiment(config: ExperimentConfig) -> None:
     offers = set(ex.get("features", ()))
     need = set(alg.get("task_features", ())) - offers
     if need:
-        raise ConfigError(field, f"personalization method {method!r} needs {', '.join(sorted(need))} in local "
+        raise ConfigError(field, f"{what} needs {', '.join(sorted(need))} in local "
                           f"training, which executor {ex_name} does not run; use federation.simulation=loop and "
                           "federation.backend=local")
     if config.attack.name != "none" and _attack_kind(config.attack.name) == "environment" \
@@ -167,8 +186,8 @@ def _check_attack(config: ExperimentConfig) -> None:
     from securefrl.behaviour import make_behaviour
 
     make_behaviour(config.attack.name, **config.attack.params)
-    if not ALGORITHMS.meta(config.personalization.method).get("sends", True):
-        raise ConfigError("attack.name", f"{config.personalization.method} clients send nothing to poison; use "
+    if not ALGORITHMS.meta(algorithm_name(config)).get("sends", True):
+        raise ConfigError("attack.name", f"{algorithm_name(config)} clients send nothing to poison; use "
                           "attack.name=none")
 
 
@@ -178,7 +197,7 @@ def _check_dp(config: ExperimentConfig, protocol: Any) -> None:
     placement = config.privacy.placement
     if placement == "none":
         return
-    method = config.personalization.method
+    method = algorithm_name(config)
     alg = ALGORITHMS.meta(method)
     if not alg.get("sends", True):
         raise ConfigError("privacy.placement", f"{method} clients send nothing, so there is nothing to make "

@@ -85,6 +85,18 @@ class FederationConfig:
     update per round on a K-th of that batch, so the federation gathers one single-agent batch per update."""
     clip_norm: float = 0.0
     """L2 clip bound on each client's update (0 = no clipping)."""
+    update: Literal["delta", "gradient"] = "delta"
+    """What clients send: delta = FedAvg of local parameter changes after local_steps of local training; gradient =
+    FedSGD / DD-PPO, every optimizer step federated (mean minibatch gradient, server-side Adam with the agent's lr;
+    a round is still local_steps environment steps per client, each of its optimizer steps one aggregation; see
+    securefrl.gradient). Agents ppo and dqn; loop simulation, local backend."""
+    estimator: Literal["minibatch", "fedpg-br"] = "minibatch"
+    """Gradient mode's gradient: minibatch = the agent's own loss on each minibatch; fedpg-br = FedPG-BR's
+    variance-reduced policy gradient (Fan et al. 2021; agent ppo; securefrl.fedpg)."""
+    fedpg_batch: int = 16
+    """fedpg-br: episodes B each sampled client samples for a round's anchor gradient."""
+    fedpg_minibatch: int = 4
+    """fedpg-br: episodes b each sampled client samples per inner step (a round makes Geometric(b/(B+b)) steps)."""
     server_optimizer: str = "fedavg"
     """Server step on the mean update: FedAvg, FedAvgM (momentum) or FedAdam (Reddi et al. 2021)."""
     server_lr: float = 1.0
@@ -99,7 +111,7 @@ class FederationConfig:
     """Greedy evaluation episodes per client per round, for the global and the locally trained model."""
     aggregator: str = "fedavg"
     """Server rule: fedavg (any protocol) or a robust rule needing plaintext: median, trimmed_mean, krum,
-    multi_krum, bulyan, geometric_median, norm_bounding, centered_clipping."""
+    multi_krum, bulyan, geometric_median, norm_bounding, centered_clipping, fedpg_br (FedPG-BR's filter)."""
     aggregator_params: dict[str, Any] = field(default_factory=dict)
     """Parameters of the robust rule (e.g. beta of trimmed_mean); n_malicious defaults to attack.n_malicious."""
     simulation: Literal["loop", "vectorized"] = "loop"
@@ -129,6 +141,11 @@ class FederationConfig:
         check_range(f"{path}.server_eps", self.server_eps, 0.0, lo_open=True)
         check_range(f"{path}.eval_episodes", self.eval_episodes, 1)
         check_range(f"{path}.ray_num_cpus", self.ray_num_cpus, 1)
+        check_range(f"{path}.fedpg_batch", self.fedpg_batch, 1)
+        check_range(f"{path}.fedpg_minibatch", self.fedpg_minibatch, 1)
+        if self.estimator != "minibatch" and self.update != "gradient":
+            raise ConfigError(f"{path}.estimator", f"estimator {self.estimator!r} estimates gradient mode's "
+                              "gradients; set federation.update=gradient (or estimator=minibatch)")
 
 
 @dataclass

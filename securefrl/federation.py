@@ -88,7 +88,7 @@ class Federation:
 
     def __post_init__(self) -> None:
         from securefrl.axes import ALGORITHMS, EXECUTORS
-        from securefrl.compat import executor_name
+        from securefrl.compat import algorithm_name, executor_name
 
         cfg = self.config
         self.behaviour = make_behaviour(cfg.attack.name, **cfg.attack.params) if cfg.attack.name != "none" else None
@@ -107,7 +107,7 @@ class Federation:
         )
         agent_cfg = cfg.agent_config()
         self.executor: Executor = EXECUTORS.get(executor_name(cfg))(self)
-        self.algorithm: ClientAlgorithm = ALGORITHMS.get(cfg.personalization.method)(self)
+        self.algorithm: ClientAlgorithm = ALGORITHMS.get(algorithm_name(cfg))(self)
         self.clients = []
         for cid, spec in enumerate(specs):
             env_fn: Callable[[], Any] = spec.make

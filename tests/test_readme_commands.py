@@ -63,6 +63,9 @@ def shrink(words: list[str]) -> list[str]:
             return out
         return [*out, "--set", "base.federation.rounds=1", "--set", "base.federation.local_steps=32",
                 "--set", "tail_rounds=1", "--set", "seeds=[0]", "-q"]
+    if sub == "speedup":  # later options win: one seed, K = 1, a few gradient-mode rounds
+        return [*out, "--ks", "1", "--modes", "gradient", "--seeds", "0", "--sweep", "--client", "1x16:1",
+                "--eval-every", "48", "--budget-k1", "48"]
     if sub not in ("run", "sweep") or "--resume" in words:
         return out
     tiny = ["federation.local_steps=32", "federation.eval_episodes=1"]

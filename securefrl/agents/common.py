@@ -86,3 +86,50 @@ def load_envs(pool: Any, state: dict[str, Any]) -> None:
         raise ValueError("checkpoint has no environment state (written before environments persisted across "
                          "rounds); it cannot be continued exactly, start a new run")
     pool.load_state_dict(state["envs"])
+
+
+# --- gradient mode (FedSGD / DD-PPO; securefrl.gradient) -----------------------------------------------
+def _grad_tensors(agent: Any) -> tuple[list[torch.Tensor], Any]:
+    """The agent's federated tensors and their spec, cached: gradient mode reads them twice per minibatch step.
+
+    Loading a checkpoint or new parameters copies into the same tensors, so the cache stays valid; it is
+    rebuilt if a network was replaced (personalization, which gradient mode refuses anyway).
+    """
+    named = agent.__dict__.get("_grad_cache")
+    nets = tuple(id(m) for m in agent.networks().values())
+    if named is None or named[0] != nets:
+        params = [p for _, p in agent.federated_parameters()]
+        named = (nets, params, agent.parameter_spec())
+        agent._grad_cache = named
+    return named[1], named[2]
+
+
+def load_flat(agent: Any, flat: np.ndarray) -> None:
+    """Load the server's flat parameters into ``agent``'s federated tensors, without ``after_set_parameters``.
+
+    Gradient mode keeps server-side state (DQN's target network) on the server, so loading the parameters for
+    one gradient must not trigger the delta mode's hook (which would resynchronise a local target).
+    """
+    from securefrl.params import set_flat
+
+    params, spec = _grad_tensors(agent)
+    set_flat(params, spec, flat)
+
+
+def flat_gradient(agent: Any, loss: torch.Tensor, max_grad_norm: float) -> np.ndarray:
+    """d loss / d federated parameters as one flat float32 vector, L2-clipped at ``max_grad_norm`` (0 = not).
+
+    The clip is the agent's own global-norm clip of a local step (per client in gradient mode, so one client
+    equals the single agent exactly); missing gradients (a tensor the loss does not reach) are zeros.
+    """
+    params, spec = _grad_tensors(agent)
+    for p in params:
+        p.grad = None
+    loss.backward()
+    if max_grad_norm > 0:
+        torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    out = spec.flatten(grads)
+    for p in params:
+        p.grad = None
+    return out

@@ -19,7 +19,9 @@ from securefrl.agents.base import Agent, EnvFn
 from securefrl.agents.common import (
     Streams,
     episode_stats,
+    flat_gradient,
     init_generator,
+    load_flat,
     obs_dim_of,
 )
 from securefrl.agents.configs import DQNConfig
@@ -27,13 +29,14 @@ from securefrl.agents.networks import frozen_copy, hard_update, mlp
 from securefrl.agents.replay import ReplayBuffer
 from securefrl.agents.vecenv import EnvPool
 from securefrl.errors import ConfigError
+from securefrl.params import set_flat
 
 
 class DQNAgent(Agent):
     """DQN for discrete action spaces; ``federated_parameters`` is the online Q-network."""
 
     name = "dqn"
-    capabilities = frozenset({"proximal", "freeze", "embedding", "dpsgd", "discrete", "q_learning"})
+    capabilities = frozenset({"proximal", "freeze", "embedding", "dpsgd", "discrete", "q_learning", "gradient"})
     checkpointed = ("q_net", "target_net", "optimizer", "replay")
     counters: ClassVar[dict[str, str]] = {**Agent.counters, "since_train": "_since_train"}
     supports_proximal = True
@@ -152,11 +155,11 @@ class DQNAgent(Agent):
                 hard_update(self.target_net, self.q_net)
         return total / cfg.gradient_steps
 
-    def learn(self, env_steps: int) -> dict[str, float]:
-        """Collect ``env_steps`` transitions (rounded up to whole vector steps), training as it goes."""
+    def _collect(self, env_steps: int) -> tuple[int, bool]:
+        """Vector steps until a training phase is due or ``env_steps`` transitions; returns (transitions, due)."""
         cfg, pool, rng = self.config, self.pool, self.streams.numpy
         n = cfg.n_envs
-        done, losses = 0, []
+        done = 0
         while done < env_steps:
             obs = pool.obs.copy()
             eps = self.epsilon()
@@ -174,8 +177,69 @@ class DQNAgent(Agent):
             self._since_train += n
             if self.num_timesteps >= cfg.learning_starts and self._since_train >= cfg.train_freq:
                 self._since_train = 0
+                return done, True
+        return done, False
+
+    def learn(self, env_steps: int) -> dict[str, float]:
+        """Collect ``env_steps`` transitions (rounded up to whole vector steps), training as it goes."""
+        done, losses = 0, []
+        while done < env_steps:
+            collected, due = self._collect(env_steps - done)
+            done += collected
+            if due:
                 losses.append(self._train_phase())
-        stats = episode_stats(pool.drain())
+        return self._learn_stats(done, losses)
+
+    def _learn_stats(self, done: int, losses: list[float]) -> dict[str, float]:
+        stats = episode_stats(self.pool.drain())
         stats.update(env_steps=float(done), total_env_steps=float(self.num_timesteps), updates=float(self.num_updates),
                      epsilon=self.epsilon(), loss=float(np.mean(losses)) if losses else float("nan"))
+        return stats
+
+    # --- gradient mode (FedSGD: securefrl.gradient) -------------------------------------------
+    # Collect until a training phase is due (acting with the server's Q-network), then gradient_steps gradients
+    # on the client's own replay buffer, each at the server's current parameters; the target network is
+    # server-side state (synchronised every target_update_interval server steps), as in the single agent.
+    grad_adam_eps = 1e-8
+    """eps of the Adam the server steps with (torch's default, what the agent's own optimizer uses)."""
+
+    def grad_collect(self, params: np.ndarray, env_steps: int) -> int:
+        """Act with ``params`` until a training phase is due or ``env_steps`` transitions; queue its steps."""
+        load_flat(self, params)
+        done, due = self._collect(env_steps)
+        self._grad_left = self.config.gradient_steps if due else 0
+        return done
+
+    def grad_pending(self) -> int:
+        return int(getattr(self, "_grad_left", 0))
+
+    def grad_compute(self, params: np.ndarray, server_state: dict[str, np.ndarray]) -> np.ndarray:
+        """Flat, clipped gradient of the TD loss on a fresh replay minibatch at ``params`` (server target)."""
+        load_flat(self, params)
+        set_flat(list(self.target_net.parameters()), self.parameter_spec(), server_state["target"])
+        loss = self.compute_loss(self._sample_batch())
+        self._grad_losses.append(float(loss.detach()))
+        self._grad_left -= 1
+        self.num_updates += 1
+        return flat_gradient(self, loss, self.config.max_grad_norm)
+
+    def grad_lr(self) -> float:
+        return float(self.config.lr)
+
+    def grad_server_init(self, params: np.ndarray) -> dict[str, np.ndarray]:
+        """The server's target network starts at the initial parameters."""
+        return {"target": np.asarray(params, dtype=np.float32).copy()}
+
+    def grad_server_step(self, state: dict[str, np.ndarray], params: np.ndarray, steps: int) -> None:
+        """Synchronise the target every ``target_update_interval`` server steps (the single agent's schedule)."""
+        if steps % self.config.target_update_interval == 0:
+            state["target"] = np.asarray(params, dtype=np.float32).copy()
+
+    def grad_round_start(self) -> None:
+        self._grad_losses: list[float] = []
+
+    def grad_round_stats(self, done: int) -> dict[str, float]:
+        losses = getattr(self, "_grad_losses", [])
+        stats = self._learn_stats(done, [])
+        stats["loss"] = float(np.mean(losses)) if losses else float("nan")
         return stats

@@ -18,7 +18,9 @@ from securefrl.agents.base import Agent, EnvFn
 from securefrl.agents.common import (
     Streams,
     episode_stats,
+    flat_gradient,
     init_generator,
+    load_flat,
     obs_dim_of,
 )
 from securefrl.agents.configs import PPOConfig
@@ -83,6 +85,13 @@ def ppo_loss(cfg: PPOConfig, logits: torch.Tensor, values: torch.Tensor,
     return loss, terms
 
 
+def _explained_variance(data: dict[str, torch.Tensor], size: int) -> dict[str, float]:
+    """1 - Var(returns - values) / Var(returns) over a rollout (NaN when the returns do not vary)."""
+    var_y = float(data["returns"].var()) if size > 1 else 0.0
+    return {"explained_variance": (float("nan") if var_y == 0 else
+                                   1.0 - float((data["returns"] - data["values"]).var()) / var_y)}
+
+
 class PPOAgent(Agent):
     """PPO for discrete action spaces; ``federated_parameters`` are the actor and the critic.
 
@@ -93,7 +102,8 @@ class PPOAgent(Agent):
     """
 
     name = "ppo"
-    capabilities = frozenset({"proximal", "freeze", "embedding", "dpsgd", "batched", "discrete", "actor_critic"})
+    capabilities = frozenset({"proximal", "freeze", "embedding", "dpsgd", "batched", "discrete", "actor_critic",
+                              "gradient", "policy"})
     checkpointed = ("actor", "critic", "optimizer")
     supports_proximal = True
 
@@ -119,6 +129,7 @@ class PPOAgent(Agent):
         self._values = np.zeros((t, n), dtype=np.float32)
         self.num_timesteps = 0
         self.num_updates = 0
+        self.grad_round_start()
         self.reseed(seed)
         self.pool.reset(self.streams.env_seeds)  # once: episodes then run on across learn() calls and rounds
 
@@ -184,8 +195,8 @@ class PPOAgent(Agent):
         frac = max(cfg.lr_final_fraction, 1.0 - self.num_timesteps / cfg.anneal_steps)
         return cfg.lr * frac
 
-    def _update(self, t: int) -> dict[str, float]:
-        """GAE over the first ``t`` vector steps of the rollout, then the PPO epochs."""
+    def _rollout_data(self, t: int) -> dict[str, torch.Tensor]:
+        """GAE over the first ``t`` vector steps of the rollout, as flat tensors (one row per transition)."""
         cfg = self.config
         with torch.no_grad():
             last_value = self.critic(torch.from_numpy(self.pool.obs)).squeeze(1).numpy()
@@ -199,23 +210,33 @@ class PPOAgent(Agent):
             "returns": torch.from_numpy((adv + values).reshape(-1)),
             "values": torch.from_numpy(values.reshape(-1).copy()),
         }
+        return data
+
+    def _minibatches(self, size: int) -> list[torch.Tensor]:
+        """The shuffled minibatch indices of every epoch, drawn from the agent's numpy stream in epoch order."""
+        n_mb = min(self.config.n_minibatches, size)
+        out: list[torch.Tensor] = []
+        for _ in range(self.config.n_epochs):
+            perm = torch.from_numpy(self.streams.numpy.permutation(size))
+            out.extend(torch.tensor_split(perm, n_mb))
+        return out
+
+    def _update(self, t: int) -> dict[str, float]:
+        """GAE over the first ``t`` vector steps of the rollout, then the PPO epochs."""
+        cfg = self.config
+        data = self._rollout_data(t)
         for group in self.optimizer.param_groups:
             group["lr"] = self.current_lr()
         size = t * cfg.n_envs
-        n_mb = min(cfg.n_minibatches, size)
         infos = []
         if cfg.batch_sampling == "poisson":  # Poisson minibatches, with or without DP-SGD (securefrl.agents.dp)
             infos = self._poisson_epochs(data, size)
         else:
-            for _ in range(cfg.n_epochs):
-                perm = torch.from_numpy(self.streams.numpy.permutation(size))
-                for idx in torch.tensor_split(perm, n_mb):
-                    infos.append(self._update_batch({k: v[idx] for k, v in data.items()}))
-                    self.num_updates += 1
+            for idx in self._minibatches(size):
+                infos.append(self._update_batch({k: v[idx] for k, v in data.items()}))
+                self.num_updates += 1
         out = {k: float(np.mean([i[k] for i in infos])) for k in (infos[0] if infos else {})}
-        var_y = float(data["returns"].var()) if size > 1 else 0.0
-        out["explained_variance"] = (float("nan") if var_y == 0 else
-                                     1.0 - float((data["returns"] - data["values"]).var()) / var_y)
+        out.update(_explained_variance(data, size))
         return out
 
     def _poisson_epochs(self, data: dict[str, torch.Tensor], size: int) -> list[dict[str, float]]:
@@ -244,13 +265,15 @@ class PPOAgent(Agent):
             self.num_updates += 1
         return infos
 
-    def learn(self, env_steps: int) -> dict[str, float]:
-        """Collect ``env_steps`` transitions (rounded up to whole vector steps) in rollouts, updating after each."""
+    def _collect(self, env_steps: int) -> tuple[int, int]:
+        """At most one rollout: vector steps until ``n_steps`` of them or ``env_steps`` transitions (rounded up).
+
+        Returns (transitions collected, vector steps ``t`` stored in the rollout buffers).
+        """
         cfg, pool = self.config, self.pool
         n = cfg.n_envs
         done, t = 0, 0
-        infos: list[dict[str, float]] = []
-        while done < env_steps:
+        while done < env_steps and t < cfg.n_steps:
             obs = pool.obs.copy()
             with torch.no_grad():
                 obs_t = torch.from_numpy(obs)
@@ -270,12 +293,75 @@ class PPOAgent(Agent):
             t += 1
             done += n
             self.num_timesteps += n
-            if t == cfg.n_steps or done >= env_steps:
-                infos.append(self._update(t))
-                t = 0
-        stats = episode_stats(pool.drain())
+        return done, t
+
+    def learn(self, env_steps: int) -> dict[str, float]:
+        """Collect ``env_steps`` transitions (rounded up to whole vector steps) in rollouts, updating after each."""
+        done = 0
+        infos: list[dict[str, float]] = []
+        while done < env_steps:
+            collected, t = self._collect(env_steps - done)
+            done += collected
+            infos.append(self._update(t))
+        return self._learn_stats(done, infos)
+
+    def _learn_stats(self, done: int, infos: list[dict[str, float]]) -> dict[str, float]:
+        stats = episode_stats(self.pool.drain())
         stats.update(env_steps=float(done), total_env_steps=float(self.num_timesteps), updates=float(self.num_updates),
                      lr=self.current_lr())
         if infos:
             stats.update({k: float(np.mean([i[k] for i in infos])) for k in infos[-1]})
         return stats
+
+    # --- gradient mode (FedSGD / DD-PPO: securefrl.gradient) --------------------------------
+    # One rollout at the server's parameters, then its n_epochs x n_minibatches minibatches, each one gradient
+    # at the server's current parameters: exactly the single agent's steps with the optimizer on the server.
+    grad_adam_eps = 1e-5
+    """eps of the Adam the server steps with (the agent's own optimizer's)."""
+
+    def grad_collect(self, params: np.ndarray, env_steps: int) -> int:
+        """Act with ``params`` for at most one rollout of ``env_steps`` transitions; queue its minibatch steps."""
+        load_flat(self, params)
+        done, t = self._collect(env_steps)
+        data = self._rollout_data(t)
+        self._grad_lr = self.current_lr()
+        self._grad_queue = [{k: v[idx] for k, v in data.items()} for idx in self._minibatches(t * self.config.n_envs)]
+        self._grad_stats.update(_explained_variance(data, t * self.config.n_envs))
+        return done
+
+    def grad_pending(self) -> int:
+        """Gradient steps queued from the last collected rollout."""
+        return len(getattr(self, "_grad_queue", ()))
+
+    def grad_compute(self, params: np.ndarray, server_state: dict[str, np.ndarray]) -> np.ndarray:
+        """Flat, clipped gradient of the PPO loss on the next queued minibatch at ``params``."""
+        load_flat(self, params)
+        loss, info = self.compute_loss(self._grad_queue.pop(0))
+        self._grad_infos.append(info)
+        self.num_updates += 1
+        return flat_gradient(self, loss, self.config.max_grad_norm)
+
+    def grad_lr(self) -> float:
+        """The learning rate of the queued steps (the annealed one, at the rollout's end)."""
+        return float(getattr(self, "_grad_lr", self.current_lr()))
+
+    def grad_server_init(self, params: np.ndarray) -> dict[str, np.ndarray]:
+        """Server-side state the gradient needs besides the parameters: none for PPO."""
+        return {}
+
+    def grad_server_step(self, state: dict[str, np.ndarray], params: np.ndarray, steps: int) -> None:
+        """Update the server-side state after server step number ``steps``: nothing for PPO."""
+
+    def grad_round_start(self) -> None:
+        """Reset the round's gradient statistics."""
+        self._grad_infos: list[dict[str, float]] = []
+        self._grad_stats: dict[str, float] = {}
+
+    def grad_round_stats(self, done: int) -> dict[str, float]:
+        """The round's statistics, as :meth:`learn` reports them."""
+        infos = getattr(self, "_grad_infos", [])
+        out = self._learn_stats(done, [])
+        if infos:
+            out.update({k: float(np.mean([i[k] for i in infos])) for k in infos[-1]})
+        out.update(getattr(self, "_grad_stats", {}))
+        return out

@@ -10,7 +10,9 @@ configuration layer without importing it:
   ``batched`` (a batched population implementation exists for the vectorized executor),
   ``discrete`` / ``continuous`` (action spaces), ``actor_critic`` (policy logits + state values, PPO's loss) /
   ``q_learning`` (action values + epsilon-greedy, a TD loss): what inference attacks read
-  (:class:`~securefrl.agents.base.Agent`'s ``policy_logits`` / ``state_values`` / ``q_values``).
+  (:class:`~securefrl.agents.base.Agent`'s ``policy_logits`` / ``state_values`` / ``q_values``), ``gradient``
+  (the minibatch-gradient methods of ``federation.update = "gradient"``, :mod:`securefrl.gradient`), ``policy``
+  (a stochastic discrete actor whose episodes FedPG-BR's estimator samples, :mod:`securefrl.fedpg`).
 
 Third parties register through the ``securefrl.agents`` entry-point group, or in code:
 ``AGENTS.register("mine", "pkg.mod:MyAgent", config="pkg.mod:MyConfig", capabilities=frozenset())``.
@@ -31,10 +33,11 @@ if TYPE_CHECKING:
 AGENTS: Registry[type[Agent]] = Registry("agent", "agent.name", group="securefrl.agents")
 """Agent classes by name, with their config dataclass and declared capabilities as metadata."""
 AGENTS.register("dqn", "securefrl.agents.dqn:DQNAgent", config="securefrl.agents.configs:DQNConfig",
-                capabilities=frozenset({"proximal", "freeze", "embedding", "dpsgd", "discrete", "q_learning"}))
+                capabilities=frozenset({"proximal", "freeze", "embedding", "dpsgd", "discrete", "q_learning",
+                                        "gradient"}))
 AGENTS.register("ppo", "securefrl.agents.ppo:PPOAgent", config="securefrl.agents.configs:PPOConfig",
                 capabilities=frozenset({"proximal", "freeze", "embedding", "dpsgd", "batched", "discrete",
-                                        "actor_critic"}))
+                                        "actor_critic", "gradient", "policy"}))
 AGENTS.register("sac", "securefrl.agents.sac:SACAgent", config="securefrl.agents.configs:SACConfig",
                 capabilities=frozenset({"continuous"}))
 
