@@ -94,6 +94,8 @@ __all__ = [
     "FAMILIES",
     "EnvFamily",
     "FamilyParam",
+    "batched_families",
+    "batched_target",
     "family_for_env",
     "family_names",
     "get_family",
@@ -380,6 +382,23 @@ def get_family(name: str, field: str = "family") -> EnvFamily:
         return FAMILIES[name]
     except (KeyError, TypeError):
         raise ConfigError(field, f"unknown family {name!r}; allowed: {', '.join(family_names())}") from None
+
+
+def batched_target(env: str) -> str:
+    """``module:Class`` of the batched implementation serving config ``env.name`` (a family or a plain id), or "".
+
+    A plain gymnasium id is served by the family whose ``env_id`` it is (``CartPole-v1`` -> cartpole). By name
+    only (imports nothing), for :mod:`securefrl.compat`; :func:`securefrl.envs.batched.batch_class_for` finds the
+    same class from a built environment.
+    """
+    if env in FAMILIES:
+        return FAMILIES[env].batched
+    return next((f.batched for f in _FAMILY_LIST if f.env_id == env and f.batched), "")
+
+
+def batched_families() -> tuple[str, ...]:
+    """Families with a batched implementation (what ``federation.simulation = "vectorized"`` runs)."""
+    return tuple(sorted(f.name for f in _FAMILY_LIST if f.batched))
 
 
 def family_for_env(unwrapped: gym.Env) -> EnvFamily | None:

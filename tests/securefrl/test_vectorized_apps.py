@@ -1,0 +1,77 @@
+"""The batched-env base and the vectorized simulation of the application families.
+
+The vectorized run of edge caching and MEC offloading must write the same round metrics as the loop (the
+differential test); a batch's copies taken out, stepped, put back or checkpointed must continue exactly as
+the uninterrupted batch; and the config check reads the family registry's batched capability.
+"""
+
+import glob
+import json
+
+import numpy as np
+import pytest
+
+from securefrl.config import load_config
+from securefrl.envs import draw_client_envs
+from securefrl.envs.batched import batch_for
+from securefrl.envs.families import batched_families, batched_target
+from securefrl.errors import ConfigError
+from securefrl.experiment import run_experiment
+
+TINY = ["federation.n_clients=3", "federation.rounds=2", "federation.local_steps=64", "federation.eval_episodes=1",
+        "env.heterogeneity=1.0", "agent.params={n_envs: 2, n_steps: 16, n_epochs: 1, n_minibatches: 2}"]
+TIMES = ("round_time",)
+
+
+@pytest.mark.parametrize("family", ["edge_caching", "mec_offloading"])
+def test_vectorized_run_writes_the_loops_round_metrics(family, tmp_path):
+    rows = {}
+    for sim in ("loop", "vectorized"):
+        run_experiment(load_config(overrides=[*TINY, f"env.name={family}", f"federation.simulation={sim}",
+                                              f"output_dir={tmp_path}", f"name={sim}"]), progress=False)
+        (path,) = glob.glob(str(tmp_path / sim / "*" / "rounds.jsonl"))
+        rows[sim] = [json.loads(line) for line in open(path)]
+    assert len(rows["loop"]) == len(rows["vectorized"]) == 2
+    for a, b in zip(rows["loop"], rows["vectorized"], strict=True):
+        assert a.keys() == b.keys()
+        same = {k: a[k] for k in a if not k.startswith("time_") and k not in TIMES}
+        assert same == {k: b[k] for k in same}
+    assert rows["loop"][0]["mean_return"] != rows["loop"][1]["mean_return"]  # training moved something
+
+
+@pytest.mark.parametrize("family", ["cartpole", "edge_caching", "mec_offloading"])
+def test_copies_taken_out_and_checkpointed_continue_exactly(family):
+    specs = draw_client_envs(family, 3, 1.0, np.random.default_rng(4))
+    whole, other = batch_for(specs, 2), batch_for(specs, 2)
+    seeds = list(range(20, 26))
+    whole.reset(seeds)
+    other.reset(seeds)
+    rng = np.random.default_rng(0)
+    rows = np.array([1, 4, 5])
+    for t in range(120):  # crosses episode ends (autoreset) for every family
+        actions = rng.integers(0, whole.action_space.n, whole.n)
+        ref = whole.step(actions)
+        part = other.subset(rows)  # out, step, back in: what a population does with a round's clients
+        got = part.step(actions[rows])
+        other.assign(rows, part)
+        rest = np.setdiff1d(np.arange(other.n), rows)
+        rest_batch = other.subset(rest)
+        rest_batch.step(actions[rest])
+        other.assign(rest, rest_batch)
+        np.testing.assert_array_equal(got.next_obs, ref.next_obs[rows])
+        np.testing.assert_array_equal(other.obs, whole.obs)
+        if t == 60:  # a checkpoint of every copy, restored into a fresh batch
+            fresh = batch_for(specs, 2)
+            fresh.set_state(np.arange(fresh.n), other.get_state(np.arange(other.n)))
+            other = fresh
+    np.testing.assert_array_equal(other.ep_returns, whole.ep_returns)
+
+
+def test_vectorized_capability_comes_from_the_family_registry():
+    assert {"cartpole", "edge_caching", "mec_offloading"} <= set(batched_families())
+    assert batched_target("CartPole-v1") == batched_target("cartpole") != ""
+    assert batched_target("acrobot") == ""
+    load_config(overrides=["env.name=mec_offloading", "federation.simulation=vectorized"])
+    with pytest.raises(ConfigError, match=r"batched families: .*edge_caching") as err:
+        load_config(overrides=["env.name=acrobot", "federation.simulation=vectorized"])
+    assert err.value.field == "federation.simulation"
