@@ -75,3 +75,23 @@ def test_vectorized_capability_comes_from_the_family_registry():
     with pytest.raises(ConfigError, match=r"batched families: .*edge_caching") as err:
         load_config(overrides=["env.name=acrobot", "federation.simulation=vectorized"])
     assert err.value.field == "federation.simulation"
+
+
+def test_heterogeneity_command_writes_json_markdown_and_png(tmp_path, capsys):
+    from securefrl.cli import main
+
+    argv = ["heterogeneity", "mec_offloading", "--levels", "0", "1", "--methods", "fedavg", "--seeds", "1",
+            "--clients", "2", "--rounds", "1", "--local-steps", "32", "--final-episodes", "1", "--out",
+            str(tmp_path), "--quiet"]
+    assert main(argv) == 0
+    out = json.loads((tmp_path / "heterogeneity_mec_offloading.json").read_text())
+    methods = {(r["h"], r["method"]) for r in out["summary"]}
+    assert methods == {(h, m) for h in (0.0, 1.0) for m in ("local", "fedavg")}  # local-only always joins
+    assert all(len(r["final"]) == 2 and r["simulation"] == "vectorized" for r in out["runs"])
+    assert (tmp_path / "heterogeneity_mec_offloading_mec_offloading.png").stat().st_size > 0
+    assert "| mec_offloading | 1.0 | fedavg |" in capsys.readouterr().out
+    stream = tmp_path / "heterogeneity_mec_offloading.jsonl"
+    before = stream.read_text()
+    assert len(before.splitlines()) == 6  # per h: local, and the FedAvg run's fedavg + finetune records
+    assert main(argv) == 0  # a rerun continues from the records: nothing left to train
+    assert stream.read_text() == before
