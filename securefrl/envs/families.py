@@ -34,7 +34,8 @@ solvable; what does is an asymmetry the observation does not reveal (a constant 
 reversed motors). Not even a per-client pole-angle calibration offset, the least contrived such asymmetry,
 bites at a solvable size: checked once (session 3, gymnasium CartPole-v1, 5 seeds per bias), the
 bias-unaware controller "push right iff theta + 0.5 theta_dot + 0.2 x_dot + 0.1 x > 0" balances 500 steps
-at every offset in +-0.1 rad (position feedback absorbs the offset as a cart displacement), while the
+at offsets 0, 0.03, 0.05, 0.08 and 0.1 rad (and, by the task's mirror symmetry, their negatives): position
+feedback absorbs the offset as a cart displacement, while the
 controller without position feedback drops to ~150 steps at 0.1 rad. So the physics families keep their
 ranges (the reason for each is in its ``FamilyParam.reason``, printed by ``securefrl envs``), and no default
 range of theirs is claimed to make FedAvg pay; where the penalty is wanted, use the application families
