@@ -51,6 +51,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--final-episodes", type=int, default=5)
     ap.add_argument("--suffix", default="", help="appended to the output names")
     ap.add_argument("--out", type=Path, default=RESULTS, help="output directory")
+    ap.add_argument("--summarize-only", action="store_true", help="tabulate the records already written, train nothing")
     ap.add_argument("--quick", action="store_true", help="smoke test: 1 seed, 2 rounds x 256 steps, 1 episode")
     args = ap.parse_args(argv)
     if args.quick:
@@ -58,7 +59,7 @@ def main(argv: list[str] | None = None) -> None:
         args.suffix = args.suffix or "_quick"
     run_heterogeneity(args.families, args.levels, args.methods, args.seeds, args.clients, args.rounds,
                              args.local_steps, args.final_episodes, args.out, args.suffix,
-                             log=lambda line: print(line, file=sys.stderr, flush=True))
+                             log=lambda line: print(line, file=sys.stderr, flush=True), train=not args.summarize_only)
     print((args.out / f"heterogeneity{args.suffix}.md").read_text())
 
 

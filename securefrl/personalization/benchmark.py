@@ -20,8 +20,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["HETEROGENEITY_FAMILIES", "HETEROGENEITY_METHODS", "heterogeneity_jobs", "markdown_table", "plot_family",
-           "run_heterogeneity", "run_heterogeneity_job", "summarize", "t_interval", "train_and_deploy"]
+__all__ = ["HETEROGENEITY_FAMILIES", "HETEROGENEITY_METHODS", "goal_check", "heterogeneity_jobs", "markdown_table",
+           "plot_family", "run_heterogeneity", "run_heterogeneity_job", "summarize", "t_interval", "train_and_deploy"]
 
 
 def _config(overrides: Sequence[str], vectorized: bool) -> tuple[Any, str]:
@@ -137,6 +137,62 @@ def summarize(records: Sequence[Mapping[str, Any]], methods: Sequence[str], fami
     return rows
 
 
+def _paired(records: Sequence[Mapping[str, Any]], family: str, h: float, a: str, b: str, stat: Any,
+            key: str = "family") -> tuple[float, float, int]:
+    """Mean and 95% half-width over seeds of ``stat(a's finals) - stat(b's finals)``, paired by seed; and n."""
+    def per_seed(m: str) -> dict[int, list[float]]:
+        return {r["seed"]: r["final"] for r in records
+                if (r[key], r["h"], r["method"]) == (family, h, m) and "final" in r}
+
+    ra, rb = per_seed(a), per_seed(b)
+    seeds = sorted(set(ra) & set(rb))
+    if not seeds:
+        return float("nan"), float("nan"), 0
+    mean, ci = t_interval([float(stat(ra[s]) - stat(rb[s])) for s in seeds])
+    return mean, ci, len(seeds)
+
+
+def goal_check(records: Sequence[Mapping[str, Any]], families: Sequence[str], methods: Sequence[str],
+               key: str = "family") -> list[str]:
+    """The issue's goal, per family, from paired per-seed differences (95% t-intervals over seeds).
+
+    (a) FedAvg's penalty against local-only (local mean - FedAvg mean) is significant at the largest h (interval
+    above 0) and larger there than at the smallest h; (b) some personalization method beats both FedAvg and
+    local-only at the largest h on mean return (paired interval above 0 against each) and on worst-client return
+    (point estimate), while matching FedAvg at the smallest h (the paired interval of its mean against FedAvg's
+    includes 0 or lies above it).
+    """
+    out = []
+    pers = [m for m in methods if m not in ("local", "fedavg")]
+    for fam in families:
+        hs = sorted({float(r["h"]) for r in records if r[key] == fam and "final" in r})
+        if len(hs) < 2:
+            continue
+        lo_h, hi_h = hs[0], hs[-1]
+        pen_hi, ci_hi, n = _paired(records, fam, hi_h, "local", "fedavg", np.mean, key)
+        pen_lo, ci_lo, _ = _paired(records, fam, lo_h, "local", "fedavg", np.mean, key)
+        if n == 0:
+            continue
+        a = pen_hi - ci_hi > 0 and pen_hi > pen_lo
+        line = (f"{fam}: FedAvg penalty vs local {pen_lo:+.1f} ± {ci_lo:.1f} at h={lo_h:g}, {pen_hi:+.1f} ± "
+                f"{ci_hi:.1f} at h={hi_h:g} ({n} seeds): {'significant and growing' if a else 'NOT significant'}")
+        winners = []
+        for m in pers:
+            d_f, c_f, nm = _paired(records, fam, hi_h, m, "fedavg", np.mean, key)
+            d_l, c_l, _ = _paired(records, fam, hi_h, m, "local", np.mean, key)
+            w_f, _, _ = _paired(records, fam, hi_h, m, "fedavg", np.min, key)
+            w_l, _, _ = _paired(records, fam, hi_h, m, "local", np.min, key)
+            z_f, z_c, _ = _paired(records, fam, lo_h, m, "fedavg", np.mean, key)
+            if nm == 0:
+                continue
+            ok = d_f - c_f > 0 and d_l - c_l > 0 and w_f > 0 and w_l > 0 and z_f + z_c >= 0
+            winners.append(f"{m} {'YES' if ok else 'no'} (h={hi_h:g}: mean vs fedavg {d_f:+.1f} ± {c_f:.1f}, vs local "
+                           f"{d_l:+.1f} ± {c_l:.1f}; worst vs fedavg {w_f:+.1f}, vs local {w_l:+.1f}; h={lo_h:g}: mean "
+                           f"vs fedavg {z_f:+.1f} ± {z_c:.1f})")
+        out.append(line + ("; personalization: " + "; ".join(winners) if winners else ""))
+    return out
+
+
 def _fmt(value: float, ci: float, digits: int = 1) -> str:
     return f"{value:.{digits}f}" + ("" if np.isnan(ci) else f" ± {ci:.{digits}f}")
 
@@ -244,10 +300,10 @@ def _job_key(r: Mapping[str, Any]) -> tuple[str, float, str, int]:
 
 def run_heterogeneity(families: Sequence[str], levels: Sequence[float], methods: Sequence[str], seeds: int,
                       clients: int, rounds: int, local_steps: int, final_episodes: int, out_dir: Path,
-                      suffix: str = "", log: Any = None) -> list[dict[str, Any]]:
+                      suffix: str = "", log: Any = None, train: bool = True) -> list[dict[str, Any]]:
     """Run (or continue) the grid; write ``heterogeneity{suffix}.jsonl`` (records, appended as each run ends, so a
     stopped grid continues where it stopped), ``.json`` (summary + records), ``.md`` and one PNG per family.
-    Returns the summary rows."""
+    With ``train=False`` only the records already there are summarised. Returns the summary rows."""
     import json
     import platform
 
@@ -267,7 +323,7 @@ def run_heterogeneity(families: Sequence[str], levels: Sequence[float], methods:
                if r.get("settings") == settings] if stream.exists() else []
     have = {_job_key(r) for r in records}
     t0 = time.perf_counter()
-    todo = [j for j in jobs if (j["family"], j["h"], j["run"], j["seed"]) not in have]
+    todo = [j for j in jobs if (j["family"], j["h"], j["run"], j["seed"]) not in have] if train else []
     for n, job in enumerate(todo, 1):
         recs = run_heterogeneity_job(job)
         with open(stream, "a") as fh:
@@ -286,7 +342,8 @@ def run_heterogeneity(families: Sequence[str], levels: Sequence[float], methods:
     rows = summarize(chosen, HETEROGENEITY_METHODS, list(HETEROGENEITY_FAMILIES))
     meta = {"python": platform.python_version(), "machine": platform.machine(),
             "wall_seconds_this_call": time.perf_counter() - t0, "families": list(families), "levels": list(levels),
-            "methods": list(methods), "seeds": seeds, **settings}
+            "methods": list(methods), "seeds": seeds, "missing_runs": 0 if train else
+            len([j for j in jobs if (j["family"], j["h"], j["run"], j["seed"]) not in have]), **settings}
     (out_dir / f"heterogeneity{suffix}.json").write_text(
         json.dumps(json_safe({"meta": meta, "summary": rows, "runs": chosen}), indent=1) + "\n")
     lines = ["# Heterogeneity benchmark: FedAvg's penalty and personalization", "",
@@ -294,7 +351,8 @@ def run_heterogeneity(families: Sequence[str], levels: Sequence[float], methods:
              f"{final_episodes} greedy episodes per client of the model it deploys. ± = 95% t-interval over seeds. "
              "worse than local = fraction of clients whose return under the method is below the same client's "
              "local-only return (paired by seed); penalty = local mean - method mean (positive: the method is "
-             "worse).", "", *markdown_table(rows), ""]
+             "worse).", "", *markdown_table(rows), "", "## The issue's goal, per family (paired over seeds)", "",
+             *[f"- {line}" for line in goal_check(chosen, families, ["local", *methods])], ""]
     (out_dir / f"heterogeneity{suffix}.md").write_text("\n".join(lines))
     for f in families:
         plot_family(rows, f, HETEROGENEITY_METHODS, out_dir / f"heterogeneity_{f}{suffix}.png")
