@@ -121,6 +121,15 @@ class PPOPopulation:
         self.client_envs = batch
         self.envs = batch.subset(np.repeat(np.arange(self.n), self.config.n_envs))
 
+    @property
+    def physics(self) -> BatchedEnv | None:
+        """The one-copy-per-client batch (assigning CartPole ``(physics, limit)`` or a batch calls :meth:`set_envs`)."""
+        return self.client_envs
+
+    @physics.setter
+    def physics(self, envs: BatchedEnv | tuple[dict[str, np.ndarray], int]) -> None:
+        self.set_envs(envs)
+
     # --- parameters as flat vectors ---------------------------------------------------------
     def views(self, rows: torch.Tensor) -> list[torch.Tensor]:
         """Per-tensor views ``(C, *shape)`` of flat rows ``(C, dim)`` (the flat layout of :class:`ParamSpec`).
