@@ -310,6 +310,7 @@ _FAMILY_LIST = (
         ),
         derive=_acrobot_derived,
         description="swing a two-link pendulum up (Sutton 1996); discrete actions",
+        batched="securefrl.vectorized.acrobot:AcrobotBatch",
     ),
     EnvFamily(
         name="mountaincar",

@@ -9,7 +9,7 @@ client's agent is a :class:`ClientSlot`, a real :class:`~securefrl.agents.base.A
 client ``c``'s rows of the population, so everything the round does with ``client.agent`` still holds.
 
 Supported: every environment whose family declares a batched implementation (``EnvFamily.batched``:
-CartPole, edge caching, MEC offloading; :mod:`securefrl.envs.batched`) + PPO, any protocol; attacks that only
+CartPole, Acrobot, edge caching, MEC offloading; :mod:`securefrl.envs.batched`) + PPO, any protocol; attacks that only
 craft updates. Anything else is refused by :mod:`securefrl.compat` (declared in :data:`securefrl.axes.EXECUTORS`).
 """
 
