@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+from gymnasium import spaces
 from gymnasium.envs.classic_control.acrobot import AcrobotEnv
 
 from securefrl.envs import EnvSpec
@@ -55,9 +56,9 @@ class AcrobotBatch(BatchedEnv):
         missing = [k for k in LINKS if k not in links]
         if missing:
             raise ValueError(f"links lack {missing}")
-        template = AcrobotEnv()
-        super().__init__(len(links["LINK_MASS_1"]), max_episode_steps, template.observation_space,
-                         template.action_space)
+        high = np.array([1.0, 1.0, 1.0, 1.0, AcrobotEnv.MAX_VEL_1, AcrobotEnv.MAX_VEL_2], dtype=np.float32)
+        super().__init__(len(links["LINK_MASS_1"]), max_episode_steps, spaces.Box(-high, high, dtype=np.float32),
+                         spaces.Discrete(3))  # AcrobotEnv's spaces
         self.p = {k: np.ascontiguousarray(links[k], dtype=np.float64) for k in LINKS}
         if any(v.shape != (self.n,) for v in self.p.values()):
             raise ValueError(f"every link array must have shape ({self.n},)")
