@@ -67,7 +67,7 @@ from securefrl.configtools import apply_override, check_range, from_dict, to_dic
 from securefrl.errors import ConfigError
 from securefrl.federation import Federation, make_federation
 from securefrl.registry import Registry
-from securefrl.results import json_safe
+from securefrl.results import json_safe, new_run_dir
 from securefrl.seeding import derive_seed, sample_size
 
 __all__ = [
@@ -831,9 +831,16 @@ def _plot_rest(agg: dict[str, Any], pois: dict[str, Any], m: MatrixConfig, out: 
 
 
 def write_outputs(rows: list[dict[str, Any]], m: MatrixConfig, out: str | Path | None = None) -> Path:
-    """Write cells.csv, summary.md, summary.json and the heatmaps; returns the folder."""
-    folder = Path(out) if out is not None else Path(m.output_dir) / m.name
-    folder.mkdir(parents=True, exist_ok=True)
+    """Write cells.csv, summary.md, summary.json and the heatmaps; returns the folder.
+
+    Without ``out`` the matrix gets a new ``<output_dir>/<name>/<timestamp>`` folder, as ``securefrl run``
+    does, so a second matrix never overwrites the first.
+    """
+    if out is not None:
+        folder = Path(out)
+        folder.mkdir(parents=True, exist_ok=True)
+    else:
+        folder = new_run_dir(Path(m.output_dir) / m.name)
     with open(folder / "cells.csv", "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(CSV_COLUMNS))
         writer.writeheader()

@@ -66,6 +66,9 @@ class AggregationProtocol(ABC):
     public_weights: bool = False
     #: Largest ``|coordinate|`` of an honest opened mean (the protocol's per-coordinate clip), or None.
     mean_bound: float | None = None
+    #: Name of the constructor parameter that clips every coordinate (SecAgg's fixed-point range), or None.
+    #: DP sets it to leave room for the noise; methods that send a count coordinate need it >= 1.
+    coordinate_clip_param: str | None = None
 
     def begin_round(self, round_id: int, client_ids: Sequence[int]) -> None:  # noqa: B027
         """Run any interactive set-up needed before clients protect their updates."""

@@ -152,8 +152,9 @@ class PrivacySection:
     min_survivors: int = 0
     """Distributed noise: shares are calibrated for at least this many surviving clients (0 = all sampled)."""
     secure_noise: bool = False
-    """Draw noise from the OS CSPRNG. Under secagg/ckks client-level noise is always secure unless
-    seeded_noise_experiment; with plaintext false = seeded noise (reproducible, regenerable from the seed)."""
+    """Draw noise from the OS CSPRNG. Under a protocol that hides updates (secagg, ckks) client-level and DP-SGD
+    noise is always secure unless seeded_noise_experiment; with plaintext false = seeded noise (reproducible,
+    regenerable from the seed)."""
     seeded_noise_experiment: bool = False
     """Experiment flag: allow seeded (reproducible, hence removable by anyone with the config) DP noise under a
     secure protocol; the run's rows and summary are marked dp_noise=seeded."""

@@ -32,7 +32,7 @@ from securefrl.config import ExperimentConfig
 from securefrl.envs import EnvSpec, draw_client_envs
 from securefrl.errors import UpdateRejectedError
 from securefrl.executors import Executor
-from securefrl.protocol_factory import make_protocol
+from securefrl.protocol_factory import PROTOCOLS, make_protocol
 from securefrl.seeding import derive_rng, sample_clients
 from securefrl.server import make_aggregation
 from securefrl.server_opt import ServerOptimizer
@@ -119,8 +119,9 @@ class Federation:
         if cfg.privacy.dpsgd:  # record-level DP-SGD inside every client's local training
             from securefrl.agents.dp import DPSGDSettings, enable_dp_sgd  # deferred: pulls in opacus
 
+            hides = not PROTOCOLS.get(cfg.protocol.name).reveals_individual_updates
             for c in self.clients:
-                enable_dp_sgd(c.agent, DPSGDSettings.from_privacy(cfg.privacy),
+                enable_dp_sgd(c.agent, DPSGDSettings.from_privacy(cfg.privacy, hides),
                               derive_rng(cfg.seed, "dpsgd-noise", c.client_id))
         # Every client starts from one global initialisation, drawn from its own stream.
         self.global_params = self.algorithm.initial_global(specs, agent_cfg)
@@ -135,8 +136,9 @@ class Federation:
         self.aggregation = make_aggregation(self.rule, self.dp, cfg.seed)
         if self.protocol is None:
             params = dict(cfg.protocol.params)
-            if self.dp is not None and cfg.protocol.name == "secagg":  # room for the noise in SecAgg's clip
-                params.setdefault("clip", self.dp.required_coordinate_clip())
+            clip_param = PROTOCOLS.get(cfg.protocol.name).coordinate_clip_param
+            if self.dp is not None and clip_param is not None:  # room for the noise in the coordinate clip
+                params.setdefault(clip_param, self.dp.required_coordinate_clip())
             self.protocol = make_protocol(cfg.protocol.name, self.algorithm.protocol_dim(), len(self.clients),
                                           params)
         if self.dp is not None:

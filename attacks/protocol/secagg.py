@@ -8,6 +8,8 @@ messages, changing only what its adversary controls. ``weakened=True`` attacks
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 
 from attacks.protocol import ProtocolAttackOutcome, register
@@ -24,6 +26,7 @@ from protocols.secagg import (
 )
 from protocols.secagg.client import pairwise_mask_key, pairwise_sign, self_mask_key
 from protocols.secagg.messages import ForwardedShares, KeyEntry, KeyList, ShareKind, UnmaskShares
+from protocols.secagg.params import RoundPlan, logarithmic_degree
 from protocols.shamir import decode_share, encode_share, reconstruct
 
 N, DIM = 9, 32
@@ -231,3 +234,95 @@ class Replay:
         return ProtocolAttackOutcome(self.name, _target(weakened), ok, err, "max error of the opened mean", reason,
                                      {"total_weight": opened.total_weight, "included": agg.included})
 
+
+
+@register
+class GraphIsolation:
+    """A server that picks SecAgg+'s neighbour graph lets its corrupt clients unmask an honest client.
+
+    Threat model: a malicious server colluding with a third of the clients (SecAgg+'s design point, Bell et
+    al. 2020, CCS). In a sparse graph an honest client u shares its self-mask seed and mask key only with its
+    k neighbours, t of whom rebuild either secret. If t of u's neighbours are corrupt they rebuild both, and
+    with the public key book they strip every mask from u's input: the server learns u's individual update.
+    The server searches offline for a graph in which some honest client has t corrupt neighbours, then runs
+    an honest-looking round.
+
+    Weakened: ``graph_from_key_book=False`` with the old ``2 log2 n`` degree, so the graph depends only on
+    the ``graph_seed`` the server sets. Defence (default): the graph seed mixes in the digest of the round's
+    signed key book (fresh keys the server learns only after the parameters are fixed, and a sparse round
+    aborts if the book leaves anyone out), and the degree and threshold come from
+    :func:`~protocols.secagg.params.secagg_plus_parameters` so that t corrupt neighbours happen with
+    probability below 2^-40 per round. Not covered: a server that aborts 2^g rounds gains g bits (raise
+    ``security_bits``); the honest clients' sum, which the server always learns.
+    """
+
+    name = "secagg_graph_isolation"
+    threat_model = __doc__ or ""
+    n_clients = 30
+    seed_budget = 4096
+
+    def run(self, weakened: bool, seed: int) -> ProtocolAttackOutcome:
+        n, r = self.n_clients, 1
+        corrupt = frozenset(range(n - n // 3, n))
+        rng = np.random.default_rng(seed)
+        base = (SecAggParams(dim=DIM, max_clients=n, neighbours=logarithmic_degree(n), graph_from_key_book=False)
+                if weakened else SecAggParams(dim=DIM, max_clients=n, neighbours="log"))
+        # Offline search: the server plans with each candidate seed (it cannot know the key-book digest yet).
+        params = base
+        for g in rng.permutation(self.seed_budget):
+            candidate = replace(base, graph_seed=int(g))
+            victim = _exposed_client(candidate.plan(r, range(n)), corrupt)
+            if victim is not None:
+                params = candidate
+                break
+        registry, _, server, clients = _parties(params, r, n)
+        for c in range(n):
+            server.receive(c, clients[c].advertise_keys())
+        books = server.broadcast_keys()
+        plan = server.plan  # the round's real graph, seeded as the parameters say
+        for c, msg in books.items():
+            server.receive(c, clients[c].share_keys(msg))
+        updates = rng.uniform(-1, 1, (n, DIM))
+        forwarded = server.forward_shares()
+        masked = {c: clients[c].masked_input(forwarded[c], updates[c], 1.0) for c in range(n)}
+        target = _exposed_client(plan, corrupt)
+        if target is None:
+            worst = max(len(plan.neighbours[u] & corrupt) for u in plan.roster if u not in corrupt)
+            return ProtocolAttackOutcome(
+                self.name, _target_graph(weakened), False, float("inf"), "max error of x_victim",
+                f"no honest client has t={plan.threshold} corrupt neighbours in the round's graph (most: {worst} of "
+                f"{len(plan.neighbours[0])}); the {self.seed_budget} seeds the server tried did not choose it",
+                {"threshold": plan.threshold, "degree": len(plan.neighbours[0])})
+        # The corrupt neighbours pool the shares of the target's secrets they hold.
+        t = plan.threshold
+        holders = sorted(plan.neighbours[target] & corrupt)[:t]
+        seed_shares = {v + 1: decode_share(clients[v]._held[target][0]) for v in holders}
+        key_shares = {v + 1: decode_share(clients[v]._held[target][1]) for v in holders}
+        b = reconstruct(seed_shares, t).to_bytes(crypto.SEED_BYTES, "big")
+        mask_key = crypto.load_private(reconstruct(key_shares, t).to_bytes(32, "big"))
+        book = MessageCodec(params, registry).decode_key_list(books[target], r)
+        mask_public = {e.client_id: e.mask_public for e in book.entries}
+        y = MessageCodec(params, registry).decode_masked(masked[target], r, target).copy()
+        expander = crypto.MaskExpander(params.vector_length, params.dtype)
+        expander.add(y, self_mask_key(b, r, target), -1)
+        for v in sorted(plan.neighbours[target]):
+            expander.add(y, pairwise_mask_key(mask_key, mask_public[v], r, target, v), -pairwise_sign(target, v))
+        values, weight = Quantizer(params).decode(y, 1)
+        error = float(np.max(np.abs(values / weight - updates[target])))
+        ok = error <= Quantizer(params).value_step
+        return ProtocolAttackOutcome(
+            self.name, _target_graph(weakened), ok, error, "max error of x_victim",
+            f"honest client {target} has {len(plan.neighbours[target] & corrupt)} corrupt of "
+            f"{len(plan.neighbours[target])} neighbours (t={t}); its update recovered to {error:.2g}" if ok
+            else "recovery failed", {"threshold": t, "degree": len(plan.neighbours[target])})
+
+
+def _exposed_client(plan: RoundPlan, corrupt: frozenset[int]) -> int | None:
+    """An honest client with at least t corrupt neighbours in ``plan``, or None."""
+    return next((u for u in plan.roster if u not in corrupt and len(plan.neighbours[u] & corrupt) >= plan.threshold),
+                None)
+
+
+def _target_graph(weakened: bool) -> str:
+    return ("secagg+ graph chosen by the server (graph_from_key_book=False, degree 2 log2 n)" if weakened
+            else "secagg+ default (graph seeded by the signed key book, Bell et al. degree)")

@@ -135,6 +135,10 @@ class SecAggParams:
     graph_seed:
         Public seed of the neighbour graph, mixed with the round number and a digest of the round's signed key
         book (so neither the server nor anyone else can pick the graph).
+    graph_from_key_book:
+        ``True`` (default): the key-book digest enters the graph seed. ``False`` is UNSAFE, only for attack
+        studies (``secagg_graph_isolation``): the graph then depends on ``graph_seed`` alone, so whoever sets
+        the parameters can search for a graph in which corrupt clients hold t shares of an honest client.
     authenticated:
         ``True`` (default): the malicious-server protocol of Bonawitz et al. 2017 (§6.2): clients sign every
         message with their enrolled identity key and check every key they use, run the consistency check
@@ -156,6 +160,7 @@ class SecAggParams:
     value_bits: int | None = None
     modulus_bits: int = 32
     graph_seed: int = 0
+    graph_from_key_book: bool = True
     public_weights: bool = True
     min_weight: float | None = None
     authenticated: bool = True
@@ -184,6 +189,8 @@ class SecAggParams:
             w = self.min_weight
             if w is None or not (isinstance(w, (int, float)) and 0 <= w <= self.max_weight):
                 raise ProtocolConfigError(f"weights that travel need min_weight in [0, max_weight], got {w!r}")
+        if not isinstance(self.graph_from_key_book, bool):
+            raise ProtocolConfigError(f"graph_from_key_book must be True or False, got {self.graph_from_key_book!r}")
         if not isinstance(self.authenticated, bool):
             raise ProtocolConfigError(f"authenticated must be True or False, got {self.authenticated!r}")
         for name in ("corrupt_fraction", "dropout_fraction"):
@@ -293,8 +300,9 @@ class SecAggParams:
         n = len(ids) if sampled is None else max(int(sampled), len(ids))
         k_n = self.degree(n)
         k = min(k_n, len(ids) - 1)
+        material = seed_material if self.graph_from_key_book else b""
         seed = int.from_bytes(crypto.digest(b"graph-seed", self.graph_seed.to_bytes(8, "little"),
-                                            round_id.to_bytes(8, "little"), seed_material)[:16], "little")
+                                            round_id.to_bytes(8, "little"), material)[:16], "little")
         graph = neighbour_graph(ids, k, seed, round_id)
         if self.neighbours == "log" and self.threshold is None:
             t = self._secagg_plus(n)[1]

@@ -79,6 +79,7 @@ class SecAggProtocol(AggregationProtocol):
     name = "secagg"
     reveals_individual_updates = False
     server_can_open = True
+    coordinate_clip_param = "clip"
 
     def __init__(
         self,

@@ -93,7 +93,7 @@ class DPSGDSettings:
     delta: float = 1e-5
     """delta of the reported record-level (epsilon, delta)."""
     secure: bool = False
-    """Noise from a CSPRNG (torchcsprng, Opacus's secure mode) instead of a generator seeded from the agent's rng."""
+    """Noise from the OS CSPRNG instead of a torch generator seeded from the agent's rng (reproducible)."""
 
     def validate(self, path: str = "privacy") -> None:
         """Refuse settings no step could run with, naming the config field."""
@@ -113,23 +113,34 @@ class DPSGDSettings:
             raise ConfigError(f"{path}.dpsgd_{err.field}", str(err).split(": ", 1)[-1]) from None
 
     @classmethod
-    def from_privacy(cls, privacy: PrivacySection) -> DPSGDSettings:
-        """The settings ``privacy.dpsgd_*`` (plus the shared delta, accountant and secure_noise) describe."""
+    def from_privacy(cls, privacy: PrivacySection, protocol_hides_updates: bool = False) -> DPSGDSettings:
+        """The settings ``privacy.dpsgd_*`` (plus the shared delta, accountant and secure_noise) describe.
+
+        As for client-level noise, the noise is secure by default under a protocol that hides updates (seeded
+        noise is removable by anyone with the config) unless ``privacy.seeded_noise_experiment``.
+        """
+        secure = bool(privacy.secure_noise) or (protocol_hides_updates and not privacy.seeded_noise_experiment)
         return cls(noise_multiplier=float(privacy.dpsgd_noise_multiplier),
                    max_grad_norm=float(privacy.dpsgd_max_grad_norm),
                    grad_sample_mode=str(privacy.dpsgd_grad_sample_mode), accountant=str(privacy.accountant),
-                   delta=float(privacy.delta), secure=bool(privacy.secure_noise))
+                   delta=float(privacy.delta), secure=secure)
 
 
 # --- Poisson sampling -----------------------------------------------------------------------
-def poisson_indices(n: int, q: float, rng: np.random.Generator) -> np.ndarray:
+def poisson_indices(n: int, q: float, rng: np.random.Generator, secure: bool = False) -> np.ndarray:
     """Indices of a Poisson sample of ``range(n)``: each included independently with probability ``q``.
 
     The batch size is Binomial(n, q), possibly 0 -- the sampling the subsampled-Gaussian accountants analyse.
-    One uniform draw per record from the agent's seeded numpy stream.
+    One uniform draw per record from the agent's seeded numpy stream, or with ``secure`` from the OS CSPRNG:
+    amplification by sampling assumes the adversary does not know the sample, and a seeded sample is known
+    to whoever has the seed.
     """
     if not 0 < q <= 1:
         raise ConfigError("sample_rate", f"must lie in (0, 1], got {q!r}")
+    if secure:
+        from securefrl.privacy.noise import secure_uniform
+
+        return np.flatnonzero(secure_uniform(n) < q)
     return np.flatnonzero(rng.random(n) < q)
 
 
@@ -139,11 +150,11 @@ def replay_rate(batch_size: int, stored: int) -> tuple[float, float]:
     return q, q * stored
 
 
-def poisson_replay_batch(replay: ReplayBuffer, batch_size: int, rng: np.random.Generator
+def poisson_replay_batch(replay: ReplayBuffer, batch_size: int, rng: np.random.Generator, secure: bool = False
                          ) -> dict[str, torch.Tensor]:
     """A Poisson sample of the stored transitions, expected size ``batch_size`` (rate :func:`replay_rate`)."""
     q, _ = replay_rate(batch_size, len(replay))
-    idx = poisson_indices(len(replay), q, rng)
+    idx = poisson_indices(len(replay), q, rng, secure)
     return {
         "obs": torch.from_numpy(replay.obs[idx]),
         "actions": torch.from_numpy(replay.actions[idx]),
@@ -192,10 +203,10 @@ class RecordDPSGD:
     """
 
     def __init__(self, agent: Agent, settings: DPSGDSettings, rng: np.random.Generator | None) -> None:
-        from opacus.optimizers import DPOptimizer, DPOptimizerFastGradientClipping
+        from opacus.optimizers import DPOptimizer
 
         from securefrl.privacy.accounting import PrivacyAccountant
-        from securefrl.privacy.dpsgd import check_noise_and_clip, mlp_linear_layers, noise_generator
+        from securefrl.privacy.dpsgd import check_noise_and_clip, dp_optimizer, mlp_linear_layers
 
         settings.validate()
         self.settings = settings
@@ -208,14 +219,14 @@ class RecordDPSGD:
         if trained != private:
             raise ConfigError("privacy.dpsgd", f"agent {agent.name!r}'s optimizer trains parameters outside its "
                               f"DP-SGD networks {sorted(self.networks)}; they would be released unprotected")
-        self.generator = noise_generator(rng, settings.secure)
-        common = {"noise_multiplier": self.z, "max_grad_norm": self.clip, "expected_batch_size": 1,
-                  "loss_reduction": "mean", "generator": self.generator, "secure_mode": settings.secure}
+        common: dict[str, Any] = {"noise_multiplier": self.z, "max_grad_norm": self.clip, "expected_batch_size": 1,
+                                  "loss_reduction": "mean"}
         self.mode = settings.grad_sample_mode
         self.wrapped: dict[str, Any] = {}
         if self.mode == "mlp":
             self.layers = mlp_linear_layers(self.networks.values())
-            self.optimizer: DPOptimizer = DPOptimizerFastGradientClipping(optimizer, **common)
+            self.optimizer: DPOptimizer = dp_optimizer(optimizer, rng, settings.secure, fast_gradient_clipping=True,
+                                                       **common)
         else:
             from opacus.grad_sample.utils import prepare_module
 
@@ -224,7 +235,8 @@ class RecordDPSGD:
                 if hasattr(gsm, "disable_hooks"):
                     gsm.disable_hooks()
                 self.wrapped[name] = gsm
-            self.optimizer = DPOptimizer(optimizer, **common)
+            self.optimizer = dp_optimizer(optimizer, rng, settings.secure, **common)
+        self.generator: torch.Generator | None = self.optimizer.generator  # None: OS CSPRNG noise
         self.accountant = PrivacyAccountant(settings.accountant)  # type: ignore[arg-type]
         self._closed: list[tuple[tuple[float, float, int], ...]] = []  # distinct histories of finished datasets
         self._unbounded = self.z == 0  # no noise: no finite epsilon
@@ -328,7 +340,7 @@ class RecordDPSGD:
             "accountant": self.accountant.state_dict(),
             "closed": [[list(e) for e in h] for h in self._closed],
             "steps": self.steps,
-            "generator": None if self.settings.secure else self.generator.get_state(),
+            "generator": None if self.generator is None else self.generator.get_state(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -343,7 +355,7 @@ class RecordDPSGD:
         self.accountant = PrivacyAccountant.from_state_dict(state["accountant"])
         self._closed = [tuple((float(z), float(q), int(n)) for z, q, n in h) for h in state["closed"]]
         self.steps = int(state["steps"])
-        if state["generator"] is not None and not self.settings.secure:
+        if state["generator"] is not None and self.generator is not None:
             self.generator.set_state(state["generator"])
 
 

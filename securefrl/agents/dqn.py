@@ -133,7 +133,8 @@ class DQNAgent(Agent):
         if self.config.batch_sampling == "poisson":
             from securefrl.agents.dp import poisson_replay_batch
 
-            return poisson_replay_batch(self.replay, self.config.batch_size, self.streams.numpy)
+            secure = self.dpsgd is not None and self.dpsgd.settings.secure  # the sample must be secret too
+            return poisson_replay_batch(self.replay, self.config.batch_size, self.streams.numpy, secure)
         return self.replay.sample(self.config.batch_size, self.streams.numpy)
 
     def _train_phase(self) -> float:

@@ -225,9 +225,10 @@ class PPOAgent(Agent):
         if self.dpsgd is not None:
             self.dpsgd.new_dataset()  # a fresh rollout: earlier rollouts' transitions are not in it
         params = [*self.actor.parameters(), *self.critic.parameters()]
+        secure = self.dpsgd is not None and self.dpsgd.settings.secure  # the sample must be secret too
         infos: list[dict[str, float]] = []
         for _ in range(cfg.n_epochs * cfg.n_minibatches):
-            idx = torch.from_numpy(poisson_indices(size, q, self.streams.numpy))
+            idx = torch.from_numpy(poisson_indices(size, q, self.streams.numpy, secure))
             mb = {k: v[idx] for k, v in data.items()}
             box: list[dict[str, float]] = []
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from securefrl.errors import ConfigError
+from securefrl.protocol_factory import PROTOCOLS
 
 if TYPE_CHECKING:
     from securefrl.config import ExperimentConfig
@@ -23,9 +24,11 @@ def check_personalization(config: ExperimentConfig) -> None:
     fed = config.federation
     method = p.method
     if method in ("group", "ifca"):
-        if config.protocol.name == "secagg" and float(config.protocol.params.get("clip", 1.0)) < 1.0:
-            raise ConfigError("protocol.params.clip", f"{method} sends a 1 in the chosen slot's count coordinate; "
-                              "SecAgg clips coordinates to [-clip, clip], so clip must be >= 1")
+        clip_param = PROTOCOLS.get(config.protocol.name).coordinate_clip_param
+        if clip_param is not None and float(config.protocol.params.get(clip_param, 1.0)) < 1.0:
+            raise ConfigError(f"protocol.params.{clip_param}", f"{method} sends a 1 in the chosen slot's count "
+                              f"coordinate; {config.protocol.name} clips coordinates to [-{clip_param}, "
+                              f"{clip_param}], so {clip_param} must be >= 1")
     if method == "relation":
         from securefrl.personalization.relation import check_relation
 

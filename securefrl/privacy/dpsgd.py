@@ -32,17 +32,18 @@ import math
 import sys
 from collections.abc import Iterable, Sequence
 from types import TracebackType
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
 from opacus.grad_sample import AbstractGradSampleModule
 from opacus.grad_sample.utils import prepare_module
-from opacus.optimizers import DPOptimizer
+from opacus.optimizers import DPOptimizer, DPOptimizerFastGradientClipping
+from opacus.optimizers.optimizer import _check_processed_flag, _mark_as_processed  # the hooks add_noise keeps
 
 from securefrl.errors import ConfigError
 from securefrl.privacy._validate import non_negative, positive_int
-from securefrl.privacy.noise import _warn_seeded_once
+from securefrl.privacy.noise import _warn_seeded_once, secure_gaussian
 
 GradSampleMode = Literal["hooks", "functorch", "ew"]
 GRAD_SAMPLE_MODES: tuple[str, ...] = ("hooks", "functorch", "ew")
@@ -53,16 +54,52 @@ CLIP_EPS = 1e-6
 """Opacus's clip factor is ``C / (norm + 1e-6)``; the ``"mlp"`` mode uses the same, so both clip identically."""
 
 
-def _secure_torch_generator() -> torch.Generator:
-    try:
-        import torchcsprng
-    except ImportError as err:
-        raise ConfigError(
-            "secure",
-            "secure DP-SGD needs the torchcsprng package (a CSPRNG torch generator, as Opacus's secure_mode); "
-            "it is not installed. torch's own generator is a Mersenne Twister and is not cryptographically secure",
-        ) from err
-    return torchcsprng.create_random_device_generator("/dev/urandom")
+class _OSNoise:
+    """Mixin for Opacus's optimizers: the Gaussian noise comes from the OS CSPRNG, not a torch generator.
+
+    Opacus's own secure mode needs ``torchcsprng`` (archived, not built for current torch); torch's generator is
+    a Mersenne Twister, whose state anyone who knows the seed (or enough outputs) can regenerate. This keeps
+    Opacus's arithmetic (``p.grad = summed_grad + N(0, (z C)^2)``, with its adaptive-clipping multiplier) and
+    draws the noise with :func:`securefrl.privacy.noise.secure_gaussian` (``os.urandom``, hardened as Opacus's
+    secure mode by summing four draws).
+    """
+
+    noise_multiplier: float
+    max_grad_norm: float
+    params: list[torch.nn.Parameter]
+
+    def add_noise(self) -> None:
+        z = getattr(self, "_adjusted_noise_multiplier", self.noise_multiplier)
+        for p in self.params:
+            summed: torch.Tensor = p.summed_grad  # type: ignore[attr-defined]  # set by Opacus's clipping
+            _check_processed_flag(summed)
+            noise = torch.from_numpy(secure_gaussian(z * self.max_grad_norm, tuple(summed.shape)))
+            p.grad = (summed + noise.to(dtype=summed.dtype, device=summed.device)).view_as(p)
+            _mark_as_processed(summed)
+
+
+class SecureDPOptimizer(_OSNoise, DPOptimizer):
+    """:class:`opacus.optimizers.DPOptimizer` with its noise from the OS CSPRNG."""
+
+
+class SecureDPOptimizerFastGradientClipping(_OSNoise, DPOptimizerFastGradientClipping):
+    """:class:`opacus.optimizers.DPOptimizerFastGradientClipping` with its noise from the OS CSPRNG."""
+
+
+def dp_optimizer(optimizer: torch.optim.Optimizer, rng: np.random.Generator | None, secure: bool, *,
+                 fast_gradient_clipping: bool = False, **kwargs: Any) -> DPOptimizer:
+    """Opacus's DP optimizer around ``optimizer``: noise seeded from ``rng`` (experiments, warns once) or, if
+    ``secure``, from the OS CSPRNG (no seed, not reproducible, what deployment needs)."""
+    if secure:
+        cls: type[DPOptimizer] = (SecureDPOptimizerFastGradientClipping if fast_gradient_clipping
+                                  else SecureDPOptimizer)
+        return cls(optimizer, generator=None, secure_mode=False, **kwargs)
+    if not isinstance(rng, np.random.Generator):
+        raise ConfigError("rng", "seeded DP-SGD needs an explicit numpy.random.Generator (or secure=True)")
+    _warn_seeded_once()
+    generator = torch.Generator().manual_seed(int(rng.integers(0, 2**63 - 1)))
+    base = DPOptimizerFastGradientClipping if fast_gradient_clipping else DPOptimizer
+    return base(optimizer, generator=generator, secure_mode=False, **kwargs)
 
 
 def check_noise_and_clip(noise_multiplier: float, max_grad_norm: float) -> tuple[float, float]:
@@ -80,20 +117,6 @@ def check_noise_and_clip(noise_multiplier: float, max_grad_norm: float) -> tuple
             raise ConfigError("max_grad_norm", "must be finite when noise_multiplier > 0 (noise std is z * clip)")
         clip = sys.float_info.max
     return z, clip
-
-
-def noise_generator(rng: np.random.Generator | None, secure: bool) -> torch.Generator:
-    """The torch generator DP-SGD noise is drawn from: seeded from ``rng`` (experiments, warns once) or a CSPRNG.
-
-    ``secure=True`` needs ``torchcsprng`` (what Opacus's ``secure_mode`` expects) and refuses to run without
-    it rather than pretend; seeded noise is reproducible but predictable to whoever knows the seed.
-    """
-    if secure:
-        return _secure_torch_generator()
-    if not isinstance(rng, np.random.Generator):
-        raise ConfigError("rng", "seeded DP-SGD needs an explicit numpy.random.Generator (or secure=True)")
-    _warn_seeded_once()
-    return torch.Generator().manual_seed(int(rng.integers(0, 2**63 - 1)))
 
 
 def mlp_linear_layers(modules: Iterable[torch.nn.Module]) -> list[torch.nn.Linear]:
@@ -239,22 +262,12 @@ def make_dp_sgd(
     Train with the returned module (it shares parameters with ``module``) and call
     ``dp_optimizer.zero_grad()`` / ``loss.backward()`` / ``dp_optimizer.step()`` as usual; the loss must
     be a *mean* over the batch. Seeded mode draws the noise from a torch generator seeded from ``rng``
-    (warns once: not for deployment); ``secure=True`` uses Opacus's secure mode with ``torchcsprng``
-    and refuses to run without it rather than pretend.
+    (warns once: not for deployment); ``secure=True`` draws it from the OS CSPRNG (:class:`SecureDPOptimizer`).
     """
     if grad_sample_mode not in GRAD_SAMPLE_MODES:
         raise ConfigError("grad_sample_mode", f"must be one of {GRAD_SAMPLE_MODES}, got {grad_sample_mode!r}")
     batch_size = positive_int("batch_size", batch_size)
     z, clip = check_noise_and_clip(noise_multiplier, max_grad_norm)
-    generator = noise_generator(rng, secure)
     gsm = prepare_module(module, grad_sample_mode, batch_first=True, loss_reduction="mean")
-    dp_optimizer = DPOptimizer(
-        optimizer,
-        noise_multiplier=z,
-        max_grad_norm=clip,
-        expected_batch_size=batch_size,
-        loss_reduction="mean",
-        generator=generator,
-        secure_mode=secure,
-    )
-    return gsm, dp_optimizer
+    return gsm, dp_optimizer(optimizer, rng, secure, noise_multiplier=z, max_grad_norm=clip,
+                             expected_batch_size=batch_size, loss_reduction="mean")

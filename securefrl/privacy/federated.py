@@ -4,7 +4,7 @@ DP-FedAvg (McMahan et al. 2018, "Learning Differentially Private Recurrent Langu
 sampled client clips its update to ``C``; Gaussian noise of std ``z C`` on the sum is added
 
 * ``central``: by the aggregator after combining (it sees the noise-free sum: plaintext or SecAgg
-  server only; refused under CKKS, where nobody but the key holder may see the sum);
+  server only; refused under any protocol whose server cannot open the sum, such as threshold CKKS);
 * ``distributed``: as shares ``N(0, (zC)^2 / (m_min - k))`` by every client, so any ``m >= m_min``
   surviving shares carry the full noise even if ``k = privacy.max_colluding`` of them withhold theirs,
   and no party ever sees the noise-free aggregate;
@@ -60,9 +60,9 @@ from securefrl.privacy.noise import (
     dp_client_pipeline,
     survivor_noise_multiplier,
 )
+from securefrl.protocol_factory import PROTOCOLS
 from securefrl.transforms import UpdateTransform
 
-SECURE_PROTOCOLS = ("secagg", "ckks")
 #: Standard deviations of a noise share that the protocol's coordinate clip must leave above C.
 NOISE_CLIP_SIGMAS = 6.0
 
@@ -84,15 +84,19 @@ class ClientLevelDP:
 
     def __post_init__(self) -> None:
         s = self.section
-        if s.placement == "central" and self.protocol == "ckks":
+        protocol = PROTOCOLS.get(self.protocol)
+        if s.placement == "central" and not protocol.server_can_open:
             raise ConfigError(
                 "privacy.placement",
-                "central noise needs a trusted aggregator that sees the noise-free sum, but under CKKS nobody but "
-                "the key holder may see it (and the IND-CPA-D caveat asks that decrypted aggregates already carry "
-                "noise). Use placement=distributed (each client adds a share) or placement=local.",
+                f"central noise needs a trusted aggregator that sees the noise-free sum, but under {self.protocol} the "
+                "server cannot open it (threshold decryption releases only what the clients' partials reveal, and "
+                "the IND-CPA-D caveat asks that decrypted aggregates already carry noise). Use "
+                "placement=distributed (each client adds a share) or placement=local.",
             )
-        # Under a secure protocol seeded noise needs the experiment flag: anyone with the seed could remove it.
-        self.secure = bool(s.secure_noise) or (self.protocol in SECURE_PROTOCOLS and not s.seeded_noise_experiment)
+        # Under a protocol that hides updates seeded noise needs the experiment flag: anyone with the seed could
+        # remove it.
+        hides = not protocol.reveals_individual_updates
+        self.secure = bool(s.secure_noise) or (hides and not s.seeded_noise_experiment)
         self.accountant = PrivacyAccountant(s.accountant)
         self.accountant_outsiders = PrivacyAccountant(s.accountant)
         self.sample_rate = self.clients_per_round / self.n_clients

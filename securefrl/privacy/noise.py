@@ -75,6 +75,12 @@ def _warn_seeded_once() -> None:
         )
 
 
+def secure_uniform(n: int) -> np.ndarray:
+    """``n`` uniforms on ``[0, 1)`` with 53 random bits each, read from ``os.urandom``."""
+    raw = np.frombuffer(os.urandom(8 * n), dtype=np.uint64)
+    return (raw >> np.uint64(11)).astype(np.float64) * 2.0**-53
+
+
 def _urandom_standard_normal(n: int) -> np.ndarray:
     """``n`` standard normals by Box-Muller on 53-bit uniforms read from ``os.urandom``."""
     pairs = (n + 1) // 2

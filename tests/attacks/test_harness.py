@@ -104,7 +104,7 @@ n_shadow = 6
     register(sub)
     args = parser.parse_args(["attack-matrix", "--config", str(toml), "--quiet"])
     assert run(args) == 0
-    out = tmp_path / "tiny"
+    (out,) = (tmp_path / "tiny").iterdir()  # one timestamped folder per matrix run
     for name in ("cells.csv", "summary.md", "summary.json", "relative_return.png", "backdoor.png", "inference.png"):
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
     with open(out / "cells.csv") as fh:

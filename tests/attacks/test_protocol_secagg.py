@@ -7,7 +7,8 @@ import pytest
 from attacks.protocol import PROTOCOL_ATTACKS, load_all
 
 load_all()
-SECAGG_ATTACKS = ["secagg_key_substitution", "secagg_share_forgery", "secagg_replay", "weight_amplification"]
+SECAGG_ATTACKS = ["secagg_key_substitution", "secagg_share_forgery", "secagg_replay", "weight_amplification",
+                  "secagg_graph_isolation"]
 
 
 @pytest.mark.parametrize("name", SECAGG_ATTACKS)
@@ -60,3 +61,25 @@ def test_dp_attacks_break_the_weakened_config_and_not_the_default(name):
 def test_membership_attack_exceeds_the_amplified_claim_but_not_the_server_epsilon():
     out = PROTOCOL_ATTACKS["dp_membership_vs_server"]().run(weakened=True, seed=1)
     assert out.details["claimed_epsilon"] <= 8.0 < out.metric <= out.details["epsilon_server"]
+
+
+def test_the_key_book_digest_takes_the_graph_out_of_the_servers_hands():
+    # With the weak degree, a seed the server found offline exposes a client only while the digest is left out.
+    from dataclasses import replace
+
+    from protocols.secagg import SecAggParams
+    from protocols.secagg.params import logarithmic_degree
+
+    n, corrupt = 30, frozenset(range(20, 30))
+    weak = SecAggParams(dim=4, max_clients=n, neighbours=logarithmic_degree(n), graph_from_key_book=False)
+
+    def exposed(plan):
+        return [u for u in plan.roster if u not in corrupt and len(plan.neighbours[u] & corrupt) >= plan.threshold]
+
+    found = next(g for g in range(4096) if exposed(replace(weak, graph_seed=g).plan(1, range(n))))
+    chosen = replace(weak, graph_seed=found)
+    assert exposed(chosen.plan(1, range(n), b"any key-book digest"))  # ignored when graph_from_key_book=False
+    bound = replace(chosen, graph_from_key_book=True)
+    digests = [bytes([i]) * 32 for i in range(20)]
+    hits = sum(bool(exposed(bound.plan(1, range(n), d))) for d in digests)
+    assert hits <= 2  # ~0.8% of graphs expose someone at this degree: the chosen seed no longer helps

@@ -299,6 +299,17 @@ def test_poisson_indices_for_ppo_minibatches() -> None:
         poisson_indices(10, 0.0, rng)
 
 
+def test_secure_poisson_sample_ignores_the_seeded_stream() -> None:
+    # With secure noise the sample comes from the OS CSPRNG: the same seeded stream does not regenerate it.
+    a = poisson_indices(4096, 0.25, np.random.default_rng(7), secure=True)
+    b = poisson_indices(4096, 0.25, np.random.default_rng(7), secure=True)
+    assert not np.array_equal(a, b)
+    assert np.array_equal(poisson_indices(4096, 0.25, np.random.default_rng(7)),
+                          poisson_indices(4096, 0.25, np.random.default_rng(7)))
+    sizes = np.array([len(poisson_indices(256, 0.25, np.random.default_rng(0), secure=True)) for _ in range(2000)])
+    assert abs(sizes.mean() - 64) < 5 * math.sqrt(256 * 0.25 * 0.75 / 2000)
+
+
 # --- names, checkpoints, federation ----------------------------------------------------------
 @pytest.mark.parametrize("algo", ["dqn", "ppo"])
 @pytest.mark.parametrize("mode", DPSGD_MODES)
@@ -356,6 +367,18 @@ def test_federation_reports_record_epsilon_per_client_and_round(tmp_path) -> Non
         assert fed_dp.agent.parameter_spec() == fed_plain.agent.parameter_spec()
         assert fed_dp.agent.dpsgd is not None and fed_plain.agent.dpsgd is None
     assert not np.array_equal(plain.federation.global_params, res.federation.global_params)
+
+
+@pytest.mark.parametrize(("protocol", "flag", "secure"), [
+    ("plaintext", [], False), ("secagg", [], True), ("secagg", ["privacy.seeded_noise_experiment=true"], False),
+    ("plaintext", ["privacy.secure_noise=true"], True)])
+def test_dpsgd_noise_is_secure_by_default_under_a_protocol_that_hides_updates(protocol, flag, secure) -> None:  # type: ignore[no-untyped-def]
+    # As for client-level noise: seeded noise is regenerable from the config, so it needs the experiment flag.
+    from securefrl.federation import Federation
+
+    fed = Federation(load_config(overrides=[*FED, "privacy.dpsgd=true", f"protocol.name={protocol}", *flag]))
+    assert all(c.agent.dpsgd.settings.secure is secure and (c.agent.dpsgd.generator is None) is secure
+               for c in fed.clients)
 
 
 @pytest.mark.parametrize(("extra", "field"), [
