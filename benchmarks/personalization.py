@@ -48,6 +48,9 @@ from typing import Any
 
 import numpy as np
 
+from securefrl.personalization.benchmark import markdown_table, train_and_deploy
+from securefrl.personalization.benchmark import summarize as shared_summarize
+
 RESULTS = Path(__file__).resolve().parent / "results"
 
 SETTINGS: dict[str, list[str]] = {
@@ -72,87 +75,29 @@ METHODS = ["local", "fedavg", "fedavg+finetune", "fedper", "embedding", "ifca", 
 PERSONALIZED = ["fedper", "embedding", "ifca", "ditto", "fedprox"]
 
 
-def final_returns(fed: Any, models: list[np.ndarray], episodes: int, seed: int) -> list[float]:
-    """Mean greedy return of ``models[c]`` in client c's own environment, on seeds shared by every method."""
-    from securefrl.seeding import derive_seed
-
-    out = []
-    for client, model in zip(fed.clients, models, strict=True):
-        client.agent.set_flat(model)
-        ep_seed = derive_seed(seed, "final-eval", client.client_id) % (2**31)
-        out.append(float(np.mean(client.agent.evaluate(client.eval_env, episodes, ep_seed))))
-    return out
-
-
 def run_one(job: dict[str, Any]) -> list[dict[str, Any]]:
     """Train one configuration and return one record per reported method (two for ``finetune``)."""
-    import torch
-
-    from securefrl.config import load_config
-    from securefrl.federation import make_federation
-
-    torch.set_num_threads(1)
     overrides = [
         f"seed={job['seed']}", f"env.heterogeneity={job['h']}", f"federation.n_clients={job['clients']}",
         f"federation.rounds={job['rounds']}", f"federation.local_steps={job['local_steps']}",
         "federation.eval_episodes=1", *SETTINGS[job["setting"]], *RUNS[job["run"]],
     ]
-    cfg = load_config(overrides=overrides)
-    t0 = time.perf_counter()
-    fed = make_federation(cfg)
-    curve_personal, curve_global, bytes_up = [], [], []
-    for _ in range(cfg.federation.rounds):
-        rec = fed.run_round()
-        curve_personal.append(float(np.mean([c["return_personal"] for c in rec.clients])))
-        curve_global.append(float(np.mean([c["return_global"] for c in rec.clients])))
-        bytes_up.append(rec.summary["bytes_up"] / len(fed.clients))
-    train_s = time.perf_counter() - t0
-    physics = [c.env_spec.params for c in fed.clients]
-    env_steps = float(np.mean([c.env_steps for c in fed.clients]))
-    common = {"setting": job["setting"], "h": job["h"], "seed": job["seed"], "physics": physics,
-              "env_steps_per_client": env_steps, "kb_up_per_client_round": float(np.mean(bytes_up)) / 1024,
-              "train_seconds": train_s}
-    eps = job["final_episodes"]
-    records = []
-    if job["run"] == "finetune":
-        pairs = [("fedavg", [fed.algorithm.client_model(c) for c in fed.clients], curve_global),
-                 ("fedavg+finetune", [fed.personal_model(c) for c in fed.clients], curve_personal)]
-    else:
-        pairs = [(job["run"], [fed.personal_model(c) for c in fed.clients], curve_personal)]
-    for method, models, curve in pairs:
-        finals = final_returns(fed, models, eps, job["seed"])
-        extra = {"clusters": [fed.choice[c.client_id] for c in fed.clients]} if job["run"] == "ifca" else {}
-        records.append({**common, "method": method, "final": finals, "curve": curve, **extra})
-    return records
+    deploy = ({"fedavg": "global", "fedavg+finetune": "personal"} if job["run"] == "finetune"
+              else {job["run"]: "personal"})
+    common = {"setting": job["setting"], "h": job["h"], "seed": job["seed"]}
+    return [{**common, **r} for r in train_and_deploy(overrides, deploy, job["final_episodes"])]
 
 
 def summarize(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One row per setting x h x method, aggregated over seeds."""
-    rows = []
-    keys = sorted({(r["setting"], r["h"]) for r in records}, key=lambda k: (list(SETTINGS).index(k[0]), k[1]))
-    for setting, h in keys:
-        for method in METHODS:
-            rs = [r for r in records if (r["setting"], r["h"], r["method"]) == (setting, h, method)]
-            if not rs:
-                continue
-            means = [float(np.mean(r["final"])) for r in rs]
-            worsts = [float(np.min(r["final"])) for r in rs]
-            rows.append({
-                "setting": setting, "h": h, "method": method, "seeds": len(rs),
-                "mean_return": float(np.mean(means)), "mean_return_sd_over_seeds": float(np.std(means)),
-                "worst_client_return": float(np.mean(worsts)),
-                "curve_mean_return": float(np.mean([np.mean(r["curve"]) for r in rs])),
-                "env_steps_per_client": float(np.mean([r["env_steps_per_client"] for r in rs])),
-                "kb_up_per_client_round": float(np.mean([r["kb_up_per_client_round"] for r in rs])),
-            })
-    return rows
+    """One row per setting x h x method over seeds (the shared summary: 95% intervals, paired with local-only)."""
+    return shared_summarize(records, METHODS, list(SETTINGS), key="setting")
 
 
 def ifca_sign_alignment(records: list[dict[str, Any]]) -> list[str]:
     """Did IFCA's client-side choices split the clients by the sign of their push force (reversed motors)?"""
     out = []
     for setting, h in sorted({(r["setting"], r["h"]) for r in records if r["method"] == "ifca"}):
-        runs = [r for r in records if (r["setting"], r["h"], r["method"]) == (setting, h, "ifca")]
+        runs = [r for r in records if (r["setting"], r["h"], r["method"]) == (setting, h, "ifca") and "final" in r]
         mixed = [r for r in runs if all("force_mag" in p for p in r["physics"])
                  and len({p["force_mag"] > 0 for p in r["physics"]}) == 2]
         if not mixed:
@@ -173,17 +118,17 @@ def findings(rows: list[dict[str, Any]]) -> list[str]:
     by = {(r["setting"], r["h"], r["method"]): r for r in rows}
     for setting, h in sorted({(r["setting"], r["h"]) for r in rows}, key=lambda k: (list(SETTINGS).index(k[0]), k[1])):
         fa, lo = by.get((setting, h, "fedavg")), by.get((setting, h, "local"))
-        if fa is None or lo is None:
+        if fa is None or lo is None or "mean" not in fa or "mean" not in lo:
             continue
-        pers = [by[(setting, h, m)] for m in PERSONALIZED if (setting, h, m) in by]
-        best = max(pers, key=lambda r: r["mean_return"]) if pers else None
-        best_w = max(pers, key=lambda r: r["worst_client_return"]) if pers else None
-        line = (f"{setting}, h={h}: fedavg mean {fa['mean_return']:.1f} (worst client {fa['worst_client_return']:.1f}) "
-                f"vs local-only {lo['mean_return']:.1f} (worst {lo['worst_client_return']:.1f}); "
-                f"area under curve fedavg {fa['curve_mean_return']:.1f} vs local {lo['curve_mean_return']:.1f}")
+        pers = [by[(setting, h, m)] for m in PERSONALIZED if (setting, h, m) in by and "mean" in by[(setting, h, m)]]
+        best = max(pers, key=lambda r: r["mean"]) if pers else None
+        best_w = max(pers, key=lambda r: r["worst"]) if pers else None
+        line = (f"{setting}, h={h}: fedavg mean {fa['mean']:.1f} (worst client {fa['worst']:.1f}) "
+                f"vs local-only {lo['mean']:.1f} (worst {lo['worst']:.1f}); "
+                f"area under curve fedavg {fa['curve_mean']:.1f} vs local {lo['curve_mean']:.1f}")
         if best is not None and best_w is not None:
-            line += (f"; best personalized mean: {best['method']} {best['mean_return']:.1f}, best worst client: "
-                     f"{best_w['method']} {best_w['worst_client_return']:.1f}")
+            line += (f"; best personalized mean: {best['method']} {best['mean']:.1f}, best worst client: "
+                     f"{best_w['method']} {best_w['worst']:.1f}")
         out.append(line)
     return out
 
@@ -197,26 +142,25 @@ def write_outputs(records: list[dict[str, Any]], args: argparse.Namespace, wall:
     (RESULTS / f"personalization{suffix}.json").write_text(json.dumps(
         {"meta": meta, "summary": rows, "findings": notes, "runs": records}, indent=1) + "\n")
     with open(RESULTS / f"personalization{suffix}.csv", "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w = csv.DictWriter(fh, fieldnames=list(dict.fromkeys(k for r in rows for k in r)), restval="")
         w.writeheader()
         w.writerows(rows)
     lines = [
         "# Personalization under environment heterogeneity",
         "",
         f"PPO, {args.clients} clients, {args.rounds} rounds x {args.local_steps} local steps, {args.seeds} seeds; "
-        f"final return = mean of {args.final_episodes} greedy episodes per client of the model it deploys. Worst = "
-        "mean over seeds of the lowest client. AUC = mean per-round evaluation over all rounds (1 episode per client "
-        "per round).",
+        f"final return = mean of {args.final_episodes} greedy episodes per client of the model it deploys; ± = 95% "
+        "t-interval over seeds. Worst = the lowest client (mean over seeds). AUC = mean per-round evaluation over all "
+        "rounds (1 episode per client per round).",
         "",
-        "| setting | h | method | mean return (sd over seeds) | worst client | AUC | env steps/client "
-        "| KB up/client/round |",
-        "|---|---|---|---|---|---|---|---|",
+        "| setting | h | method | mean return | worst client | worse than local | penalty vs local | AUC "
+        "| env steps/client | KB up/client/round |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for r in rows:
-        lines.append(f"| {r['setting']} | {r['h']} | {r['method']} | {r['mean_return']:.1f} "
-                     f"({r['mean_return_sd_over_seeds']:.1f}) | {r['worst_client_return']:.1f} | "
-                     f"{r['curve_mean_return']:.1f} | {r['env_steps_per_client']:.0f} | "
-                     f"{r['kb_up_per_client_round']:.1f} |")
+    for line, r in zip(markdown_table(rows, key="setting")[2:], rows, strict=True):
+        extra = (" | | |" if "refused" in r else
+                 f" {r['curve_mean']:.1f} | {r['env_steps_per_client']:.0f} | {r['kb_up_per_client_round']:.1f} |")
+        lines.append(line + extra)
     lines += ["", "## Measured comparisons", "", *[f"- {f}" for f in notes], "",
               f"Wall time {wall / 60:.1f} min.", ""]
     (RESULTS / f"personalization{suffix}.md").write_text("\n".join(lines))
@@ -234,14 +178,15 @@ def plot(rows: list[dict[str, Any]], records: list[dict[str, Any]], out: Path) -
     styles = {m: ("k" if m in ("local", "fedavg") else None, "--" if m == "local" else "-") for m in METHODS}
     for i, s in enumerate(settings):
         for m in METHODS:
-            rs = sorted((r for r in rows if r["setting"] == s and r["method"] == m), key=lambda r: r["h"])
+            rs = sorted((r for r in rows if r["setting"] == s and r["method"] == m and "mean" in r),
+                        key=lambda r: r["h"])
             if not rs:
                 continue
             color, ls = styles[m]
             hs = [r["h"] for r in rs]
             lw = 2.4 if m in ("local", "fedavg") else 1.3
-            axes[i][0].plot(hs, [r["mean_return"] for r in rs], ls, color=color, lw=lw, marker="o", label=m)
-            axes[i][1].plot(hs, [r["worst_client_return"] for r in rs], ls, color=color, lw=lw, marker="o", label=m)
+            axes[i][0].plot(hs, [r["mean"] for r in rs], ls, color=color, lw=lw, marker="o", label=m)
+            axes[i][1].plot(hs, [r["worst"] for r in rs], ls, color=color, lw=lw, marker="o", label=m)
             h_max = max(hs)
             curves = [r["curve"] for r in records if r["setting"] == s and r["method"] == m and r["h"] == h_max]
             if curves:
@@ -299,7 +244,8 @@ def main(argv: list[str] | None = None) -> None:
             records.extend(recs)
             for r in recs:
                 print(f"[{n}/{len(jobs)} {time.perf_counter() - t0:6.0f}s] {r['setting']:<17} h={r['h']:<4} "
-                      f"{r['method']:<16} seed {r['seed']}: final {np.round(r['final'], 0).tolist()}",
+                      f"{r['method']:<16} seed {r['seed']}: "
+                      f"{np.round(r['final'], 0).tolist() if 'final' in r else 'refused: ' + r['refused'][:60]}",
                       file=sys.stderr, flush=True)
     write_outputs(records, args, time.perf_counter() - t0, suffix)
     print("\n".join(findings(summarize(records)) + ifca_sign_alignment(records)))

@@ -20,7 +20,8 @@ algorithm metadata
     sends), ``record_dp`` (checked with DP-SGD), ``check`` (``"module:function"`` of its own config checks).
 executor metadata
     ``features`` (task features it runs, plus ``env_attacks``, ``record_dp``, ``poisson_batches``),
-    ``agent_needs`` and ``envs`` (None = any).
+    ``agent_needs``, ``env_needs`` (``batched``: the env's family declares a batched implementation,
+    ``EnvFamily.batched``) and ``envs`` (names it runs; None = any).
 """
 
 from __future__ import annotations
@@ -60,8 +61,8 @@ EXECUTORS.register("local", "securefrl.executors:LocalExecutor",
                    features=("proximal", "freeze", "embedding", "second_agent", "custom", "env_attacks", "record_dp",
                              "poisson_batches"))
 EXECUTORS.register("vectorized", "securefrl.vectorized.executor:VectorizedExecutor", features=(),
-                   agent_needs=("batched",), envs=("cartpole", "CartPole-v1"))
+                   agent_needs=("batched",), env_needs=("batched",))
 EXECUTORS.register("ray", "securefrl.ray_backend:RayExecutor",
                    features=("proximal", "freeze", "second_agent", "poisson_batches"))
 EXECUTORS.register("vectorized+ray", "securefrl.ray_backend:VectorizedRayExecutor", features=(),
-                   agent_needs=("batched",), envs=("cartpole", "CartPole-v1"))
+                   agent_needs=("batched",), env_needs=("batched",))

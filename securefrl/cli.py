@@ -164,6 +164,19 @@ def _cmd_speedup(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_heterogeneity(args: argparse.Namespace) -> int:
+    from securefrl.personalization.benchmark import run_heterogeneity
+
+    out = Path(args.out)
+    run_heterogeneity([args.family], args.levels, args.methods, args.seeds, args.clients, args.rounds,
+                      args.local_steps, args.final_episodes, out, f"_{args.family}",
+                      log=None if args.quiet else lambda line: print(line, file=sys.stderr, flush=True))
+    print((out / f"heterogeneity_{args.family}.md").read_text())
+    stem = f"heterogeneity_{args.family}"
+    print(f"wrote {out}/{stem}.jsonl, .json, .md and {stem}_{args.family}.png")
+    return 0
+
+
 def _add_config_args(p: argparse.ArgumentParser, help_config: str = "TOML or YAML config file") -> None:
     p.add_argument("--config", "-c", help=help_config)
     p.add_argument("--set", "-s", action="append", default=[], metavar="SECTION.KEY=VALUE",
@@ -234,6 +247,22 @@ def build_parser() -> argparse.ArgumentParser:
                                        "family: writes <out>.json/.md/.png and prints the table.")
     speedup_arguments(speed, small=True)
     speed.set_defaults(func=_cmd_speedup)
+    from securefrl.personalization.benchmark import HETEROGENEITY_FAMILIES, HETEROGENEITY_METHODS
+
+    het = sub.add_parser("heterogeneity", help="one family's slice of the heterogeneity benchmark: FedAvg's "
+                         "penalty against local-only training and the personalization methods (JSON, Markdown, PNG)")
+    het.add_argument("family", choices=list(HETEROGENEITY_FAMILIES))
+    het.add_argument("--levels", type=float, nargs="+", default=[0.0, 0.5, 1.0], help="heterogeneity levels h")
+    het.add_argument("--methods", nargs="+", choices=HETEROGENEITY_METHODS,
+                     default=["local", "fedavg", "finetune", "relation"], help="local-only is always included")
+    het.add_argument("--seeds", type=int, default=3)
+    het.add_argument("--clients", type=int, default=4)
+    het.add_argument("--rounds", type=int, default=4)
+    het.add_argument("--local-steps", type=int, default=512)
+    het.add_argument("--final-episodes", type=int, default=3)
+    het.add_argument("--out", default="results/heterogeneity", help="output folder (a rerun continues its records)")
+    het.add_argument("--quiet", action="store_true", help="no line per finished run")
+    het.set_defaults(func=_cmd_heterogeneity)
     # Plug-in commands (e.g. the attack-evaluation harness of the `attacks` package) register
     # through the `securefrl.commands` entry-point group: `register(subparsers)` adds a sub-command.
     for ep in entry_points(group="securefrl.commands"):

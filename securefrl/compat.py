@@ -101,6 +101,13 @@ def check_experiment(config: ExperimentConfig) -> None:
     if need:
         raise ConfigError("federation.simulation", f"executor {ex_name} needs an agent with "
                           f"{', '.join(sorted(need))}, not {config.agent.name!r}; use federation.simulation=loop")
+    if "batched" in ex.get("env_needs", ()):
+        from securefrl.envs.families import batched_families, batched_target
+
+        if not batched_target(config.env.name):
+            raise ConfigError("federation.simulation", f"executor {ex_name} needs an environment with a batched "
+                              f"implementation, which {config.env.name!r} has not; batched families: "
+                              f"{', '.join(batched_families())}; use federation.simulation=loop")
     envs = ex.get("envs")
     if envs is not None and config.env.name not in envs:
         raise ConfigError("federation.simulation", f"executor {ex_name} runs env {' or '.join(envs)} only, not "

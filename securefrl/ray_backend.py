@@ -137,9 +137,9 @@ def evaluate_clients(agent_cfg: dict[str, Any], specs: list[dict[str, Any]], see
 
 def _attach_envs(population: Any, specs: list[Any]) -> None:
     """The chunk's environments in ``population``, as :meth:`VectorizedExecutor.start` attaches the driver's."""
-    from securefrl.vectorized.cartpole import physics_of
+    from securefrl.envs.batched import batch_for
 
-    population.physics = physics_of(specs)
+    population.set_envs(batch_for(specs))
 
 
 def train_population(agent_cfg: dict[str, Any], specs: list[dict[str, Any]], clients: list[dict[str, Any]],

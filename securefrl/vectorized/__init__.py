@@ -1,7 +1,10 @@
 """Vectorized multi-client simulation: many small clients trained as one batched computation.
 
 - :mod:`~securefrl.vectorized.cartpole`: every client's CartPole copies stepped as one numpy
-  computation with per-copy physics, bit-identical to gymnasium's ``CartPole-v1``.
+  computation with per-copy physics, bit-identical to gymnasium's ``CartPole-v1``
+  (:mod:`~securefrl.vectorized.acrobot`: the same for ``Acrobot-v1``); the application
+  families' batches are in :mod:`securefrl.envs.batched`, which also holds their common base
+  (:class:`~securefrl.envs.batched.BatchedEnv`) and the lookup from a family to its batch.
 - :mod:`~securefrl.vectorized.ppo`: every client's PPO networks as stacked tensors, one batched
   forward/backward, per-client Adam, clipping, schedules and random streams.
 - :mod:`~securefrl.vectorized.executor`: the executor running a round's train and evaluation tasks

@@ -8,9 +8,9 @@ element-wise over arrays so one call steps every client's environments. Physics 
 arrays of one value per copy, which is what lets heterogeneous clients share a batch (gymnasium's
 own ``CartPoleVectorEnv`` shares one set of physics across its copies).
 
-Autoreset follows gymnasium's ``AutoresetMode.SAME_STEP`` (and :class:`securefrl.agents.vecenv.EnvPool`):
-a copy whose episode ends returns its final observation in ``Step.next_obs`` and is reset in the
-same call, so :attr:`CartPoleBatch.obs` is always the observation to act on.
+Seeding, autoreset (gymnasium's ``AutoresetMode.SAME_STEP``, as :class:`securefrl.agents.vecenv.EnvPool`)
+and episode bookkeeping are those of every batched environment, :class:`securefrl.envs.batched.BatchedEnv`;
+this module adds the CartPole physics.
 """
 
 from __future__ import annotations
@@ -18,11 +18,11 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import numpy as np
+from gymnasium import spaces
 from gymnasium.envs.classic_control.cartpole import CartPoleEnv
-from gymnasium.utils.seeding import np_random
 
-from securefrl.agents.vecenv import Step
 from securefrl.envs import EnvSpec
+from securefrl.envs.batched import BatchedEnv
 from securefrl.errors import ConfigError
 
 #: Physical attributes of ``CartPoleEnv`` a copy carries (derived ones included, as the env caches them).
@@ -61,7 +61,7 @@ def physics_of(specs: Sequence[EnvSpec]) -> tuple[dict[str, np.ndarray], int]:
     return {k: np.asarray(v, dtype=np.float64) for k, v in values.items()}, limit
 
 
-class CartPoleBatch:
+class CartPoleBatch(BatchedEnv):
     """``n`` CartPole-v1 copies, copy ``i`` with physics ``physics[k][i]``.
 
     Parameters
@@ -74,24 +74,20 @@ class CartPoleBatch:
 
     X_THRESHOLD = 2.4
     THETA_THRESHOLD = 12 * 2 * np.pi / 360  # the same expression gymnasium evaluates, hence the same float
+    PER_COPY = ("p", "state")
+    STATE = ("state",)
 
     def __init__(self, physics: dict[str, np.ndarray], max_episode_steps: int = 500) -> None:
         missing = [k for k in PHYSICS if k not in physics]
         if missing:
             raise ValueError(f"physics lacks {missing}")
-        self.n = len(physics["gravity"])
+        n = len(physics["gravity"])
+        high = np.array([self.X_THRESHOLD * 2, np.inf, self.THETA_THRESHOLD * 2, np.inf], dtype=np.float32)
+        super().__init__(n, max_episode_steps, spaces.Box(-high, high, dtype=np.float32), spaces.Discrete(2))
         self.p = {k: np.ascontiguousarray(physics[k], dtype=np.float64) for k in PHYSICS}
         if any(v.shape != (self.n,) for v in self.p.values()):
             raise ValueError(f"every physics array must have shape ({self.n},)")
-        self.max_episode_steps = int(max_episode_steps)
         self.state = np.zeros((self.n, 4), dtype=np.float64)
-        self.obs = np.zeros((self.n, 4), dtype=np.float32)
-        self.elapsed = np.zeros(self.n, dtype=np.int64)
-        self.ep_returns = np.zeros(self.n, dtype=np.float64)
-        self.ep_lengths = np.zeros(self.n, dtype=np.int64)
-        self.rngs: list[np.random.Generator | None] = [None] * self.n
-        self.finished: list[list[tuple[float, int]]] = [[] for _ in range(self.n)]
-        """Per copy: (return, length) of the episodes completed since the last :meth:`reset`."""
 
     @classmethod
     def from_specs(cls, specs: Sequence[EnvSpec], copies: int = 1) -> CartPoleBatch:
@@ -99,25 +95,17 @@ class CartPoleBatch:
         physics, limit = physics_of(specs)
         return cls({k: np.repeat(v, copies) for k, v in physics.items()}, limit)
 
-    def _draw_initial(self, i: int) -> None:
+    def _new_episode(self, i: int) -> None:
         rng = self.rngs[i]
-        assert rng is not None, "reset before step"
+        assert rng is not None
         self.state[i] = rng.uniform(low=-0.05, high=0.05, size=(4,))
-        self.elapsed[i] = 0
 
-    def reset(self, seeds: Sequence[int], idx: Sequence[int] | np.ndarray | None = None) -> np.ndarray:
-        """Reset copies ``idx`` (all by default) with one seed each, as ``env.reset(seed=s)`` does."""
-        ids = range(self.n) if idx is None else [int(i) for i in idx]
-        if len(ids) != len(seeds):
-            raise ValueError(f"need one seed per copy reset ({len(ids)}), got {len(seeds)}")
-        for i, s in zip(ids, seeds, strict=True):
-            self.rngs[i] = np_random(int(s))[0]
-            self._draw_initial(i)
-            self.ep_returns[i] = 0.0
-            self.ep_lengths[i] = 0
-            self.finished[i] = []
-        self.obs[:] = self.state.astype(np.float32)
-        return self.obs
+    def _advance(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        _, terminated = self.physics_step(slice(None), actions)
+        return np.ones(self.n, dtype=np.float64), terminated
+
+    def _observe(self) -> np.ndarray:
+        return self.state.astype(np.float32)  # CartPole observes its float64 state as float32
 
     def physics_step(self, idx: np.ndarray | slice, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Advance copies ``idx`` by one euler step; return (new state, terminated) for them.
@@ -145,54 +133,26 @@ class CartPoleBatch:
                       | (theta < -self.THETA_THRESHOLD) | (theta > self.THETA_THRESHOLD))
         return state, terminated
 
-    def step(self, actions: np.ndarray) -> Step:
-        """Step every copy; ended episodes are recorded and reset in the same call (SAME_STEP autoreset)."""
-        actions = np.asarray(actions)
-        if actions.shape != (self.n,):
-            raise ValueError(f"need one action per copy, shape ({self.n},), got {actions.shape}")
-        state, terminated = self.physics_step(slice(None), actions)
-        self.elapsed += 1
-        truncated = self.elapsed >= self.max_episode_steps
-        next_obs = state.astype(np.float32)
-        rewards = np.ones(self.n, dtype=np.float32)
-        self.ep_returns += 1.0
-        self.ep_lengths += 1
-        done = terminated | truncated
-        for i in np.flatnonzero(done):
-            self.finished[i].append((float(self.ep_returns[i]), int(self.ep_lengths[i])))
-            self.ep_returns[i] = 0.0
-            self.ep_lengths[i] = 0
-            self._draw_initial(int(i))
-        self.obs[:] = next_obs
-        if done.any():
-            self.obs[done] = self.state[done].astype(np.float32)
-        return Step(next_obs, rewards, terminated, truncated)
-
-    def drain(self, idx: Sequence[int]) -> list[tuple[float, int]]:
-        """Episodes finished by copies ``idx`` (in copy order, then time), as ``EnvPool.drain`` lists them per agent."""
-        out: list[tuple[float, int]] = []
-        for i in idx:
-            out.extend(self.finished[int(i)])
-            self.finished[int(i)] = []
-        return out
+    def greedy_returns(self, seeds: Sequence[int], act: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+        """:meth:`BatchedEnv.greedy_returns`, stepping only the copies whose episode still runs."""
+        self.reset(seeds)
+        active = np.arange(self.n)
+        returns = np.zeros(self.n, dtype=np.float64)
+        obs = self.obs.copy()
+        while active.size:
+            actions = np.asarray(act(obs))[active]
+            state, terminated = self.physics_step(active, actions)
+            self.elapsed[active] += 1
+            returns[active] += 1.0
+            obs[active] = state.astype(np.float32)
+            keep = ~(terminated | (self.elapsed[active] >= self.max_episode_steps))
+            active = active[keep]
+        return returns
 
 
-def greedy_returns(batch: CartPoleBatch, seeds: Sequence[int], act: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+def greedy_returns(batch: BatchedEnv, seeds: Sequence[int], act: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
     """One episode per copy from ``reset(seed)``, acting with ``act(obs of every copy) -> actions``; returns.
 
-    This is :meth:`securefrl.agents.base.Agent.evaluate` for many episodes at once: copies whose
-    episode ended are no longer stepped (their actions are ignored), so the batch costs its longest episode.
+    This is :meth:`securefrl.agents.base.Agent.evaluate` for many episodes at once (``batch.greedy_returns``).
     """
-    batch.reset(seeds)
-    active = np.arange(batch.n)
-    returns = np.zeros(batch.n, dtype=np.float64)
-    obs = batch.obs.copy()
-    while active.size:
-        actions = np.asarray(act(obs))[active]
-        state, terminated = batch.physics_step(active, actions)
-        batch.elapsed[active] += 1
-        returns[active] += 1.0
-        obs[active] = state.astype(np.float32)
-        keep = ~(terminated | (batch.elapsed[active] >= batch.max_episode_steps))
-        active = active[keep]
-    return returns
+    return batch.greedy_returns(seeds, act)

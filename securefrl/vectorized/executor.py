@@ -2,14 +2,15 @@
 
 :class:`VectorizedExecutor` runs the train tasks of every sampled client at once in a
 :class:`~securefrl.vectorized.ppo.PPOPopulation` and their evaluations in batched
-:class:`~securefrl.vectorized.cartpole.CartPoleBatch` es; everything else (sampling, pipeline, protocols,
+:class:`~securefrl.envs.batched.BatchedEnv` es; everything else (sampling, pipeline, protocols,
 DP, robust rules, update attacks, metrics, checkpoints) is the ordinary round of
 :class:`securefrl.federation.Federation`, for any client algorithm whose tasks are plain training. Each
 client's agent is a :class:`ClientSlot`, a real :class:`~securefrl.agents.base.Agent` whose tensors are
 client ``c``'s rows of the population, so everything the round does with ``client.agent`` still holds.
 
-Supported: CartPole (family or ``CartPole-v1``) + PPO, any protocol; attacks that only craft updates.
-Anything else is refused by :mod:`securefrl.compat` (declared in :data:`securefrl.axes.EXECUTORS`).
+Supported: every environment whose family declares a batched implementation (``EnvFamily.batched``:
+CartPole, Acrobot, edge caching, MEC offloading; :mod:`securefrl.envs.batched`) + PPO, any protocol; attacks that only
+craft updates. Anything else is refused by :mod:`securefrl.compat` (declared in :data:`securefrl.axes.EXECUTORS`).
 """
 
 from __future__ import annotations
@@ -23,10 +24,10 @@ import torch
 from securefrl.agents import make_agent
 from securefrl.agents.base import Agent
 from securefrl.envs import EnvSpec
+from securefrl.envs.batched import batch_for
 from securefrl.errors import ConfigError
 from securefrl.seeding import derive_seed, eval_seed
 from securefrl.tasks import EvalTask, TrainResult, TrainTask
-from securefrl.vectorized.cartpole import physics_of
 from securefrl.vectorized.ppo import PPOPopulation, batched_mlp
 
 if TYPE_CHECKING:
@@ -95,21 +96,29 @@ class VectorizedExecutor:
 
     def __init__(self, federation: Federation) -> None:
         self.fed = federation
-        agent_cfg = federation.config.agent_config()
-        template = make_agent("ppo", EnvSpec("CartPole-v1").make, agent_cfg, seed=0)  # names and shapes only
-        self.population = PPOPopulation(agent_cfg, template.parameter_spec(), federation.config.federation.n_clients)
+        self._population: PPOPopulation | None = None
+
+    @property
+    def population(self) -> PPOPopulation:
+        if self._population is None:
+            raise RuntimeError("the population is built with the first client's agent (make_agent)")
+        return self._population
 
     def make_agent(self, cid: int, spec: EnvSpec, env_fn: Callable[[], Any], agent_cfg: Any, seed: int,
                    slot: str = "main") -> Agent:
         if slot != "main":
             raise ConfigError("federation.simulation", f"the vectorized population holds one agent per client, not a "
                               f"{slot!r} one; use federation.simulation=loop")
+        if self._population is None:  # names and shapes of the networks, from the clients' env spaces
+            template = make_agent("ppo", spec.make, agent_cfg, seed=0)
+            self._population = PPOPopulation(agent_cfg, template.parameter_spec(), self.fed.config.federation.n_clients)
         # The per-client agent would be built with this seed and reset its environments from it once.
         self.population.env_seeds[cid] = seed
         return ClientSlot(self.population, cid)
 
     def start(self) -> None:
-        self.population.physics = physics_of([c.env_spec for c in self.fed.clients])
+        # The clients' environments as one batch, of the class their family declares (securefrl.envs.batched).
+        self.population.set_envs(batch_for([c.env_spec for c in self.fed.clients]))
 
     def close(self) -> None:
         return None
@@ -183,13 +192,14 @@ class VectorizedExecutor:
     def _batched(self, tasks: list[EvalTask], params: list[torch.Tensor], episodes: int,
                  per_client: bool) -> list[float]:
         cfg = self.fed.config
-        phys, limit = self.population.physics  # type: ignore[misc]
+        envs = self.population.client_envs
+        assert envs is not None
         ids = [t.client_id for t in tasks]
         seeds = [(t.seed if t.seed is not None else eval_seed(cfg.seed, t.tag, t.round_id, t.client_id)) + ep
                  for t in tasks for ep in range(episodes)]
-        physics = {k: np.repeat(v[ids], episodes) for k, v in phys.items()}
+        batch = envs.subset(np.repeat(ids, episodes))  # one copy of its client's environment per episode
         copies = episodes if per_client else episodes * len(ids)
-        returns = self.population.greedy_returns(params, copies, physics, limit, seeds).reshape(len(ids), episodes)
+        returns = self.population.greedy_returns(params, copies, batch, seeds).reshape(len(ids), episodes)
         return [float(np.mean(returns[k])) for k in range(len(ids))]
 
 

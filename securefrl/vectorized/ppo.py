@@ -27,8 +27,9 @@ import torch
 
 from securefrl.agents.common import Streams, episode_stats
 from securefrl.agents.ppo import PPOConfig, compute_gae, ppo_loss
+from securefrl.envs.batched import BatchedEnv
 from securefrl.params import ParamSpec
-from securefrl.vectorized.cartpole import CartPoleBatch, greedy_returns
+from securefrl.vectorized.cartpole import CartPoleBatch
 
 ADAM_BETAS = (0.9, 0.999)
 """torch.optim.Adam's defaults, which PPOAgent uses."""
@@ -76,12 +77,14 @@ class PPOPopulation:
         layers, then the critic's, in ``nn.Sequential`` order.
     n_clients
         Population size.
-    physics
-        Per-client CartPole physics (``cartpole.physics_of``) and the episode limit, for training.
+    envs
+        The clients' environments for training: a :class:`~securefrl.envs.batched.BatchedEnv` with one copy per
+        client (any batched family), or per-client CartPole physics and the episode limit
+        (``cartpole.physics_of``). Also settable later with :meth:`set_envs`.
     """
 
     def __init__(self, config: PPOConfig, spec: ParamSpec, n_clients: int,
-                 physics: tuple[dict[str, np.ndarray], int] | None = None) -> None:
+                 envs: BatchedEnv | tuple[dict[str, np.ndarray], int] | None = None) -> None:
         config.validate()
         self.config, self.spec, self.n = config, spec, int(n_clients)
         n_layers = len(config.hidden) + 1
@@ -97,19 +100,35 @@ class PPOPopulation:
         self.adam_steps = np.zeros(self.n, dtype=np.int64)
         self.num_timesteps = np.zeros(self.n, dtype=np.int64)
         self.num_updates = np.zeros(self.n, dtype=np.int64)
-        self.physics = physics
         # Every client's environment copies persist across learn() calls (PPOAgent resets its pool once, when
-        # built): physics state, time-limit counter, running episode statistics and each copy's generator.
-        copies = self.n * config.n_envs
-        self.env_state = np.zeros((copies, 4), dtype=np.float64)
-        self.env_elapsed = np.zeros(copies, dtype=np.int64)
-        self.env_ep_returns = np.zeros(copies, dtype=np.float64)
-        self.env_ep_lengths = np.zeros(copies, dtype=np.int64)
-        self.env_rngs: list[np.random.Generator | None] = [None] * copies
+        # built): episode state, time-limit counter, running episode statistics and each copy's generator.
+        self.client_envs: BatchedEnv | None = None
+        """One environment copy per client (its parameters): evaluation batches are drawn from it."""
+        self.envs: BatchedEnv | None = None
+        """``n_envs`` copies per client (client ``c`` owns copies ``c*n_envs ..``), the training environments."""
+        if envs is not None:
+            self.set_envs(envs)
         self.env_seeds = [int(c) for c in range(self.n)]
         """Per client, the agent seed whose ``Streams.env_seeds`` reset its copies at their first use."""
         self.last_rollout: tuple[np.ndarray, np.ndarray] | None = None
         """Observations and actions ``(t, C, n_envs, ...)`` of the last rollout :meth:`learn` trained on."""
+
+    def set_envs(self, envs: BatchedEnv | tuple[dict[str, np.ndarray], int]) -> None:
+        """Give the clients their environments: one copy per client, or CartPole ``(physics, limit)``."""
+        batch = CartPoleBatch(*envs) if isinstance(envs, tuple) else envs
+        if batch.n != self.n:
+            raise ValueError(f"need one environment copy per client ({self.n}), got {batch.n}")
+        self.client_envs = batch
+        self.envs = batch.subset(np.repeat(np.arange(self.n), self.config.n_envs))
+
+    @property
+    def physics(self) -> BatchedEnv | None:
+        """The one-copy-per-client batch (assigning CartPole ``(physics, limit)`` or a batch calls :meth:`set_envs`)."""
+        return self.client_envs
+
+    @physics.setter
+    def physics(self, envs: BatchedEnv | tuple[dict[str, np.ndarray], int]) -> None:
+        self.set_envs(envs)
 
     # --- parameters as flat vectors ---------------------------------------------------------
     def views(self, rows: torch.Tensor) -> list[torch.Tensor]:
@@ -143,21 +162,21 @@ class PPOPopulation:
 
     # --- acting -----------------------------------------------------------------------------
     @torch.no_grad()
-    def greedy_returns(self, params: Sequence[torch.Tensor], copies: int, physics: dict[str, np.ndarray],
-                       limit: int, seeds: Sequence[int]) -> np.ndarray:
+    def greedy_returns(self, params: Sequence[torch.Tensor], copies: int, batch: BatchedEnv,
+                       seeds: Sequence[int]) -> np.ndarray:
         """Greedy episode returns, ``copies`` episodes per row of the stacked ``params``; shape ``(C, copies)``.
 
-        ``physics`` holds one entry per episode (``C * copies``, client-major), ``seeds`` one reset seed each.
+        ``batch`` holds one environment copy per episode (``C * copies``, client-major), ``seeds`` one reset seed
+        each.
         """
         c = int(params[0].shape[0])
         actor = list(params[: self.n_actor])
-        batch = CartPoleBatch(physics, limit)
 
         def act(obs: np.ndarray) -> np.ndarray:
             logits = batched_mlp(actor, torch.from_numpy(obs).view(c, copies, -1))
             return logits.argmax(dim=2).reshape(-1).numpy()
 
-        return greedy_returns(batch, seeds, act).reshape(c, copies)
+        return batch.greedy_returns(seeds, act).reshape(c, copies)
 
     # --- learning ---------------------------------------------------------------------------
     def learn(self, ids: Sequence[int], env_steps: int, seeds: Sequence[int]) -> list[dict[str, float]]:
@@ -167,8 +186,8 @@ class PPOPopulation:
         :class:`~securefrl.agents.ppo.PPOAgent` built with seed ``env_seeds[cid]``: the environments continue
         the episodes the client's last call left running. Returns each client's ``learn`` statistics.
         """
-        if self.physics is None:
-            raise ValueError("this population has no environment physics to train in")
+        if self.envs is None:
+            raise ValueError("this population has no environments to train in (set_envs)")
         cfg = self.config
         ids = [int(i) for i in ids]
         c, n = len(ids), cfg.n_envs
@@ -180,6 +199,7 @@ class PPOPopulation:
         adam = _BatchedAdam(self.exp_avg[idx], self.exp_avg_sq[idx], self.adam_steps[ids].copy())
         streams = [Streams(int(s), n) for s in seeds]
         env = self._load_envs(ids)
+        rows = self._copies(ids)
         obs_dim, n_actions = int(self.spec.shapes[0][1]), int(self.spec.shapes[self.n_actor - 1][0])
         t_max = cfg.n_steps
         buf_obs = np.zeros((t_max, c, n, obs_dim), dtype=np.float32)
@@ -223,7 +243,7 @@ class PPOPopulation:
                                           buf_obs, buf_actions, buf_logp, buf_rewards, buf_dones, buf_values))
                 self.last_rollout = (buf_obs[:t], buf_actions[:t])
                 t = 0
-        self._store_envs(ids, env)
+        self.envs.assign(rows, env)
         with torch.no_grad():
             self.flat[idx] = work
             self.exp_avg[idx], self.exp_avg_sq[idx] = adam.exp_avg, adam.exp_avg_sq
@@ -244,37 +264,15 @@ class PPOPopulation:
         n = self.config.n_envs
         return np.concatenate([np.arange(c * n, (c + 1) * n) for c in ids])
 
-    def _load_envs(self, ids: list[int]) -> CartPoleBatch:
+    def _load_envs(self, ids: list[int]) -> BatchedEnv:
         """A batch of clients ``ids``' copies in the state they were left in (reset on first use, as PPOAgent)."""
-        assert self.physics is not None
-        phys, limit = self.physics
+        assert self.envs is not None
         n = self.config.n_envs
-        env = CartPoleBatch({k: np.repeat(v[ids], n) for k, v in phys.items()}, limit)
-        rows = self._copies(ids)
-        fresh = [k for k, c in enumerate(ids) if self.env_rngs[c * n] is None]
-        for k in fresh:  # a client's first learn(): PPOAgent.__init__ resets its pool with its agent seed's streams
-            cid = ids[k]
-            seeds = Streams(self.env_seeds[cid], n).env_seeds
-            env.reset(seeds, range(k * n, (k + 1) * n))
-            self._store_envs([cid], env, offset=k * n)
-        env.state[:] = self.env_state[rows]
-        env.elapsed[:] = self.env_elapsed[rows]
-        env.ep_returns[:] = self.env_ep_returns[rows]
-        env.ep_lengths[:] = self.env_ep_lengths[rows]
-        env.rngs = [self.env_rngs[int(r)] for r in rows]  # the same generator objects: they advance in place
-        env.finished = [[] for _ in range(env.n)]
-        env.obs[:] = env.state.astype(np.float32)  # CartPole observes its state as float32
+        env = self.envs.subset(self._copies(ids))  # the same generator objects: they advance in place
+        for k, cid in enumerate(ids):
+            if env.rngs[k * n] is None:  # a client's first learn(): PPOAgent.__init__ resets its pool
+                env.reset(Streams(self.env_seeds[cid], n).env_seeds, range(k * n, (k + 1) * n))
         return env
-
-    def _store_envs(self, ids: list[int], env: CartPoleBatch, offset: int = 0) -> None:
-        rows = self._copies(ids)
-        sl = slice(offset, offset + len(rows))
-        self.env_state[rows] = env.state[sl]
-        self.env_elapsed[rows] = env.elapsed[sl]
-        self.env_ep_returns[rows] = env.ep_returns[sl]
-        self.env_ep_lengths[rows] = env.ep_lengths[sl]
-        for r, rng in zip(rows, env.rngs[sl], strict=True):
-            self.env_rngs[int(r)] = rng
 
     def _update(self, ids: list[int], work: torch.Tensor, leaves: list[torch.Tensor], adam: _BatchedAdam,
                 streams: list[Streams],
@@ -338,14 +336,8 @@ class PPOPopulation:
                 "adam_step": int(self.adam_steps[cid]), "num_timesteps": int(self.num_timesteps[cid]),
                 "num_updates": int(self.num_updates[cid]), "envs": self._env_client_state(cid)}
 
-    def _env_client_state(self, cid: int) -> dict[str, Any]:
-        rows = self._copies([cid])
-        rngs = [self.env_rngs[int(r)] for r in rows]
-        return {"state": torch.from_numpy(self.env_state[rows].copy()),
-                "elapsed": torch.from_numpy(self.env_elapsed[rows].copy()),
-                "ep_returns": torch.from_numpy(self.env_ep_returns[rows].copy()),
-                "ep_lengths": torch.from_numpy(self.env_ep_lengths[rows].copy()),
-                "rngs": [None if g is None else g.bit_generator.state for g in rngs]}
+    def _env_client_state(self, cid: int) -> dict[str, Any] | None:
+        return None if self.envs is None else self.envs.get_state(self._copies([cid]))
 
     @torch.no_grad()
     def load_client_state(self, cid: int, state: dict[str, Any]) -> None:
@@ -359,27 +351,17 @@ class PPOPopulation:
         if envs is None:
             raise ValueError("checkpoint has no environment state (written before environments persisted across "
                              "rounds); it cannot be continued exactly, start a new run")
-        rows = self._copies([cid])
-        if len(envs["rngs"]) != len(rows):
-            raise ValueError(f"checkpoint has {len(envs['rngs'])} environment copies per client, this population "
-                             f"{len(rows)}")
-        self.env_state[rows] = envs["state"].numpy()
-        self.env_elapsed[rows] = envs["elapsed"].numpy()
-        self.env_ep_returns[rows] = envs["ep_returns"].numpy()
-        self.env_ep_lengths[rows] = envs["ep_lengths"].numpy()
-        for r, bit_state in zip(rows, envs["rngs"], strict=True):
-            rng = None
-            if bit_state is not None:
-                rng = np.random.Generator(getattr(np.random, bit_state["bit_generator"])())
-                rng.bit_generator.state = bit_state
-            self.env_rngs[int(r)] = rng
+        if self.envs is None:
+            raise ValueError("this population has no environments to restore the checkpoint's into (set_envs)")
+        self.envs.set_state(self._copies([cid]), envs)
 
     def nbytes(self) -> int:
         """Bytes held by the population's tensors, counters and environment arrays (grows linearly with clients).
 
-        Not counted: the per-copy ``numpy.random.Generator`` objects, created at a client's first training.
+        Not counted: the per-copy ``numpy.random.Generator`` objects, created at a client's first training, and
+        parameters the environments keep in Python lists.
         """
-        envs = sum(a.nbytes for a in (self.env_state, self.env_elapsed, self.env_ep_returns, self.env_ep_lengths))
+        envs = sum(b.nbytes() for b in (self.envs, self.client_envs) if b is not None)
         return sum(t.numel() * t.element_size() for t in (self.flat, self.exp_avg, self.exp_avg_sq)) + 3 * 8 * self.n \
             + envs
 

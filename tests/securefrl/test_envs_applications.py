@@ -163,7 +163,7 @@ def test_batch_refuses_mixed_or_unbatched_envs() -> None:
     with pytest.raises(ConfigError, match="episode_length"):
         MECOffloadingBatch([MECOffloadingEnv(episode_length=10), MECOffloadingEnv(episode_length=20)])
     with pytest.raises(ConfigError, match="no batched implementation"):
-        batch_for([EnvSpec("Acrobot-v1")])
+        batch_for([EnvSpec("MountainCar-v0")])
     batch = batch_for(draw_client_envs("edge_caching", 1, 0.0, np.random.default_rng(0)))
     batch.reset([0])
     with pytest.raises(ValueError, match="actions must lie"):

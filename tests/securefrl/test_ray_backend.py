@@ -112,6 +112,16 @@ def test_personalization_x_vectorized_x_ray_x_ckks_gives_the_loops_rounds(local_
                 assert got[key] == value, key
 
 
+def test_vectorized_x_ray_runs_an_application_family_as_in_process(local_ray, tmp_path):
+    # The Ray workers rebuild each chunk's batch from the family registry, so app families run there too.
+    over = ["env.name=edge_caching", "federation.n_clients=3", "federation.rounds=2", "federation.local_steps=32",
+            "federation.eval_episodes=1", "agent.params={n_envs: 2, n_steps: 16, n_epochs: 1, n_minibatches: 2}",
+            "federation.ray_num_cpus=2", "federation.simulation=vectorized"]
+    vec = _rounds_jsonl(over, tmp_path, "vec", VectorizedExecutor)
+    ray_rows = _rounds_jsonl([*over, "federation.backend=ray"], tmp_path, "vecray", VectorizedRayExecutor)
+    assert len(vec) == 2 and ray_rows == vec
+
+
 @pytest.mark.parametrize("method", ["ditto", "fedrep"])
 def test_personalization_on_ray_gives_the_same_metrics_as_local(local_ray, method):
     # Arrange: Ditto (a second agent per client, proximal term) and FedRep (frozen phases) as Ray tasks.

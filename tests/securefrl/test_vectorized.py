@@ -131,7 +131,7 @@ def test_vectorized_federation_matches_loop(protocol):
 
 def test_vectorized_refuses_what_it_does_not_implement():
     for extra, field in ((["agent.name=dqn"], "federation.simulation"),
-                         (["env.name=acrobot"], "federation.simulation")):
+                         (["env.name=mountaincar"], "federation.simulation")):
         with pytest.raises(ConfigError) as err:
             load_config(overrides=["federation.simulation=vectorized", *extra])
         assert err.value.field == field
