@@ -29,7 +29,7 @@ from securefrl.agents.base import Agent
 from securefrl.algorithm import ClientAlgorithm
 from securefrl.behaviour import ServerView, make_behaviour, wrap_training_env
 from securefrl.config import ExperimentConfig
-from securefrl.envs import EnvSpec, draw_client_envs
+from securefrl.envs import EnvSpec, draw_config_envs
 from securefrl.errors import UpdateRejectedError
 from securefrl.executors import Executor
 from securefrl.protocol_factory import PROTOCOLS, make_protocol
@@ -97,14 +97,7 @@ class Federation:
         self.malicious_ids = sorted(int(i) for i in picked)
         self.rule = cfg.make_rule()
         torch.set_num_threads(1)  # tiny networks: threading costs more than it buys
-        specs = draw_client_envs(
-            cfg.env.name,
-            cfg.federation.n_clients,
-            cfg.env.heterogeneity,
-            derive_rng(cfg.seed, "env-draw"),
-            overrides=cfg.env.overrides or None,
-            ranges={k: (v[0], v[1]) for k, v in cfg.env.ranges.items()} or None,
-        )
+        specs = draw_config_envs(cfg)
         agent_cfg = cfg.agent_config()
         self.executor: Executor = EXECUTORS.get(executor_name(cfg))(self)
         self.algorithm: ClientAlgorithm = ALGORITHMS.get(algorithm_name(cfg))(self)

@@ -16,7 +16,7 @@ from securefrl.envs.families import (
     family_names,
     get_family,
 )
-from securefrl.envs.spec import EnvSpec, draw_client_envs, resolve_env
+from securefrl.envs.spec import EnvSpec, draw_client_envs, draw_config_envs, resolve_env
 
 __all__ = [
     "EDGE_CACHING_ID",
@@ -27,6 +27,7 @@ __all__ = [
     "EnvSpec",
     "FamilyParam",
     "draw_client_envs",
+    "draw_config_envs",
     "family_names",
     "get_family",
     "resolve_env",

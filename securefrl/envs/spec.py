@@ -16,7 +16,7 @@ import math
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import gymnasium as gym
 import numpy as np
@@ -24,6 +24,9 @@ import numpy as np
 from securefrl.envs.contract import keep_space_contract
 from securefrl.envs.families import EnvFamily, family_for_env, family_names, get_family, refresh_derived
 from securefrl.errors import ConfigError
+
+if TYPE_CHECKING:
+    from securefrl.config import ExperimentConfig
 
 __all__ = ["EnvSpec", "draw_client_envs", "resolve_env"]
 
@@ -109,6 +112,20 @@ def resolve_env(env: str, field: str = "env") -> EnvFamily | None:
     if env in gym.registry:
         return None
     raise ConfigError(field, _unknown_env_message(env))
+
+
+def draw_config_envs(cfg: ExperimentConfig) -> list[EnvSpec]:
+    """Every client's environment as the config ``cfg`` draws it (one stream, shared by every engine)."""
+    from securefrl.seeding import derive_rng
+
+    return draw_client_envs(
+        cfg.env.name,
+        cfg.federation.n_clients,
+        cfg.env.heterogeneity,
+        derive_rng(cfg.seed, "env-draw"),
+        overrides=cfg.env.overrides or None,
+        ranges={k: (v[0], v[1]) for k, v in cfg.env.ranges.items()} or None,
+    )
 
 
 def draw_client_envs(

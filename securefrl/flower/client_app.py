@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from securefrl.config import ExperimentConfig
-from securefrl.envs import EnvSpec, draw_client_envs
+from securefrl.envs import EnvSpec, draw_config_envs
 from securefrl.errors import ConfigError, UpdateRejectedError
 from securefrl.flower import common
 from securefrl.protocol_factory import make_protocol
@@ -41,18 +41,6 @@ if TYPE_CHECKING:
 
 #: context.state record caching what a node derives from the config once (model length, protocol parameters).
 STATIC = "securefrl-static"
-
-
-def client_specs(cfg: ExperimentConfig) -> list[EnvSpec]:
-    """Every client's environment, drawn as :class:`~securefrl.federation.Federation` draws them."""
-    return draw_client_envs(
-        cfg.env.name,
-        cfg.federation.n_clients,
-        cfg.env.heterogeneity,
-        derive_rng(cfg.seed, "env-draw"),
-        overrides=cfg.env.overrides or None,
-        ranges={k: (v[0], v[1]) for k, v in cfg.env.ranges.items()} or None,
-    )
 
 
 def initial_global_params(cfg: ExperimentConfig, specs: list[EnvSpec]) -> np.ndarray:
@@ -97,7 +85,7 @@ class LocalClient:
         if not 0 <= cid < cfg.federation.n_clients:
             raise ConfigError(common.PARTITION_KEY, f"client id {cid} is not in [0, {cfg.federation.n_clients})")
         torch.set_num_threads(1)  # as the in-process federation: tiny networks
-        specs = client_specs(cfg)
+        specs = draw_config_envs(cfg)
         spec = specs[cid]
         agent = make_agent(cfg.agent.name, spec.make, cfg.agent_config(), seed=derive_seed(cfg.seed, "agent", cid))
         pipeline = make_pipeline(cfg)
@@ -304,7 +292,7 @@ def _static(context: Any, cfg: ExperimentConfig, cid: int) -> tuple[int, dict[st
         return int(record["dim"]), dict(json.loads(str(record["params"])))
     from securefrl.agents import make_agent
 
-    spec = client_specs(cfg)[cid]
+    spec = draw_config_envs(cfg)[cid]
     dim = int(make_agent(cfg.agent.name, spec.make, cfg.agent_config(), seed=0).get_flat().shape[0])
     params = common.protocol_params(cfg, common.make_dp(cfg))
     context.state.config_records[STATIC] = ConfigRecord({"dim": dim, "params": json.dumps(params)})

@@ -26,9 +26,10 @@ import numpy as np
 from protocols.base import AggregationProtocol, release
 from protocols.errors import PayloadError, ProtocolError, RoundAbortedError
 from securefrl.config import ExperimentConfig
+from securefrl.envs import draw_config_envs
 from securefrl.errors import ConfigError
 from securefrl.flower import common
-from securefrl.flower.client_app import client_specs, initial_global_params
+from securefrl.flower.client_app import initial_global_params
 from securefrl.protocol_factory import make_protocol
 from securefrl.results import ResultsDir, new_run_dir, plot_returns
 from securefrl.seeding import derive_rng
@@ -59,7 +60,7 @@ class FlowerServer:
         self.grid, self.cfg = grid, cfg
         self.connect_timeout, self.round_timeout = connect_timeout, round_timeout
         fed = cfg.federation
-        self.specs = client_specs(cfg)
+        self.specs = draw_config_envs(cfg)
         self.global_params = initial_global_params(cfg, self.specs)
         self.dim = int(self.global_params.shape[0])
         self.dp = common.make_dp(cfg)  # the accountant (and central noise) live here, as in-process
