@@ -19,9 +19,12 @@ from securefrl.registry import Registry
 
 PROTOCOLS: Registry[type[AggregationProtocol]] = Registry("protocol", "protocol.name", group="securefrl.protocols")
 """Protocol classes by name; each is built as ``cls(dim, [n_clients=...,] **protocol.params)``."""
-PROTOCOLS.register("plaintext", "protocols.plaintext:PlaintextProtocol")
-PROTOCOLS.register("ckks", "protocols.ckks:CKKSProtocol")
-PROTOCOLS.register("secagg", "protocols.secagg:SecAggProtocol")
+# ``flower_role``: which message flow of the Flower apps runs the protocol (securefrl.flower.common.flower_role):
+# "one-shot" (protect / combine / open, any such protocol), "secagg+" (the SecAgg+ stages over
+# protocols.secagg), "threshold-ckks" (enrolment and partial decryptions over protocols.ckks). None: in-process only.
+PROTOCOLS.register("plaintext", "protocols.plaintext:PlaintextProtocol", flower_role="one-shot")
+PROTOCOLS.register("ckks", "protocols.ckks:CKKSProtocol", flower_role="threshold-ckks")
+PROTOCOLS.register("secagg", "protocols.secagg:SecAggProtocol", flower_role="secagg+")
 
 
 def make_protocol(name: str, dim: int, n_clients: int, params: dict[str, Any] | None = None) -> AggregationProtocol:

@@ -47,7 +47,7 @@ def write_app(cfg: ExperimentConfig, out: str | Path, results_dir: str | Path | 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     enrolment = ""
-    if cfg.protocol.name == "secagg":
+    if common.flower_role(cfg) == common.SECAGG_PLUS:
         from securefrl.flower.secagg_state import write_enrolment
 
         folder = Path(enrolment_dir) if enrolment_dir is not None else out / "enrolment"

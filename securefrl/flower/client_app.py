@@ -366,11 +366,12 @@ def build_client_app(cfg: ExperimentConfig | None = None, mods: list[Any] | None
         update, row = client.train(round_id, global_params)
         payload = None
         if update is not None:
-            if client.cfg.protocol.name == "secagg":
+            flow = common.flower_role(client.cfg)
+            if flow == common.SECAGG_PLUS:
                 role = _SecAggRole.restore(context, client)
                 payload = role.client.masked_input(_meta_bytes(message, "forwarded"), update, 1.0, None)
                 role.save(context)
-            elif client.cfg.protocol.name == "ckks":
+            elif flow == common.THRESHOLD_CKKS:
                 _, ckks = _ckks_load(context, client.cfg, client.cid, round_id)
                 payload = ckks.protect(round_id, update, 1.0)
                 _ckks_save(context, ckks, None)

@@ -66,6 +66,29 @@ SUPPORTED = ("protocol plaintext, secagg or threshold ckks; aggregator fedavg or
 FLOWER_PERSONALIZATION = ("none", "finetune")
 
 
+#: The Flower message flows a protocol can declare as its ``flower_role`` in the protocol registry.
+ONE_SHOT, SECAGG_PLUS, THRESHOLD_CKKS = "one-shot", "secagg+", "threshold-ckks"
+FLOWER_ROLES = (ONE_SHOT, SECAGG_PLUS, THRESHOLD_CKKS)
+
+
+def flower_role(cfg: ExperimentConfig) -> str:
+    """The message flow that runs ``cfg``'s protocol on Flower, as the protocol registry declares it.
+
+    ``one-shot``: each client sends ``protect``'s payload, the server ``combine``s and ``open``s (plaintext and
+    any protocol of that shape); ``secagg+``: the SecAgg+ stages (advertise, share, masked input, unmask);
+    ``threshold-ckks``: enrolment of the clients' key shares, then partial decryptions by the decryptors.
+    """
+    from securefrl.protocol_factory import PROTOCOLS
+
+    role = PROTOCOLS.meta(cfg.protocol.name).get("flower_role")
+    if role not in FLOWER_ROLES:
+        runs = [n for n in PROTOCOLS.names() if PROTOCOLS.meta(n).get("flower_role") in FLOWER_ROLES]
+        raise UnsupportedOnFlowerError("protocol.name", f"protocol {cfg.protocol.name!r} declares no Flower role "
+                                       f"(flower_role one of {list(FLOWER_ROLES)} in its registration); protocols "
+                                       f"that run on Flower: {', '.join(runs)}")
+    return str(role)
+
+
 class MalformedReplyError(SecureFRLError, ValueError):
     """A client's reply is not what the stage expects (missing record, wrong type, oversized, wrong sender)."""
 
@@ -102,8 +125,7 @@ def check_supported(cfg: ExperimentConfig) -> None:
     alone); ``finetune``. Refused, with why: whatever needs state the ClientApp cannot keep per message, or
     another client's update.
     """
-    if cfg.protocol.name not in ("plaintext", "secagg", "ckks"):
-        raise UnsupportedOnFlowerError("protocol.name", f"protocol {cfg.protocol.name!r} is not run on Flower")
+    flower_role(cfg)
     if cfg.federation.simulation != "loop":
         raise UnsupportedOnFlowerError("federation.simulation", "each ClientApp trains one agent (simulation=loop), "
                                        f"not {cfg.federation.simulation!r}")

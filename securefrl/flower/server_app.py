@@ -66,7 +66,8 @@ class FlowerServer:
         self.dp = common.make_dp(cfg)  # the accountant (and central noise) live here, as in-process
         params = common.protocol_params(cfg, self.dp)
         self.malicious = common.malicious_ids(cfg)
-        if cfg.protocol.name == "secagg":  # the server role, with the registry the clients were enrolled with
+        self.role = common.flower_role(cfg)
+        if self.role == common.SECAGG_PLUS:  # the server role, with the registry the clients were enrolled with
             from protocols.secagg import SecAggProtocol
             from securefrl.flower.secagg_state import read_registry
 
@@ -75,7 +76,7 @@ class FlowerServer:
                                   "(`securefrl flower-app` writes one)")
             self.protocol: Any = SecAggProtocol(self.dim, fed.n_clients, registry=read_registry(registry),
                                                 identities={}, **params)
-        elif cfg.protocol.name == "ckks":  # the server role is built at enrolment (it needs the clients' keys)
+        elif self.role == common.THRESHOLD_CKKS:  # the server role is built at enrolment (it needs the clients' keys)
             from securefrl.flower.ckks_roles import CKKSSetup
 
             self.ckks = CKKSSetup(cfg, self.dim)
@@ -185,7 +186,7 @@ class FlowerServer:
                                            for c in range(cfg.federation.n_clients)}
         aborted: str | None = None
         sent: dict[int, int] = {}  # bytes each client sent this round, every stage
-        secagg = self._secagg_round(r, sampled) if self.cfg.protocol.name == "secagg" else None
+        secagg = self._secagg_round(r, sampled) if self.role == common.SECAGG_PLUS else None
         forwarded: dict[int, bytes] = {}
         if secagg is not None:
             t0 = time.perf_counter()
@@ -225,13 +226,13 @@ class FlowerServer:
             try:
                 if secagg is not None:
                     aggregate = self._secagg_combine(secagg, payloads, traffic, sent)
-                elif cfg.protocol.name == "ckks":
+                elif self.role == common.THRESHOLD_CKKS:
                     aggregate = self.ckks_server.combine(r, payloads)
                 else:
                     aggregate = self.protocol.combine(r, payloads)
             except RoundAbortedError as err:
                 aborted = str(err)
-        if aggregate is not None and cfg.protocol.name == "ckks" and aggregate.included:
+        if aggregate is not None and self.role == common.THRESHOLD_CKKS and aggregate.included:
             t1 = time.perf_counter()
             try:
                 opened = self._ckks_open(aggregate, traffic, sent)
@@ -442,7 +443,7 @@ class FlowerServer:
         self.out.write_json("environments.json", [{"client": c, **s.to_dict()} for c, s in enumerate(self.specs)])
         self.out.reset_rows([], [])
         self.connect()
-        if self.cfg.protocol.name == "ckks":
+        if self.role == common.THRESHOLD_CKKS:
             self._ckks_enrol()
         summaries: list[dict[str, Any]] = []
         client_rows: list[dict[str, Any]] = []

@@ -13,11 +13,13 @@ pytest.importorskip("flwr")
 from flwr.app import ArrayRecord, ConfigRecord, RecordDict
 from flwr.common.config import validate_config
 
+from protocols.plaintext import PlaintextProtocol
 from securefrl.cli import main
 from securefrl.config import load_config
 from securefrl.errors import ConfigError
 from securefrl.flower import common
 from securefrl.flower.appdir import APP_MODULE, register, write_app
+from securefrl.protocol_factory import PROTOCOLS
 
 
 def test_generated_app_directory_is_a_valid_flower_app_embedding_the_config(tmp_path):
@@ -82,6 +84,35 @@ def test_dp_sgd_is_refused_up_front(tmp_path):
 ])
 def test_dp_update_attacks_and_finetune_pass_the_check(tmp_path, overrides):
     common.check_supported(load_config(overrides=overrides))
+
+
+class _PlaintextCopy(PlaintextProtocol):
+    name = "plaintext-copy"
+
+
+@pytest.mark.parametrize("role", ["one-shot", None, "carrier-pigeon"])
+def test_the_flower_message_flow_is_the_role_the_protocol_declares_not_its_name(tmp_path, role):
+    """A third-party protocol runs on Flower by declaring a role in its registration, and only then."""
+    meta = {} if role is None else {"flower_role": role}
+    PROTOCOLS.register(_PlaintextCopy.name, _PlaintextCopy, **meta)
+    try:
+        cfg = load_config(overrides=["protocol.name=plaintext-copy"])
+        if role == "one-shot":
+            common.check_supported(cfg)
+            assert common.flower_role(cfg) == common.ONE_SHOT
+            return
+        with pytest.raises(common.UnsupportedOnFlowerError) as err:
+            write_app(cfg, tmp_path / "app")
+        assert err.value.field == "protocol.name" and "plaintext-copy" in str(err.value)
+        assert "that run on Flower: ckks, plaintext, secagg" in str(err.value)
+    finally:
+        PROTOCOLS.unregister(_PlaintextCopy.name)
+
+
+def test_the_builtin_protocols_declare_their_flower_roles():
+    roles = {name: common.flower_role(load_config(overrides=[f"protocol.name={name}"]))
+             for name in ("plaintext", "secagg", "ckks")}
+    assert roles == {"plaintext": common.ONE_SHOT, "secagg": common.SECAGG_PLUS, "ckks": common.THRESHOLD_CKKS}
 
 
 def _reply(**fields):
