@@ -63,15 +63,14 @@ def build(algo: str, variant: str, seed: int) -> Agent:
     return agent
 
 
-def time_grad_steps(agent: Agent, algo: str, n: int) -> float:
+def time_grad_steps(agent: Any, algo: str, n: int) -> float:
     """Seconds per gradient step of the agent's own update path (sampling included)."""
-    if isinstance(agent, DQNAgent):
+    if algo == "dqn":  # the benchmark built this agent by name (build); its private update paths differ
         t0 = time.perf_counter()
         for _ in range(n):
             agent._update_batch(agent._sample_batch())
         return (time.perf_counter() - t0) / n
-    assert isinstance(agent, PPOAgent)
-    cfg = agent.config
+    cfg: Any = agent.config
     per_update = cfg.n_epochs * cfg.n_minibatches
     updates = max(1, n // per_update)
     t0 = time.perf_counter()
