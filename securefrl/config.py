@@ -168,13 +168,13 @@ class PrivacySection:
     """Opacus accountant: rdp (Mironov 2017) or prv (Gopi et al. 2021, tighter)."""
     min_survivors: int = 0
     """Distributed noise: shares are calibrated for at least this many surviving clients (0 = all sampled)."""
-    secure_noise: bool = False
-    """Draw noise from the OS CSPRNG. Under a protocol that hides updates (secagg, ckks) client-level and DP-SGD
-    noise is always secure unless seeded_noise_experiment; with plaintext false = seeded noise (reproducible,
-    regenerable from the seed)."""
+    secure_noise: bool = True
+    """DP noise (client-level and DP-SGD, every placement and protocol) comes from the OS CSPRNG. Kept so older
+    configs load: false is refused, because seeded noise is removable by anyone who has the config's seed (the
+    server among them); a reproducible experiment sets seeded_noise_experiment instead."""
     seeded_noise_experiment: bool = False
-    """Experiment flag: allow seeded (reproducible, hence removable by anyone with the config) DP noise under a
-    secure protocol; the run's rows and summary are marked dp_noise=seeded."""
+    """Experiment flag: draw DP noise from the seeded stream (reproducible, hence removable by anyone with the
+    config, the server included); the run's rows and summary are marked dp_noise=seeded."""
     max_colluding: int = 0
     """Distributed noise: shares are sized so the sum keeps the full noise even if this many included clients
     withhold theirs (0 assumes every client adds its share honestly)."""
@@ -190,13 +190,18 @@ class PrivacySection:
     dpsgd: bool = False
     """Record-level DP-SGD in local training (Abadi et al. 2016, via Opacus): per-transition clipping + noise on every
     gradient step, independent of placement; needs agent dqn/ppo with batch_sampling=poisson (see securefrl.agents.dp).
-    Uses delta, accountant and secure_noise above; each client reports record_epsilon."""
+    Uses delta, accountant and seeded_noise_experiment above; each client reports record_epsilon."""
     dpsgd_noise_multiplier: float = 1.0
     """DP-SGD z: noise std z * dpsgd_max_grad_norm on each step's sum of clipped per-sample gradients."""
     dpsgd_max_grad_norm: float = 1.0
     """DP-SGD C: L2 bound of one transition's gradient (inf = no clipping, only with noise multiplier 0)."""
     dpsgd_grad_sample_mode: Literal["mlp", "hooks", "ew", "functorch"] = "mlp"
     """Per-sample gradients: mlp (ghost norms for the agents' Linear MLPs, fastest) or an Opacus mode."""
+
+    @property
+    def noise_is_secure(self) -> bool:
+        """DP noise from the OS CSPRNG: always, unless the experiment flag ``seeded_noise_experiment`` is set."""
+        return not self.seeded_noise_experiment
 
     def validate(self, path: str) -> None:
         check_range(f"{path}.clip_norm", self.clip_norm, 0.0, lo_open=True)
@@ -210,6 +215,11 @@ class PrivacySection:
         check_range(f"{path}.clip_learning_rate", self.clip_learning_rate, 0.0, lo_open=True)
         check_range(f"{path}.dpsgd_noise_multiplier", self.dpsgd_noise_multiplier, 0.0)
         check_range(f"{path}.dpsgd_max_grad_norm", self.dpsgd_max_grad_norm, 0.0, lo_open=True)
+        if not self.secure_noise:
+            raise ConfigError(f"{path}.secure_noise", "seeded DP noise is removable by anyone who has the config's "
+                              "seed, the server included, so it is not a setting of secure_noise; for a "
+                              "reproducible experiment set privacy.seeded_noise_experiment = true (the run is marked "
+                              "dp_noise=seeded)")
         if self.adaptive_clipping and self.placement != "central":
             raise ConfigError(f"{path}.adaptive_clipping", "adaptive clipping is implemented for placement=central "
                               "only (the server needs the noised count of unclipped clients)")

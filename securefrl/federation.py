@@ -112,9 +112,8 @@ class Federation:
         if cfg.privacy.dpsgd:  # record-level DP-SGD inside every client's local training
             from securefrl.agents.dp import DPSGDSettings, enable_dp_sgd  # deferred: pulls in opacus
 
-            hides = not PROTOCOLS.get(cfg.protocol.name).reveals_individual_updates
             for c in self.clients:
-                enable_dp_sgd(c.agent, DPSGDSettings.from_privacy(cfg.privacy, hides),
+                enable_dp_sgd(c.agent, DPSGDSettings.from_privacy(cfg.privacy),
                               derive_rng(cfg.seed, "dpsgd-noise", c.client_id))
         # Every client starts from one global initialisation, drawn from its own stream.
         self.global_params = self.algorithm.initial_global(specs, agent_cfg)

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
+from typing import Any
 
 import numpy as np
 from scipy import stats
 
 from attacks.protocol import ProtocolAttackOutcome, register
 from protocols.base import release
+from protocols.plaintext import PlaintextProtocol
 from protocols.secagg import SecAggProtocol
 from securefrl.config import PrivacySection
 from securefrl.privacy.audit import clopper_pearson_upper
@@ -18,51 +21,149 @@ from securefrl.seeding import derive_rng
 
 @register
 class NoiseRegeneration:
-    """Anyone who knows the experiment's seed regenerates the distributed noise shares and removes them.
+    """Anyone who knows the experiment's seed regenerates client-level DP noise and removes it.
 
-    Threat model: the server (or anyone who reads ``config.yaml``, which records the seed) observes the
-    opened SecAgg mean of a round with distributed DP noise. If each client's noise share is drawn from the
-    seeded stream the round loop derives from ``(seed, "pipeline", round, client)``, the adversary replays
-    the library's own pipeline on zero updates with the same streams, gets every share exactly, subtracts
-    their mean and holds the noise-free mean: the DP guarantee is void.
+    Threat model: the server (or anyone who reads ``config.yaml``, which records the seed) in two settings:
+    it observes the opened SecAgg mean of a round with distributed DP noise, and it observes one client's
+    update with local DP noise under the plaintext protocol (local noise is that client's only protection
+    against the server). If each client's noise is drawn from the seeded stream the round loop derives from
+    ``(seed, "pipeline", round, client)``, the adversary replays the library's own pipeline on zero updates
+    with the same streams, gets the noise exactly, subtracts it and holds the noise-free mean or update: the
+    DP guarantee is void.
 
-    Defence (default): under a secure protocol client-level noise comes from the OS CSPRNG (no seed, no
-    state to recover); seeded noise needs ``privacy.seeded_noise_experiment = true`` and marks the run
-    ``dp_noise = seeded``. Not covered: floating-point and timing side channels of the Gaussian sampler
+    Defence (default): client-level noise comes from the OS CSPRNG under every protocol and placement (no
+    seed, no state to recover); seeded noise needs ``privacy.seeded_noise_experiment = true`` and marks the
+    run ``dp_noise = seeded``. Not covered: floating-point and timing side channels of the Gaussian sampler
     (see :func:`securefrl.privacy.noise.secure_gaussian`).
     """
 
     name = "dp_noise_regeneration"
     threat_model = __doc__ or ""
 
-    def run(self, weakened: bool, seed: int) -> ProtocolAttackOutcome:
+    @staticmethod
+    def _regenerated(pipe: Any, dim: int, seed: int, r: int, c: int) -> np.ndarray:
+        """The adversary: the same pipeline on a zero update with the stream the seed determines."""
+        return np.asarray(pipe.update(np.zeros(dim), pipe.init(dim), derive_rng(seed, "pipeline", r, c))[0])
+
+    def _distributed_under_secagg(self, section: PrivacySection, seed: int) -> tuple[float, float, str]:
         n, dim, r = 6, 64, 3
-        section = PrivacySection(placement="distributed", clip_norm=1.0, noise_multiplier=1.0,
-                                 seeded_noise_experiment=weakened)
-        dp = ClientLevelDP(section, "secagg", n, n, rounds=10)
+        dp = ClientLevelDP(replace(section, placement="distributed"), "secagg", n, n,
+                           rounds=10)
         pipe = dp.pipeline()
         proto = SecAggProtocol(dim, n, clip=dp.required_coordinate_clip())
-        data_rng = np.random.default_rng(seed)
-        updates = [u / max(1.0, float(np.linalg.norm(u))) for u in data_rng.normal(0, 0.3, (n, dim))]
+        updates = [u / max(1.0, float(np.linalg.norm(u))) for u in np.random.default_rng(seed).normal(0, 0.3, (n, dim))]
         proto.begin_round(r, range(n))
         payloads = {}
         for c in range(n):
             noisy, _ = pipe.update(updates[c], pipe.init(dim), derive_rng(seed, "pipeline", r, c))
             payloads[c] = proto.protect(c, r, noisy, 1.0)
         opened = release(proto, proto.combine(r, payloads))
-        # The adversary: the same pipeline on zero updates with the streams the seed determines.
-        regenerated = np.mean([pipe.update(np.zeros(dim), pipe.init(dim), derive_rng(seed, "pipeline", r, c))[0]
-                               for c in range(n)], axis=0)
+        regenerated = np.mean([self._regenerated(pipe, dim, seed, r, c) for c in range(n)], axis=0)
         err = float(np.max(np.abs(opened.mean - regenerated - np.mean(updates, axis=0))))
-        noise = dp.client_noise_std() / math.sqrt(n)  # std of the noise in the mean
-        ok = err < 1e-3 * noise
-        target = ("distributed DP, privacy.seeded_noise_experiment=true" if weakened
-                  else "distributed DP under secagg, default (secure noise)")
-        reason = (f"noise-free mean recovered to {err:.2g} (noise std in the mean {noise:.3g})" if ok else
-                  f"regenerated noise does not match (error {err:.3g} ~ the noise std {noise:.3g}): noise is "
-                  f"{dp.noise_label} (OS CSPRNG)")
-        return ProtocolAttackOutcome(self.name, target, ok, err, "max error of the noise-free mean", reason,
-                                     {"dp_noise": dp.noise_label})
+        return err, dp.client_noise_std() / math.sqrt(n), dp.noise_label  # std of the noise in the mean
+
+    def _local_under_plaintext(self, section: PrivacySection, seed: int) -> tuple[float, float, str]:
+        n, dim, r, victim = 6, 64, 3, 4
+        dp = ClientLevelDP(replace(section, placement="local"), "plaintext", n, n,
+                           rounds=10)
+        pipe = dp.pipeline()
+        proto = PlaintextProtocol(dim)
+        update = np.random.default_rng(seed).normal(0, 0.3, dim)
+        update /= max(1.0, float(np.linalg.norm(update)))
+        proto.begin_round(r, [victim])
+        noisy, _ = pipe.update(update, pipe.init(dim), derive_rng(seed, "pipeline", r, victim))
+        seen = proto.individual_updates(r, {victim: proto.protect(victim, r, noisy, 1.0)})[victim]
+        err = float(np.max(np.abs(seen - self._regenerated(pipe, dim, seed, r, victim) - update)))
+        return err, dp.client_noise_std(), dp.noise_label
+
+    def run(self, weakened: bool, seed: int) -> ProtocolAttackOutcome:
+        section = PrivacySection(placement="local", clip_norm=1.0, noise_multiplier=1.0,
+                                 seeded_noise_experiment=weakened)
+        results = {"distributed under secagg": self._distributed_under_secagg(section, seed),
+                   "local under plaintext": self._local_under_plaintext(section, seed)}
+        broken = {k: v for k, v in results.items() if v[0] < 1e-3 * v[1]}
+        err = min(v[0] for v in results.values())
+        target = ("distributed DP under secagg and local DP under plaintext, privacy.seeded_noise_experiment=true"
+                  if weakened else "distributed DP under secagg and local DP under plaintext, default (secure noise)")
+        if broken:
+            reason = "; ".join(f"{k}: noise-free {'mean' if 'secagg' in k else 'update'} recovered to {e:.2g} "
+                               f"(noise std {std:.3g})" for k, (e, std, _) in broken.items())
+        else:
+            reason = "; ".join(f"{k}: regenerated noise does not match (error {e:.3g} ~ the noise std {std:.3g}), "
+                               f"noise is {label} (OS CSPRNG)" for k, (e, std, label) in results.items())
+        return ProtocolAttackOutcome(self.name, target, bool(broken), err, "max error of the noise-free mean/update",
+                                     reason, {k: {"error": e, "noise_std": std, "dp_noise": label}
+                                              for k, (e, std, label) in results.items()})
+
+
+@register
+class DPSGDNoiseRegeneration:
+    """The server, which holds the config's seed, regenerates a client's DP-SGD noise and removes it.
+
+    Threat model: the honest-but-curious server of a plaintext federation with record-level DP-SGD
+    (``privacy.dpsgd``), the setting where DP-SGD is a client's only protection against the server. DP-SGD's
+    guarantee is stated for an adversary who sees every noisy gradient the client's optimizer releases (the
+    updates the server receives are a post-processing of them), so the plug-in gives the adversary exactly
+    that view of one step of a real DQN agent with Opacus's optimizer. If the noise comes from the torch
+    generator the federation seeds from ``(seed, "dpsgd-noise", client)``, the adversary builds the same
+    agent and optimizer from the seed, lets it release noise alone (an empty batch) and subtracts it: what
+    is left is the noise-free sum of the clipped per-record gradients, and the guarantee is void.
+
+    Defence (default): DP-SGD noise (and the Poisson sample) comes from the OS CSPRNG under every protocol;
+    seeded noise needs ``privacy.seeded_noise_experiment = true``, which marks the run ``dp_noise = seeded``.
+    Not covered: floating-point and timing side channels of the sampler, and what the clipped gradients
+    themselves reveal once the noise is gone (the plug-in stops at removing the noise).
+    """
+
+    name = "dpsgd_noise_regeneration"
+    threat_model = __doc__ or ""
+
+    def run(self, weakened: bool, seed: int) -> ProtocolAttackOutcome:
+        import gymnasium as gym
+        import torch
+
+        from securefrl.agents.dp import DPSGDSettings, enable_dp_sgd, replay_rate
+        from securefrl.agents.registry import make_agent
+
+        client, z, clip = 2, 1.0, 1.0
+        params = {"hidden": (16,), "batch_sampling": "poisson", "learning_starts": 10_000, "n_envs": 1}
+        section = PrivacySection(dpsgd=True, dpsgd_noise_multiplier=z, dpsgd_max_grad_norm=clip,
+                                 seeded_noise_experiment=weakened)
+
+        def agent_with(settings: DPSGDSettings) -> Any:
+            agent = make_agent("dqn", lambda: gym.make("CartPole-v1"), params, seed=seed)
+            enable_dp_sgd(agent, settings, derive_rng(seed, "dpsgd-noise", client))  # as the Federation does
+            return agent
+
+        def released(agent: Any, batch: dict | None) -> np.ndarray:
+            """The noisy gradient one DP-SGD step releases (``batch=None``: an empty Poisson batch)."""
+            n = 0 if batch is None else len(batch["obs"])
+            q, expected = replay_rate(64, 256)
+            agent.dpsgd.backward(lambda: agent.compute_loss(batch), n, expected, q)
+            return torch.cat([p.grad.reshape(-1) for p in agent.dpsgd.optimizer.params]).numpy().astype(np.float64)
+
+        victim = agent_with(DPSGDSettings.from_privacy(section))
+        victim.learn(256)  # collection only (learning_starts is not reached): a replay buffer of real transitions
+        batch = victim.replay.sample(64, np.random.default_rng(seed))
+        observed = released(victim, batch)
+        # The same agent (same seed, untrained: equal weights), the same clipping, no noise: the truth.
+        clean_agent = agent_with(DPSGDSettings(0.0, clip, secure=False))
+        clean = released(clean_agent, batch)
+        # The adversary: the federation's seeded construction, releasing noise alone.
+        seeded = PrivacySection(dpsgd=True, dpsgd_noise_multiplier=z, dpsgd_max_grad_norm=clip,
+                                seeded_noise_experiment=True)
+        noise = released(agent_with(DPSGDSettings.from_privacy(seeded)), None)
+        err = float(np.max(np.abs(observed - noise - clean)))
+        _, expected = replay_rate(64, 256)
+        std = z * clip / expected  # per-coordinate noise std of the released gradient
+        ok = err < 1e-3 * std
+        target = ("plaintext, DP-SGD, privacy.seeded_noise_experiment=true" if weakened
+                  else "plaintext, DP-SGD, default (OS CSPRNG noise)")
+        reason = (f"noise-free clipped gradient recovered to {err:.2g} (noise std {std:.3g})" if ok else
+                  f"regenerated noise does not match (error {err:.3g} ~ the noise std {std:.3g}): DP-SGD noise "
+                  "comes from the OS CSPRNG")
+        return ProtocolAttackOutcome(self.name, target, ok, err, "max error of the noise-free gradient", reason,
+                                     {"dp_noise": "seeded" if weakened else "secure"})
 
 
 @register

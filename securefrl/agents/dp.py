@@ -48,7 +48,7 @@ from, client-level DP on the federated updates (:mod:`securefrl.privacy.federate
 Configuration
 -------------
 ``privacy.dpsgd = true`` with ``privacy.dpsgd_noise_multiplier``, ``dpsgd_max_grad_norm`` and
-``dpsgd_grad_sample_mode``; ``privacy.delta``, ``privacy.accountant`` and ``privacy.secure_noise`` are shared
+``dpsgd_grad_sample_mode``; ``privacy.delta``, ``privacy.accountant`` and ``privacy.seeded_noise_experiment`` are shared
 with client-level DP. The agent needs ``agent.params.batch_sampling = "poisson"`` (and, for PPO,
 ``gae_lambda = 0``, ``norm_adv = false``). Each client reports ``record_epsilon`` in its row of every
 round it trains. Programmatically: :func:`enable_dp_sgd` on a built agent.
@@ -113,13 +113,14 @@ class DPSGDSettings:
             raise ConfigError(f"{path}.dpsgd_{err.field}", str(err).split(": ", 1)[-1]) from None
 
     @classmethod
-    def from_privacy(cls, privacy: PrivacySection, protocol_hides_updates: bool = False) -> DPSGDSettings:
-        """The settings ``privacy.dpsgd_*`` (plus the shared delta, accountant and secure_noise) describe.
+    def from_privacy(cls, privacy: PrivacySection) -> DPSGDSettings:
+        """The settings ``privacy.dpsgd_*`` (plus the shared delta, accountant and noise source) describe.
 
-        As for client-level noise, the noise is secure by default under a protocol that hides updates (seeded
-        noise is removable by anyone with the config) unless ``privacy.seeded_noise_experiment``.
+        As for client-level noise, the noise comes from the OS CSPRNG under every protocol unless
+        ``privacy.seeded_noise_experiment`` (seeded noise is removable by anyone with the config's seed, and
+        record-level DP protects against the server, which has it: plug-in ``dpsgd_noise_regeneration``).
         """
-        secure = bool(privacy.secure_noise) or (protocol_hides_updates and not privacy.seeded_noise_experiment)
+        secure = privacy.noise_is_secure
         return cls(noise_multiplier=float(privacy.dpsgd_noise_multiplier),
                    max_grad_norm=float(privacy.dpsgd_max_grad_norm),
                    grad_sample_mode=str(privacy.dpsgd_grad_sample_mode), accountant=str(privacy.accountant),

@@ -28,9 +28,10 @@ and ``target_epsilon`` and ``epsilon_budget`` are calibrated and enforced agains
 recorded with the noise multiplier the released aggregate really carried (for distributed noise after
 dropouts and colluders, ``z sqrt((survivors - k) / (m_min - k))``).
 
-Noise: under a secure protocol (secagg, ckks) client-level noise comes from the OS CSPRNG unless the
+Noise: client-level noise comes from the OS CSPRNG under every protocol and placement unless the
 experiment flag ``privacy.seeded_noise_experiment`` is set; seeded noise is regenerable by anyone who has
-the config's seed, which is why such runs are marked ``dp_noise = "seeded"``. Under SecAgg the protocol's
+the config's seed (the server has the config), which is why such runs are marked ``dp_noise = "seeded"``
+(attack plug-in ``dp_noise_regeneration``). Under SecAgg the protocol's
 per-coordinate clip must leave room for the noise (at least ``C + 6`` share standard deviations), or it
 would clip the noise and the sum would carry less than accounted. Clipping can adapt to a quantile of
 update norms (Andrew et al. 2021) with central noise.
@@ -93,10 +94,9 @@ class ClientLevelDP:
                 "the IND-CPA-D caveat asks that decrypted aggregates already carry noise). Use "
                 "placement=distributed (each client adds a share) or placement=local.",
             )
-        # Under a protocol that hides updates seeded noise needs the experiment flag: anyone with the seed could
-        # remove it.
-        hides = not protocol.reveals_individual_updates
-        self.secure = bool(s.secure_noise) or (hides and not s.seeded_noise_experiment)
+        # Seeded noise needs the experiment flag under every protocol: anyone with the seed (the server, which
+        # holds the config) could remove it, and it is the server that local and distributed noise hide from.
+        self.secure = s.noise_is_secure
         self.accountant = PrivacyAccountant(s.accountant)
         self.accountant_outsiders = PrivacyAccountant(s.accountant)
         self.sample_rate = self.clients_per_round / self.n_clients

@@ -68,8 +68,9 @@ def _warn_seeded_once() -> None:
         _seeded_warning_issued = True
         warnings.warn(
             "DP noise is drawn from a seeded numpy Generator: reproducible for experiments, but predictable to "
-            "anyone who knows the seed and open to floating-point attacks. For deployment set "
-            "privacy.secure_noise = true in the config (secure=True in the Python API).",
+            "anyone who knows the seed and open to floating-point attacks. It is what "
+            "privacy.seeded_noise_experiment = true asks for; leave it false (the default) for OS CSPRNG noise "
+            "(secure=True in the Python API).",
             SeededNoiseWarning,
             stacklevel=3,
         )

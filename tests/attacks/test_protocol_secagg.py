@@ -50,7 +50,7 @@ def test_weight_amplification_blows_the_mean_up_only_when_weights_travel_uncheck
     assert "round dropped" in strong.reason
 
 
-@pytest.mark.parametrize("name", ["dp_noise_regeneration", "dp_membership_vs_server"])
+@pytest.mark.parametrize("name", ["dp_noise_regeneration", "dpsgd_noise_regeneration", "dp_membership_vs_server"])
 def test_dp_attacks_break_the_weakened_config_and_not_the_default(name):
     weak = PROTOCOL_ATTACKS[name]().run(weakened=True, seed=0)
     strong = PROTOCOL_ATTACKS[name]().run(weakened=False, seed=0)

@@ -55,6 +55,7 @@ def test_simulation_engine_equals_in_process_run(simulation, tmp_path, protocol)
 # One malicious client adding Gaussian noise to its update, local DP (each client clips and noises), finetune.
 FEATURES = ["attack.name=gaussian", "attack.n_malicious=1", "attack.params.sigma=5.0",
             "privacy.placement=local", "privacy.noise_multiplier=0.5", "privacy.clip_norm=1.0",
+            "privacy.seeded_noise_experiment=true",  # equal to in-process needs the reproducible noise
             "personalization.method=finetune"]
 DP_METRICS = ("epsilon", "epsilon_server", "epsilon_outsiders", "noise_multiplier", "clip_norm", "dp_noise",
               "method", "mean_personal_return", "min_personal_return")

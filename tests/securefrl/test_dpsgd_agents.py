@@ -370,10 +370,11 @@ def test_federation_reports_record_epsilon_per_client_and_round(tmp_path) -> Non
 
 
 @pytest.mark.parametrize(("protocol", "flag", "secure"), [
-    ("plaintext", [], False), ("secagg", [], True), ("secagg", ["privacy.seeded_noise_experiment=true"], False),
-    ("plaintext", ["privacy.secure_noise=true"], True)])
-def test_dpsgd_noise_is_secure_by_default_under_a_protocol_that_hides_updates(protocol, flag, secure) -> None:  # type: ignore[no-untyped-def]
-    # As for client-level noise: seeded noise is regenerable from the config, so it needs the experiment flag.
+    ("plaintext", [], True), ("secagg", [], True), ("secagg", ["privacy.seeded_noise_experiment=true"], False),
+    ("plaintext", ["privacy.seeded_noise_experiment=true"], False)])
+def test_dpsgd_noise_is_secure_by_default_under_every_protocol(protocol, flag, secure) -> None:  # type: ignore[no-untyped-def]
+    # As for client-level noise: seeded noise is regenerable from the config (which the server holds, and DP-SGD
+    # protects against the server even under plaintext), so it needs the experiment flag.
     from securefrl.federation import Federation
 
     fed = Federation(load_config(overrides=[*FED, "privacy.dpsgd=true", f"protocol.name={protocol}", *flag]))

@@ -53,8 +53,9 @@ def test_target_epsilon_sets_the_noise(tmp_path):
 
 
 def test_resume_reports_the_same_epsilon(tmp_path):
-    full = run_experiment(cfg(tmp_path, "privacy.placement=distributed", name="full"), progress=False)
-    c = cfg(tmp_path, "privacy.placement=distributed", name="part")
+    seeded = "privacy.seeded_noise_experiment=true"  # bit-identical needs the reproducible (experiment) noise
+    full = run_experiment(cfg(tmp_path, "privacy.placement=distributed", seeded, name="full"), progress=False)
+    c = cfg(tmp_path, "privacy.placement=distributed", seeded, name="part")
     run_experiment(c, progress=False, stop_after=1)
     resumed = run_experiment(c, resume=True, progress=False)
     assert [r["epsilon"] for r in resumed.rounds] == [r["epsilon"] for r in full.rounds]
@@ -108,6 +109,19 @@ def test_resume_refuses_an_edited_accountant_history(tmp_path):
 
 def test_adaptive_clipping_moves_the_bound(tmp_path):
     res = run_experiment(cfg(tmp_path, "privacy.placement=central", "privacy.adaptive_clipping=true",
-                             "privacy.clip_norm=100.0", "privacy.noise_multiplier=1.0"), progress=False)
+                             "privacy.clip_norm=100.0", "privacy.noise_multiplier=1.0",
+                             "privacy.seeded_noise_experiment=true"), progress=False)  # reproducible noisy count
     bounds = [r["clip_norm"] for r in res.rounds]
     assert bounds[-1] < bounds[0] <= 100.0  # every update is far below 100: the bound shrinks
+
+
+def test_asking_for_seeded_noise_through_secure_noise_is_refused_naming_the_experiment_flag(tmp_path):
+    with pytest.raises(ConfigError, match="seeded_noise_experiment") as info:
+        cfg(tmp_path, "privacy.placement=local", "privacy.secure_noise=false")
+    assert info.value.field == "privacy.secure_noise"
+
+
+def test_local_noise_under_plaintext_is_secure_by_default(tmp_path):
+    # The plaintext server sees each noisy update and holds the config's seed: seeded noise would be removable.
+    res = run_experiment(cfg(tmp_path, "privacy.placement=local"), progress=False)
+    assert res.summary["dp_noise"] == "secure" and all(r["dp_noise"] == "secure" for r in res.rounds)

@@ -178,7 +178,8 @@ def test_relation_runs_under_local_dp_and_accounts_the_round(monkeypatch: pytest
 
     monkeypatch.setattr(noise, "_seeded_warning_issued", False)  # it warns once per process: not yet in this test
     torch.set_num_threads(1)
-    fed = make_federation(cfg("privacy.placement=local", "privacy.noise_multiplier=0.5", "federation.rounds=1"))
+    fed = make_federation(cfg("privacy.placement=local", "privacy.noise_multiplier=0.5", "federation.rounds=1",
+                              "privacy.seeded_noise_experiment=true"))
     with pytest.warns(UserWarning, match="seeded numpy Generator"):  # experiment noise, not deployment noise
         record = fed.run_round()
     assert record.summary["epsilon"] > 0  # the accountant ran on the locally noised updates

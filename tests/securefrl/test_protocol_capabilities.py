@@ -8,6 +8,7 @@ what SecAgg gets (room for the noise, the count coordinate checked) — without 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 
 import pytest
 
@@ -60,10 +61,12 @@ def test_central_dp_is_refused_for_any_protocol_the_server_cannot_open() -> None
 
 
 @pytest.mark.usefixtures("extra_protocols")
-def test_noise_is_secure_by_default_under_any_protocol_that_hides_updates() -> None:
-    assert ClientLevelDP(_section("distributed"), HidingProtocol.name, 4, 4, rounds=2).secure
-    assert ClientLevelDP(_section("distributed"), ClippingProtocol.name, 4, 4, rounds=2).secure
-    assert not ClientLevelDP(_section("distributed"), "plaintext", 4, 4, rounds=2).secure  # seeded, labelled
+def test_noise_is_secure_by_default_under_any_protocol() -> None:
+    # The server holds the config's seed under every protocol: seeded noise needs the experiment flag everywhere.
+    for name in (HidingProtocol.name, ClippingProtocol.name, "plaintext"):
+        assert ClientLevelDP(_section("distributed"), name, 4, 4, rounds=2).secure
+        flagged = replace(_section("distributed"), seeded_noise_experiment=True)
+        assert not ClientLevelDP(flagged, name, 4, 4, rounds=2).secure  # seeded, labelled
 
 
 @pytest.mark.usefixtures("extra_protocols")

@@ -231,7 +231,7 @@ def test_seeded_noise_warning_names_the_config_key():
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         noise._warn_seeded_once()
-    assert "privacy.secure_noise" in str(caught[0].message)
+    assert "privacy.seeded_noise_experiment" in str(caught[0].message)
 
 
 # 7. any gymnasium id, missing extras ----------------------------------------------------------------------
