@@ -48,10 +48,10 @@ def _rows(fed: Federation, rounds: int) -> list[list[dict]]:
     return out
 
 
-@pytest.mark.parametrize(("agent", "local_steps"), [("ppo", 64), ("dqn", 64), ("sac", 80)])
+@pytest.mark.parametrize(("agent", "local_steps"), [("ppo", 64), ("dqn", 64), ("sac", 100)])
 def test_one_client_with_server_adam_is_the_single_agent_step_for_step(agent: str, local_steps: int) -> None:
     # Arrange: a one-client federation in gradient mode and the same agent trained alone from the same start
-    # (SAC: 240 Pendulum steps, 88 updates of actor, critics, temperature and target critics).
+    # (SAC: 300 Pendulum steps, 118 updates of actor, critics, temperature and target critics).
     cfg = _config(*AGENTS[agent], local_steps=local_steps)
     fed = Federation(cfg)
     ref = make_agent(agent, fed.clients[0].env_spec.make, cfg.agent_config(), seed=derive_seed(cfg.seed, "agent", 0))
@@ -65,6 +65,11 @@ def test_one_client_with_server_adam_is_the_single_agent_step_for_step(agent: st
         # Assert: the server's parameters are the single agent's (float32 Adam vs float64: float tolerance).
         np.testing.assert_allclose(fed.global_params, ref.get_flat(), rtol=0, atol=1e-6)
     assert sum(steps) == ref.num_updates > 0  # type: ignore[attr-defined]
+    if agent == "sac":  # the server's target critics and the client's local temperature are the single agent's
+        target = [p for net in (ref.q1_target, ref.q2_target) for p in net.parameters()]  # type: ignore[attr-defined]
+        np.testing.assert_allclose(fed.server_opt.state["fedsgd_agent_target"],
+                                   np.concatenate([p.detach().numpy().ravel() for p in target]), rtol=0, atol=1e-6)
+        assert fed.clients[0].agent.alpha == pytest.approx(ref.alpha, abs=1e-6)  # type: ignore[attr-defined]
 
 
 @pytest.mark.parametrize(("agent", "local_steps"), [("ppo", 32), ("sac", 72)])
@@ -171,6 +176,19 @@ def test_what_gradient_mode_does_not_implement_is_refused_naming_the_field(overr
     with pytest.raises(ConfigError) as info:
         _config(override)
     assert info.value.field == field, info.value
+
+
+@pytest.mark.parametrize(("agent", "sampling", "refused"), [
+    ("ppo", "shuffle", False), ("dqn", "uniform", False), ("ppo", "poisson", True), ("dqn", "poisson", True)])
+def test_only_poisson_batches_are_refused(agent: str, sampling: str, refused: bool) -> None:
+    # PPO's default sampling is named "shuffle", DQN's "uniform": naming either explicitly is accepted.
+    over = [f"agent.name={agent}", f"agent.params={{batch_sampling: {sampling}}}"]
+    if refused:
+        with pytest.raises(ConfigError) as info:
+            _config(*over)
+        assert info.value.field == "agent.params.batch_sampling"
+    else:
+        assert _config(*over).federation.update == "gradient"
 
 
 def test_dp_accounts_every_gradient_step_and_reports_the_last() -> None:
