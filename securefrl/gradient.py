@@ -18,7 +18,13 @@ sampled client, with every optimizer step its agent would make on them, each ste
   per client, a round is one rollout phase);
 - DQN: collect until a training phase is due (``train_freq``), then ``gradient_steps`` gradients on the
   client's own replay buffer; the target network is server state, synchronised every
-  ``target_update_interval`` server steps.
+  ``target_update_interval`` server steps;
+- SAC: the same cadence (``learning_starts``, ``train_freq``, ``gradient_steps``); one step's vector is the
+  actor-loss gradient and the q1/q2 critic-loss gradient, both at the server's parameters on the client's
+  replay minibatch (disjoint blocks of one vector, one Adam step, SAC's one ``lr``): the single agent with
+  ``agent.params.actor_on_updated_critic = false``, which gradient mode requires. The target critics are
+  server state, Polyak-averaged after every server step; the temperature stays local (each client steps its
+  own ``log_alpha`` on its own minibatch's alpha loss), as in delta mode.
 
 So ``rounds.jsonl`` keeps one row per client per round, evaluated at the round's end, and
 ``env_steps_per_client`` counts the same environment steps as in delta mode. The round's first step goes
@@ -29,17 +35,20 @@ no SecAgg mask or CKKS round binding is ever reused). The row columns (``update_
 and ``bytes_up_steps`` (upload bytes of the further steps). A round in which no agent makes a step (DQN's
 ``learning_starts``) aggregates zeros once and leaves the model and Adam untouched.
 
-The server's Adam (torch's, with bias correction) and any server-side agent state (DQN's target) live in
-``Federation.server_opt.state`` under ``fedsgd_*`` keys, so checkpoints carry them and a resumed run continues
-bit-identically. ``federation.estimator = "fedpg-br"`` replaces PPO's minibatch gradient by FedPG-BR's
-variance-reduced estimator (:mod:`securefrl.fedpg`).
+The server's Adam (torch's, with bias correction) and any server-side agent state (DQN's target, SAC's
+target critics) live in ``Federation.server_opt.state`` under ``fedsgd_*`` keys, so checkpoints carry them and
+a resumed run continues bit-identically. ``federation.estimator = "fedpg-br"`` replaces PPO's minibatch
+gradient by FedPG-BR's variance-reduced estimator (:mod:`securefrl.fedpg`).
 
 Limits (refused by :func:`check_gradient`): personalization methods, record-level DP-SGD, Poisson batches,
 DP budget calibration (``target_epsilon`` / ``epsilon_budget`` count one release per round, gradient mode makes
 one per step; a fixed ``noise_multiplier`` is accounted per step, and the round's ``epsilon`` is the one after
 its last step), adaptive clipping, executors without in-process tasks (vectorized, Ray), agents without the
-``gradient`` capability (SAC). Not done: resuming a DP run in gradient mode (the resume check rebuilds one
-accountant step per round row and refuses the checkpoint).
+``gradient`` capability, ``client_fraction < 1`` for ``off_policy`` agents (DQN, SAC: their training
+phases follow each client's own step count, in lock step only if every client is in every round), SAC with
+``actor_on_updated_critic`` (its actor step would need the critics after the server's step). Not done:
+resuming a DP run in gradient mode (the resume check rebuilds one accountant step per round row and refuses
+the checkpoint).
 """
 
 from __future__ import annotations
@@ -222,16 +231,24 @@ def check_gradient(config: ExperimentConfig) -> None:
                           "agent's lr) on the mean gradient; leave server_optimizer at fedavg (it applies to deltas)")
     if priv.dpsgd:
         raise ConfigError("privacy.dpsgd", "record-level DP-SGD runs in delta mode only; use federation.update=delta")
-    if config.agent.params.get("batch_sampling", "uniform") != "uniform":
+    from securefrl.agents.registry import agent_capabilities, agent_config_class
+    from securefrl.configtools import from_dict
+
+    agent_cfg: Any = from_dict(agent_config_class(config.agent.name), config.agent.params, "agent.params")
+    if getattr(agent_cfg, "batch_sampling", None) == "poisson":
         raise ConfigError("agent.params.batch_sampling", "gradient mode draws the agent's shuffled (uniform) "
                           "minibatches; Poisson batches need federation.update=delta")
     if priv.placement != "none" and (priv.target_epsilon > 0 or priv.epsilon_budget > 0 or priv.adaptive_clipping):
         raise ConfigError("privacy.target_epsilon", "gradient mode releases one aggregate per optimizer step, while "
                           "target_epsilon, epsilon_budget and adaptive clipping are calibrated per round; use a fixed "
                           "privacy.noise_multiplier (every step is accounted)")
-    if config.agent.name == "dqn" and fed.client_fraction < 1:
-        raise ConfigError("federation.client_fraction", "gradient-mode DQN needs every client in every round "
-                          "(client_fraction=1): clients reach their training phases in lock step only then")
+    if "off_policy" in agent_capabilities(config.agent.name) and fed.client_fraction < 1:
+        raise ConfigError("federation.client_fraction", f"gradient-mode {config.agent.name} needs every client in "
+                          "every round (client_fraction=1): clients reach their training phases in lock step only then")
+    if getattr(agent_cfg, "actor_on_updated_critic", False):
+        raise ConfigError("agent.params.actor_on_updated_critic", "gradient mode takes the actor and critic "
+                          "gradients at the same server parameters (one vector, one server step); set "
+                          "agent.params.actor_on_updated_critic=false (its single-agent counterpart)")
     if fed.estimator == "fedpg-br" or config.personalization.method == "fedpg-br":
         from securefrl.fedpg import check_estimator
 

@@ -36,7 +36,8 @@ class DQNAgent(Agent):
     """DQN for discrete action spaces; ``federated_parameters`` is the online Q-network."""
 
     name = "dqn"
-    capabilities = frozenset({"proximal", "freeze", "embedding", "dpsgd", "discrete", "q_learning", "gradient"})
+    capabilities = frozenset({"proximal", "freeze", "embedding", "dpsgd", "discrete", "q_learning", "gradient",
+                              "off_policy"})
     checkpointed = ("q_net", "target_net", "optimizer", "replay")
     counters: ClassVar[dict[str, str]] = {**Agent.counters, "since_train": "_since_train"}
     supports_proximal = True

@@ -12,7 +12,9 @@ configuration layer without importing it:
   ``q_learning`` (action values + epsilon-greedy, a TD loss): what inference attacks read
   (:class:`~securefrl.agents.base.Agent`'s ``policy_logits`` / ``state_values`` / ``q_values``), ``gradient``
   (the minibatch-gradient methods of ``federation.update = "gradient"``, :mod:`securefrl.gradient`), ``policy``
-  (a stochastic discrete actor whose episodes FedPG-BR's estimator samples, :mod:`securefrl.fedpg`).
+  (a stochastic discrete actor whose episodes FedPG-BR's estimator samples, :mod:`securefrl.fedpg`),
+  ``off_policy`` (trains from a replay buffer in phases on a schedule of its own environment-step count, so
+  gradient-mode clients stay in lock step only if all of them are in every round).
 
 Third parties register through the ``securefrl.agents`` entry-point group, or in code:
 ``AGENTS.register("mine", "pkg.mod:MyAgent", config="pkg.mod:MyConfig", capabilities=frozenset())``.
@@ -34,12 +36,12 @@ AGENTS: Registry[type[Agent]] = Registry("agent", "agent.name", group="securefrl
 """Agent classes by name, with their config dataclass and declared capabilities as metadata."""
 AGENTS.register("dqn", "securefrl.agents.dqn:DQNAgent", config="securefrl.agents.configs:DQNConfig",
                 capabilities=frozenset({"proximal", "freeze", "embedding", "dpsgd", "discrete", "q_learning",
-                                        "gradient"}))
+                                        "gradient", "off_policy"}))
 AGENTS.register("ppo", "securefrl.agents.ppo:PPOAgent", config="securefrl.agents.configs:PPOConfig",
                 capabilities=frozenset({"proximal", "freeze", "embedding", "dpsgd", "batched", "discrete",
                                         "actor_critic", "gradient", "policy"}))
 AGENTS.register("sac", "securefrl.agents.sac:SACAgent", config="securefrl.agents.configs:SACConfig",
-                capabilities=frozenset({"continuous"}))
+                capabilities=frozenset({"continuous", "gradient", "off_policy"}))
 
 
 def agent_config_class(name: str) -> type:

@@ -21,7 +21,9 @@ from securefrl.agents.base import Agent, EnvFn
 from securefrl.agents.common import (
     Streams,
     episode_stats,
+    flat_gradient,
     init_generator,
+    load_flat,
     obs_dim_of,
 )
 from securefrl.agents.configs import SACConfig
@@ -29,6 +31,7 @@ from securefrl.agents.networks import frozen_copy, hard_update, mlp, soft_update
 from securefrl.agents.replay import ReplayBuffer
 from securefrl.agents.vecenv import EnvPool
 from securefrl.errors import ConfigError
+from securefrl.params import ParamSpec, set_flat
 
 LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
 
@@ -37,10 +40,24 @@ class SACAgent(Agent):
     """SAC for Box action spaces; ``federated_parameters`` are the actor and both critics.
 
     The temperature stays local: it adapts to each client's own policy entropy.
+
+    Gradient mode (``federation.update = "gradient"``, :mod:`securefrl.gradient`; FedSGD, McMahan et al.
+    2017): one federated step is the vector [actor-loss gradient | critic-loss gradient of q1, q2], both at
+    the server's current parameters on the client's own replay minibatch (disjoint parameter sets, so one
+    vector), followed by one server Adam step with ``lr`` (SAC has one lr for actor and critics, and Adam
+    is per coordinate, so this is exactly the single agent's two Adams). Since both gradients are taken at
+    the same parameters, the single-agent counterpart is ``actor_on_updated_critic = False``, which gradient
+    mode requires (with the default True the actor's loss would need the critics after the server's step,
+    one more aggregation per update). The target critics are server state, Polyak-averaged (``tau``) after
+    every server step. The temperature stays local in gradient mode too: each client steps its own
+    ``log_alpha`` with its own optimizer on the alpha loss of its minibatch, and its critic target and actor
+    loss use its own alpha. Collection follows :meth:`learn` (``learning_starts``, ``train_freq``,
+    ``gradient_steps``), so clients reach their training phases in lock step only if every client is in
+    every round (capability ``off_policy``: client_fraction must be 1).
     """
 
     name = "sac"
-    capabilities = frozenset({"continuous"})
+    capabilities = frozenset({"continuous", "gradient", "off_policy"})
     checkpointed = ("actor", "q1", "q2", "q1_target", "q2_target", "log_alpha", "actor_optimizer", "critic_optimizer",
                     "alpha_optimizer", "replay")
     counters: ClassVar[dict[str, str]] = {**Agent.counters, "since_train": "_since_train"}
@@ -79,6 +96,9 @@ class SACAgent(Agent):
         return [*((f"actor.{n}", p) for n, p in self.actor.named_parameters()),
                 *((f"q1.{n}", p) for n, p in self.q1.named_parameters()),
                 *((f"q2.{n}", p) for n, p in self.q2.named_parameters())]
+
+    def networks(self) -> dict[str, torch.nn.Module]:
+        return {"actor": self.actor, "q1": self.q1, "q2": self.q2}
 
     def after_set_parameters(self) -> None:
         """New global critics: restart the Polyak targets from them, not from stale local ones."""
@@ -135,39 +155,54 @@ class SACAgent(Agent):
         q = torch.min(self.q1(q_in), self.q2(q_in)).squeeze(1)
         return (self.alpha * logp - q).mean(), logp
 
-    def _update_batch(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
-        """One gradient step of critics, actor and temperature on one minibatch (the unit DP-SGD wraps)."""
-        c_loss = self.critic_loss(batch)
-        self.critic_optimizer.zero_grad(set_to_none=True)
-        c_loss.backward()
-        self.critic_optimizer.step()
-
+    def _actor_loss_frozen_critics(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`actor_loss` with the critics frozen: its gradient flows through them into the actor only."""
         critic_params = [*self.q1.parameters(), *self.q2.parameters()]
-        for p in critic_params:  # the actor's gradient flows through the critics without touching them
-            p.requires_grad_(False)
-        a_loss, logp = self.actor_loss(batch)
-        self.actor_optimizer.zero_grad(set_to_none=True)
-        a_loss.backward()
-        self.actor_optimizer.step()
         for p in critic_params:
-            p.requires_grad_(True)
+            p.requires_grad_(False)
+        try:
+            return self.actor_loss(batch)
+        finally:
+            for p in critic_params:
+                p.requires_grad_(True)
 
+    def _alpha_step(self, logp: torch.Tensor) -> None:
+        """One step of the temperature towards ``target_entropy`` (its own local optimizer)."""
         if self.config.autotune_alpha:
             alpha_loss = -(self.log_alpha * (logp.detach() + self.target_entropy)).mean()
             self.alpha_optimizer.zero_grad(set_to_none=True)
             alpha_loss.backward()
             self.alpha_optimizer.step()
+
+    def _update_batch(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
+        """One gradient step of critics, actor and temperature on one minibatch (the unit DP-SGD wraps)."""
+        sequential = self.config.actor_on_updated_critic
+        c_loss = self.critic_loss(batch)
+        self.critic_optimizer.zero_grad(set_to_none=True)
+        c_loss.backward()
+        if sequential:
+            self.critic_optimizer.step()
+        a_loss, logp = self._actor_loss_frozen_critics(batch)
+        self.actor_optimizer.zero_grad(set_to_none=True)
+        a_loss.backward()
+        if not sequential:  # both gradients at the same parameters: step the critics only now
+            self.critic_optimizer.step()
+        self.actor_optimizer.step()
+        self._alpha_step(logp)
         soft_update(self.q1_target, self.q1, self.config.tau)
         soft_update(self.q2_target, self.q2, self.config.tau)
+        return self._update_info(c_loss, a_loss, logp)
+
+    @staticmethod
+    def _update_info(c_loss: torch.Tensor, a_loss: torch.Tensor, logp: torch.Tensor) -> dict[str, float]:
         return {"critic_loss": float(c_loss.detach()), "actor_loss": float(a_loss.detach()),
                 "entropy": float(-logp.detach().mean())}
 
-    def learn(self, env_steps: int) -> dict[str, float]:
-        """Collect ``env_steps`` transitions (rounded up to whole vector steps), training as it goes."""
+    def _collect(self, env_steps: int) -> tuple[int, bool]:
+        """Vector steps until a training phase is due or ``env_steps`` transitions; returns (transitions, due)."""
         cfg, pool = self.config, self.pool
         n = cfg.n_envs
         done = 0
-        infos: list[dict[str, float]] = []
         while done < env_steps:
             obs = pool.obs.copy()
             if self.num_timesteps < cfg.learning_starts:
@@ -182,12 +217,98 @@ class SACAgent(Agent):
             self._since_train += n
             if self.num_timesteps >= cfg.learning_starts and self._since_train >= cfg.train_freq:
                 self._since_train = 0
+                return done, True
+        return done, False
+
+    def learn(self, env_steps: int) -> dict[str, float]:
+        """Collect ``env_steps`` transitions (rounded up to whole vector steps), training as it goes."""
+        cfg = self.config
+        done = 0
+        infos: list[dict[str, float]] = []
+        while done < env_steps:
+            collected, due = self._collect(env_steps - done)
+            done += collected
+            if due:
                 for _ in range(cfg.gradient_steps):
                     infos.append(self._update_batch(self.replay.sample(cfg.batch_size, self.streams.numpy)))
                     self.num_updates += 1
-        stats = episode_stats(pool.drain())
+        return self._learn_stats(done, infos)
+
+    def _learn_stats(self, done: int, infos: list[dict[str, float]]) -> dict[str, float]:
+        stats = episode_stats(self.pool.drain())
         stats.update(env_steps=float(done), total_env_steps=float(self.num_timesteps), updates=float(self.num_updates),
                      alpha=self.alpha)
         if infos:
             stats.update({k: float(np.mean([i[k] for i in infos])) for k in infos[-1]})
         return stats
+
+    # --- gradient mode (FedSGD: securefrl.gradient) -------------------------------------------
+    # Collect until a training phase is due (acting with the server's actor), then gradient_steps steps, each one
+    # vector [actor gradient, q1 + q2 gradient] on the client's own replay minibatch at the server's current
+    # parameters -- the single agent with actor_on_updated_critic=False, whose two Adams (one lr) are one
+    # Adam over the concatenation. The target critics are server state (Polyak-averaged after every server
+    # step); the temperature stays local, stepped by each client on its own alpha loss, as in delta mode.
+    grad_adam_eps = 1e-8
+    """eps of the Adam the server steps with (torch's default, what the agent's own optimizers use)."""
+
+    def _critic_slice(self) -> slice:
+        """Where q1 and q2 sit in the flat federated vector (after the actor, see federated_parameters)."""
+        n_actor = sum(p.numel() for p in self.actor.parameters())
+        return slice(n_actor, None)
+
+    def grad_collect(self, params: np.ndarray, env_steps: int) -> int:
+        """Act with ``params`` until a training phase is due or ``env_steps`` transitions; queue its steps."""
+        load_flat(self, params)
+        done, due = self._collect(env_steps)
+        self._grad_left = self.config.gradient_steps if due else 0
+        return done
+
+    def grad_pending(self) -> int:
+        return int(getattr(self, "_grad_left", 0))
+
+    def grad_compute(self, params: np.ndarray, server_state: dict[str, np.ndarray]) -> np.ndarray:
+        """Flat gradient of actor + critic loss on a fresh replay minibatch at ``params`` (server targets).
+
+        The critic loss reaches only q1/q2 (its next actions are sampled without gradient) and the actor loss
+        only the actor (critics frozen), so their sum's gradient is the two gradients side by side. The local
+        temperature steps here, on this minibatch's log-probabilities, as the single agent's does.
+        """
+        if self.config.actor_on_updated_critic:
+            raise ConfigError("agent.params.actor_on_updated_critic", "gradient mode computes the actor and "
+                              "critic gradients at the same parameters; set it to false")
+        load_flat(self, params)
+        targets = [*self.q1_target.parameters(), *self.q2_target.parameters()]
+        set_flat(targets, self._target_spec(), server_state["target"])
+        batch = self.replay.sample(self.config.batch_size, self.streams.numpy)
+        c_loss = self.critic_loss(batch)
+        a_loss, logp = self._actor_loss_frozen_critics(batch)
+        self._alpha_step(logp)
+        self._grad_infos.append(self._update_info(c_loss, a_loss, logp))
+        self._grad_left -= 1
+        self.num_updates += 1
+        return flat_gradient(self, c_loss + a_loss, 0.0)
+
+    def _target_spec(self) -> ParamSpec:
+        return ParamSpec.from_named([*self.q1_target.named_parameters(prefix="q1"),
+                                     *self.q2_target.named_parameters(prefix="q2")])
+
+    def grad_lr(self) -> float:
+        return float(self.config.lr)
+
+    def grad_server_init(self, params: np.ndarray) -> dict[str, np.ndarray]:
+        """The server's target critics start at the initial critics."""
+        return {"target": np.asarray(params, dtype=np.float32)[self._critic_slice()].copy()}
+
+    def grad_server_step(self, state: dict[str, np.ndarray], params: np.ndarray, steps: int) -> None:
+        """Polyak-average the target critics towards the new critics after every server step (``tau``)."""
+        target = np.asarray(state["target"], dtype=np.float32)
+        critics = np.asarray(params, dtype=np.float32)[self._critic_slice()]
+        tau = np.float32(self.config.tau)
+        # torch's lerp_ (the single agent's soft_update), both of its branches, so one client matches it exactly
+        state["target"] = target + tau * (critics - target) if tau < 0.5 else critics - (critics - target) * (1 - tau)
+
+    def grad_round_start(self) -> None:
+        self._grad_infos: list[dict[str, float]] = []
+
+    def grad_round_stats(self, done: int) -> dict[str, float]:
+        return self._learn_stats(done, getattr(self, "_grad_infos", []))
