@@ -18,5 +18,13 @@ class ConfigError(SecureFRLError, ValueError):
         self.field = field
 
 
+class CoordinateClipWarning(UserWarning):
+    """A protocol with a per-coordinate range (SecAgg's fixed-point ``clip``) clipped coordinates of an update.
+
+    The opened mean is then not the mean of the updates. Bound updates with ``federation.clip_norm`` (an L2
+    bound no larger than the range bounds every coordinate) or widen the protocol's range.
+    """
+
+
 class UpdateRejectedError(SecureFRLError, ValueError):
     """A client update is unusable (NaN, Inf, wrong length) and must not be aggregated."""

@@ -16,6 +16,7 @@ sampled ones also with their locally trained model). FedAvg is McMahan et al. 20
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,7 +31,7 @@ from securefrl.algorithm import ClientAlgorithm
 from securefrl.behaviour import ServerView, make_behaviour, wrap_training_env
 from securefrl.config import ExperimentConfig
 from securefrl.envs import EnvSpec, draw_config_envs
-from securefrl.errors import UpdateRejectedError
+from securefrl.errors import CoordinateClipWarning, UpdateRejectedError
 from securefrl.executors import Executor
 from securefrl.protocol_factory import PROTOCOLS, make_protocol
 from securefrl.seeding import derive_rng, sample_clients
@@ -119,6 +120,7 @@ class Federation:
         self.global_params = self.algorithm.initial_global(specs, agent_cfg)
         self.dim = self.algorithm.update_dim()
         fed = cfg.federation
+        self._clip_warned = False  # CoordinateClipWarning: once per run
         self.dp = None
         if cfg.privacy.placement != "none":
             from securefrl.privacy.federated import ClientLevelDP  # deferred: pulls in opacus
@@ -185,6 +187,23 @@ class Federation:
                                                                              next(counter)))
 
         return make
+
+    def _count_clipped(self, row: dict[str, Any], encoded: np.ndarray) -> None:
+        """Record (and warn once of) coordinates beyond the protocol's per-coordinate range, which it clips."""
+        bound = self.protocol.mean_bound if self.protocol is not None else None
+        if bound is None:
+            return
+        n = int(np.count_nonzero(np.abs(encoded) > bound))
+        if n == 0:
+            return
+        row["clipped_coordinates"] = n
+        if not self._clip_warned:
+            self._clip_warned = True
+            param = type(self.protocol).coordinate_clip_param or "its range"
+            warnings.warn(f"protocol {self.config.protocol.name!r} clipped {n} of {encoded.size} coordinates of an "
+                          f"update to +-{bound:g} (protocol.params.{param}), so the opened mean is not the mean of "
+                          "the updates: bound them with federation.clip_norm <= that range, or widen it "
+                          "(rows record clipped_coordinates)", CoordinateClipWarning, stacklevel=2)
 
     def _weight(self) -> float:
         """Aggregation weight: environment steps trained, in units of the configured budget (FedAvg).
@@ -277,8 +296,10 @@ class Federation:
             except UpdateRejectedError as err:
                 rows[cid]["rejected"] = str(err)
                 continue
+            encoded = self.algorithm.encode(cid, update)
+            self._count_clipped(rows[cid], encoded)
             try:
-                payloads[cid] = self.protocol.protect(cid, r, self.algorithm.encode(cid, update), weight)
+                payloads[cid] = self.protocol.protect(cid, r, encoded, weight)
             except (ValueError, ProtocolError) as err:  # e.g. an update too large for CKKS: drop this client only
                 rows[cid]["rejected"] = f"protect: {type(err).__name__}: {err}"
                 continue

@@ -22,7 +22,8 @@ sampled client, with every optimizer step its agent would make on them, each ste
 - SAC: the same cadence (``learning_starts``, ``train_freq``, ``gradient_steps``); one step's vector is the
   actor-loss gradient and the q1/q2 critic-loss gradient, both at the server's parameters on the client's
   replay minibatch (disjoint blocks of one vector, one Adam step, SAC's one ``lr``): the single agent with
-  ``agent.params.actor_on_updated_critic = false``, which gradient mode requires. The target critics are
+  ``agent.params.actor_on_updated_critic = false`` (the default None means exactly that in gradient mode;
+  an explicit true is refused). The target critics are
   server state, Polyak-averaged after every server step; the temperature stays local (each client steps its
   own ``log_alpha`` on its own minibatch's alpha loss), as in delta mode.
 
@@ -45,8 +46,8 @@ DP budget calibration (``target_epsilon`` / ``epsilon_budget`` count one release
 one per step; a fixed ``noise_multiplier`` is accounted per step, and the round's ``epsilon`` is the one after
 its last step), adaptive clipping, executors without in-process tasks (vectorized, Ray), agents without the
 ``gradient`` capability, ``client_fraction < 1`` for ``off_policy`` agents (DQN, SAC: their training
-phases follow each client's own step count, in lock step only if every client is in every round), SAC with
-``actor_on_updated_critic`` (its actor step would need the critics after the server's step). Not done:
+phases follow each client's own step count, in lock step only if every client is in every round), SAC with an
+explicit ``actor_on_updated_critic = true`` (its actor step would need the critics after the server's step). Not done:
 resuming a DP run in gradient mode (the resume check rebuilds one accountant step per round row and refuses
 the checkpoint).
 """
@@ -245,7 +246,7 @@ def check_gradient(config: ExperimentConfig) -> None:
     if "off_policy" in agent_capabilities(config.agent.name) and fed.client_fraction < 1:
         raise ConfigError("federation.client_fraction", f"gradient-mode {config.agent.name} needs every client in "
                           "every round (client_fraction=1): clients reach their training phases in lock step only then")
-    if getattr(agent_cfg, "actor_on_updated_critic", False):
+    if getattr(agent_cfg, "actor_on_updated_critic", None) is True:
         raise ConfigError("agent.params.actor_on_updated_critic", "gradient mode takes the actor and critic "
                           "gradients at the same server parameters (one vector, one server step); set "
                           "agent.params.actor_on_updated_critic=false (its single-agent counterpart)")

@@ -175,10 +175,11 @@ class SACConfig:
     """Entropy target; None means -dim(action space)."""
     n_envs: int = 1
     """Environment copies stepped together (steps are counted summed over copies)."""
-    actor_on_updated_critic: bool = True
-    """The actor's loss reads the critics after this update's critic step (the usual sequential order, as in
-    Stable-Baselines3 and CleanRL), or, False, before it: both gradients at the same parameters, the step
-    gradient mode federates as one vector (``federation.update = "gradient"`` needs False)."""
+    actor_on_updated_critic: bool | None = None
+    """True: the actor's loss reads the critics after this update's critic step (the usual sequential order,
+    as in Stable-Baselines3 and CleanRL); False: before it, both gradients at the same parameters -- the step
+    gradient mode federates as one vector. None (default): True in local training (delta mode), False in
+    gradient mode (``federation.update = "gradient"`` refuses an explicit True)."""
 
     def validate(self, path: str = "SACConfig") -> None:
         """Refuse out-of-range values with the field name and the allowed range."""

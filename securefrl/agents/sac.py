@@ -176,7 +176,7 @@ class SACAgent(Agent):
 
     def _update_batch(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
         """One gradient step of critics, actor and temperature on one minibatch (the unit DP-SGD wraps)."""
-        sequential = self.config.actor_on_updated_critic
+        sequential = self.config.actor_on_updated_critic is not False  # None: the usual sequential order
         c_loss = self.critic_loss(batch)
         self.critic_optimizer.zero_grad(set_to_none=True)
         c_loss.backward()
@@ -273,7 +273,7 @@ class SACAgent(Agent):
         only the actor (critics frozen), so their sum's gradient is the two gradients side by side. The local
         temperature steps here, on this minibatch's log-probabilities, as the single agent's does.
         """
-        if self.config.actor_on_updated_critic:
+        if self.config.actor_on_updated_critic is True:
             raise ConfigError("agent.params.actor_on_updated_critic", "gradient mode computes the actor and "
                               "critic gradients at the same parameters; set it to false")
         load_flat(self, params)

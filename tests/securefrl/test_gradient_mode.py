@@ -136,7 +136,7 @@ def test_sac_gradients_through_the_secure_protocols(protocol: str) -> None:
     # Arrange: two SAC clients, 36 steps a round, phases due at steps 16 and 28, one gradient step each. SAC's
     # critic gradients reach ~17 per coordinate, beyond SecAgg's default coordinate clip of 1: widen it.
     over = [*SAC[:2], "agent.params={hidden: [8], learning_starts: 16, train_freq: 12, gradient_steps: 1, "
-            "batch_size: 8, buffer_size: 100, actor_on_updated_critic: false}"]
+            "batch_size: 8, buffer_size: 100}"]
     wide = ["protocol.params={clip: 64.0}"] if protocol == "secagg" else []
     plain = Federation(_config(*over, n_clients=2, local_steps=36))
     secure = Federation(_config(*over, f"protocol.name={protocol}", *wide, n_clients=2, local_steps=36))

@@ -88,3 +88,24 @@ def test_federation_leaves_room_for_the_noise_in_the_declared_clip() -> None:
     fed = Federation(cfg)
     assert fed.dp is not None
     assert fed.protocol.mean_bound == pytest.approx(fed.dp.required_coordinate_clip())
+
+
+@pytest.mark.parametrize("clip", [1e-6, 100.0])
+def test_secagg_coordinate_clipping_is_recorded_and_warned_not_silent(clip: float) -> None:
+    import warnings
+
+    from securefrl.errors import CoordinateClipWarning
+    from securefrl.federation import Federation
+
+    cfg = load_config(None, ["protocol.name=secagg", f"protocol.params.clip={clip}", "federation.n_clients=2",
+                             "federation.rounds=1", "federation.local_steps=32", "federation.eval_episodes=1"])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        record = Federation(cfg).run_round()
+    clipped = [w for w in caught if issubclass(w.category, CoordinateClipWarning)]
+    counts = [row.get("clipped_coordinates", 0) for row in record.clients]
+    if clip < 1:  # every trained coordinate is beyond +-1e-6: the opened mean is not the mean of the updates
+        assert len(clipped) == 1 and "protocol.params.clip" in str(clipped[0].message)
+        assert all(n > 0 for n in counts)
+    else:
+        assert not clipped and counts == [0, 0]
