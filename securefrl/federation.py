@@ -190,8 +190,9 @@ class Federation:
 
     def _count_clipped(self, row: dict[str, Any], encoded: np.ndarray) -> None:
         """Record (and warn once of) coordinates beyond the protocol's per-coordinate range, which it clips."""
-        bound = self.protocol.mean_bound if self.protocol is not None else None
-        if bound is None:
+        protocol = self.protocol
+        bound = protocol.mean_bound if protocol is not None else None
+        if protocol is None or bound is None:
             return
         n = int(np.count_nonzero(np.abs(encoded) > bound))
         if n == 0:
@@ -199,7 +200,7 @@ class Federation:
         row["clipped_coordinates"] = n
         if not self._clip_warned:
             self._clip_warned = True
-            param = type(self.protocol).coordinate_clip_param or "its range"
+            param = protocol.coordinate_clip_param or "its range"
             warnings.warn(f"protocol {self.config.protocol.name!r} clipped {n} of {encoded.size} coordinates of an "
                           f"update to +-{bound:g} (protocol.params.{param}), so the opened mean is not the mean of "
                           "the updates: bound them with federation.clip_norm <= that range, or widen it "
