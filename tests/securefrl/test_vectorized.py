@@ -97,7 +97,9 @@ def test_population_matches_per_client_ppo_agents():
         np.testing.assert_allclose(rows, want, rtol=0, atol=PARAM_ATOL)
         assert np.abs(want - init).max() > 1e-2
     assert np.array_equal(rows[1], before[1])  # a client that did not train is untouched
-    assert list(pop.adam_steps) == [agents[i].optimizer.state_dict()["state"][0]["step"].item() for i in range(3)]
+    # Adam's step count per client and tensor, as torch.optim.Adam keeps it per parameter.
+    assert pop.adam_steps.tolist() == [[int(st["step"].item()) for st in agents[i].optimizer.state_dict()["state"].values()]
+                                       for i in range(3)]
 
 
 TINY_FED = ["federation.n_clients=4", "federation.rounds=2", "federation.local_steps=96",
@@ -143,8 +145,9 @@ def test_population_memory_is_linear_in_clients_and_bounded():
     cfg = PPOConfig()
     env_fn = draw_client_envs("cartpole", 1, 0.0, np.random.default_rng(0))[0].make
     spec = make_agent("ppo", env_fn, cfg).parameter_spec()
-    # bytes: 3 float32 vectors + counters + each env copy's state (4 float64 + 3 counters); about 110 KB for 64-64 nets
-    per_client_bound = 3 * spec.dim * 4 + 64 + cfg.n_envs * 56
+    # bytes: 3 float32 vectors + counters (Adam's step count per tensor) + each env copy's state (4 float64 + 3
+    # counters); about 110 KB for 64-64 nets
+    per_client_bound = 3 * spec.dim * 4 + 64 + 8 * len(spec.names) + cfg.n_envs * 56
     # Act
     sizes = {n: PPOPopulation(cfg, spec, n).nbytes() for n in (10, 100, 1000)}
     # Assert: exactly linear, under the stated per-client bound (1000 clients: about 105 MiB).
