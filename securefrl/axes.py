@@ -64,6 +64,7 @@ EXECUTORS.register("vectorized", "securefrl.vectorized.executor:VectorizedExecut
                    features=("proximal", "freeze", "embedding", "second_agent"),
                    agent_needs=("batched",), env_needs=("batched",))
 EXECUTORS.register("ray", "securefrl.ray_backend:RayExecutor",
-                   features=("proximal", "freeze", "second_agent", "poisson_batches"))
-EXECUTORS.register("vectorized+ray", "securefrl.ray_backend:VectorizedRayExecutor", features=(),
+                   features=("proximal", "freeze", "embedding", "second_agent", "poisson_batches"))
+EXECUTORS.register("vectorized+ray", "securefrl.ray_backend:VectorizedRayExecutor",
+                   features=("proximal", "freeze", "embedding", "second_agent"),
                    agent_needs=("batched",), env_needs=("batched",))

@@ -98,8 +98,8 @@ def test_population_matches_per_client_ppo_agents():
         assert np.abs(want - init).max() > 1e-2
     assert np.array_equal(rows[1], before[1])  # a client that did not train is untouched
     # Adam's step count per client and tensor, as torch.optim.Adam keeps it per parameter.
-    assert pop.adam_steps.tolist() == [[int(st["step"].item()) for st in agents[i].optimizer.state_dict()["state"].values()]
-                                       for i in range(3)]
+    steps = [[int(st["step"].item()) for st in a.optimizer.state_dict()["state"].values()] for a in agents]
+    assert pop.adam_steps.tolist() == steps
 
 
 TINY_FED = ["federation.n_clients=4", "federation.rounds=2", "federation.local_steps=96",
