@@ -18,7 +18,8 @@ object is pickled. Protocol payloads (``protect``/``combine``/``open``) stay in 
 simulates every party of the protocol.
 
 :class:`VectorizedRayExecutor` (``simulation = "vectorized"`` with ``backend = "ray"``) is the vectorized
-executor whose batched training runs in Ray tasks, one per chunk of the round's clients.
+executor whose batched training runs in Ray tasks, one per chunk of the round's clients (with the same task
+features: proximal terms, frozen phases, embedded networks, a second population).
 
 Workers must be able to ``import securefrl`` (a local Ray inherits this interpreter; on a cluster
 install the same version of the package on every node).

@@ -4,7 +4,7 @@
 :class:`~securefrl.vectorized.ppo.PPOPopulation` and their evaluations in batched
 :class:`~securefrl.envs.batched.BatchedEnv` es; everything else (sampling, pipeline, protocols,
 DP, robust rules, update attacks, metrics, checkpoints) is the ordinary round of
-:class:`securefrl.federation.Federation`, for any client algorithm whose tasks are plain training. Each
+:class:`securefrl.federation.Federation`, for any client algorithm whose tasks need only the features it declares. Each
 client's agent is a :class:`ClientSlot`, a real :class:`~securefrl.agents.base.Agent` whose tensors are
 client ``c``'s rows of the population, so everything the round does with ``client.agent`` still holds.
 

@@ -14,6 +14,11 @@ actions and minibatch permutations from its own :class:`~securefrl.agents.common
 same order, so a vectorized client sees exactly the environment trajectory the per-client agent
 sees, and ends with the same parameters up to floating-point reduction order (batched matmuls sum in
 another order than ``nn.Linear``; see ``tests/securefrl/test_vectorized.py`` for the tolerance).
+
+What personalization asks of local training is here too, as the per-client agent does it: a proximal term per
+client (FedProx, Li et al. 2020; Ditto, Li et al. 2021), phases with frozen tensors (FedRep, Collins et al.
+2021; Adam's step count is kept per client and tensor, since ``torch.optim.Adam`` skips a tensor without a
+gradient), and networks with an environment-embedding input (Jin et al. 2022; :func:`net_forward`).
 """
 
 from __future__ import annotations
@@ -499,14 +504,13 @@ class _BatchedAdam:
         bc1 = 1 - beta1 ** steps
         step_size = self._per_column(-(lr[:, None] / bc1))
         bc2 = self._per_column(np.sqrt(1 - beta2 ** steps))
+        cols = self.frozen_columns
         keep = None
-        if self.frozen_columns is not None:
-            cols = self.frozen_columns
+        if cols is not None:
             keep = (self.exp_avg[:, cols].clone(), self.exp_avg_sq[:, cols].clone(), param[:, cols].clone())
         self.exp_avg.lerp_(grad, 1 - beta1)
         self.exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
         denom = self.exp_avg_sq.sqrt().div_(bc2).add_(ADAM_EPS)
         param.addcdiv_(self.exp_avg * step_size, denom)
-        if keep is not None:
-            cols = self.frozen_columns
+        if cols is not None and keep is not None:
             self.exp_avg[:, cols], self.exp_avg_sq[:, cols], param[:, cols] = keep

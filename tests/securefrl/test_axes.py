@@ -1,8 +1,9 @@
 """The round's three axes: any client algorithm on any executor that runs its tasks, with the loop's metrics.
 
-Differential tests: a personalization method on the vectorized executor gives the loop's returns exactly
-(training statistics and parameters within float rounding: batched matmuls sum in another order), also
-under CKKS; the Ray executor is covered in test_ray_backend.py.
+Differential tests: every personalization method on the vectorized executor (proximal terms, frozen phases,
+embedded networks and a second population included) gives the loop's returns exactly (training statistics
+and parameters within float rounding: batched matmuls sum in another order), also under CKKS; the Ray
+executors are covered in test_ray_backend.py.
 """
 
 from __future__ import annotations

@@ -192,3 +192,23 @@ def test_vectorized_run_resumes_to_the_same_result(tmp_path):
     pop_a, pop_b = resumed.federation.population, full.federation.population
     assert np.array_equal(pop_a.exp_avg_sq.numpy(), pop_b.exp_avg_sq.numpy())
     assert np.array_equal(pop_a.adam_steps, pop_b.adam_steps) and pop_a.adam_steps.max() > 0
+
+
+@pytest.mark.parametrize("method", ["fedrep", "ditto", "embedding"])
+def test_vectorized_personalization_resumes_to_the_same_result(tmp_path, method):
+    # Arrange: per-tensor Adam step counts (FedRep's frozen phases), the second population (Ditto's personal agents)
+    # and the embedded layout are all in the checkpoint.
+    over = [*TINY_FED, "federation.rounds=3", "federation.simulation=vectorized", f"personalization.method={method}",
+            "personalization.fedrep_head_fraction=0.25", f"output_dir={tmp_path}"]  # FedRep: head 24 steps, body 72
+    full = run_experiment(load_config(overrides=[*over, "name=full"]), progress=False)
+    # Act
+    run_experiment(load_config(overrides=[*over, "name=cut"]), progress=False, stop_after=1)
+    resumed = run_experiment(load_config(overrides=[*over, "name=cut"]), progress=False, resume=True)
+    # Assert
+    for key in ("return_global", "return_personal"):
+        assert [r[key] for r in resumed.clients] == [r[key] for r in full.clients], key
+    for slot, pop in full.federation.populations.items():
+        other = resumed.federation.populations[slot]
+        assert np.array_equal(other.flat.numpy(), pop.flat.numpy()) and np.array_equal(other.adam_steps, pop.adam_steps)
+    if method == "fedrep":  # the head's and the body's Adam clocks differ, as torch.optim.Adam's per parameter
+        assert len(set(full.federation.population.adam_steps.max(axis=0).tolist())) > 1
