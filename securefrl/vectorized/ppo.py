@@ -419,8 +419,8 @@ class PPOPopulation:
         if ctx.proximal is not None:  # d/dw mu/2 ||w - ref||^2 = mu (w - ref), before clipping (as the loss term)
             ref, mu = ctx.proximal
             grad.add_((ctx.work - ref) * mu)
-        if ctx.adam.frozen_columns is not None:  # a frozen tensor has no gradient: out of the norm and of Adam
-            grad[:, ctx.adam.frozen_columns] = 0.0
+        if ctx.adam.live is not None:  # a frozen tensor has no gradient: out of the norm and of Adam
+            grad.mul_(ctx.adam.live)
         if cfg.max_grad_norm > 0:  # clip_grad_norm_ per client: the norm over all of a client's tensors
             total = torch.linalg.vector_norm(grad, 2, dim=1, keepdim=True)
             grad.mul_(torch.clamp(cfg.max_grad_norm / (total + 1e-6), max=1.0))
@@ -484,11 +484,11 @@ class _BatchedAdam:
         self.exp_avg, self.exp_avg_sq, self.steps = exp_avg, exp_avg_sq, steps
         self.sizes = torch.as_tensor(list(sizes), dtype=torch.long)
         self.trainable = None if trainable is None or trainable.all() else trainable.astype(bool)
-        self.frozen_columns: torch.Tensor | None = None
-        """Flat column indices of the frozen tensors (None: nothing frozen)."""
+        self.live: torch.Tensor | None = None
+        """``(1, dim)``: 1 in the trainable tensors' columns, 0 in the frozen ones' (None: nothing frozen)."""
         if self.trainable is not None:
-            cols = torch.repeat_interleave(torch.as_tensor(~self.trainable), self.sizes)
-            self.frozen_columns = torch.nonzero(cols).squeeze(1)
+            self.live = torch.repeat_interleave(torch.as_tensor(self.trainable, dtype=torch.float32),
+                                                self.sizes).unsqueeze(0)
 
     def _per_column(self, values: np.ndarray) -> torch.Tensor:
         """``(C, T)`` per-tensor values as ``(C, 1)`` when every tensor agrees, else ``(C, dim)``."""
@@ -500,17 +500,16 @@ class _BatchedAdam:
     def step(self, param: torch.Tensor, grad: torch.Tensor, lr: np.ndarray) -> None:
         beta1, beta2 = ADAM_BETAS
         self.steps = self.steps + (1 if self.trainable is None else self.trainable.astype(np.int64))
-        steps = np.maximum(self.steps, 1).astype(np.float64)  # a never-stepped (frozen) tensor is restored below
-        bc1 = 1 - beta1 ** steps
-        step_size = self._per_column(-(lr[:, None] / bc1))
+        steps = np.maximum(self.steps, 1).astype(np.float64)  # a never-stepped tensor is frozen: its update is 0
+        step_size = self._per_column(-(lr[:, None] / (1 - beta1 ** steps)))
         bc2 = self._per_column(np.sqrt(1 - beta2 ** steps))
-        cols = self.frozen_columns
-        keep = None
-        if cols is not None:
-            keep = (self.exp_avg[:, cols].clone(), self.exp_avg_sq[:, cols].clone(), param[:, cols].clone())
-        self.exp_avg.lerp_(grad, 1 - beta1)
-        self.exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+        live = self.live
+        if live is None:
+            self.exp_avg.lerp_(grad, 1 - beta1)
+            self.exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+        else:  # frozen columns (zero gradient) keep their moments and parameters bit for bit: weight 0, decay 1, step 0
+            self.exp_avg.lerp_(grad, (1 - beta1) * live)
+            self.exp_avg_sq.mul_(1 - (1 - beta2) * live).addcmul_(grad, grad, value=1 - beta2)
+            step_size = step_size * live
         denom = self.exp_avg_sq.sqrt().div_(bc2).add_(ADAM_EPS)
         param.addcdiv_(self.exp_avg * step_size, denom)
-        if cols is not None and keep is not None:
-            self.exp_avg[:, cols], self.exp_avg_sq[:, cols], param[:, cols] = keep
