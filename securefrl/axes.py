@@ -60,9 +60,11 @@ EXECUTORS: Registry[Any] = Registry("executor", "federation.executor", group="se
 EXECUTORS.register("local", "securefrl.executors:LocalExecutor",
                    features=("proximal", "freeze", "embedding", "second_agent", "custom", "env_attacks", "record_dp",
                              "poisson_batches"))
-EXECUTORS.register("vectorized", "securefrl.vectorized.executor:VectorizedExecutor", features=(),
+EXECUTORS.register("vectorized", "securefrl.vectorized.executor:VectorizedExecutor",
+                   features=("proximal", "freeze", "embedding", "second_agent"),
                    agent_needs=("batched",), env_needs=("batched",))
 EXECUTORS.register("ray", "securefrl.ray_backend:RayExecutor",
-                   features=("proximal", "freeze", "second_agent", "poisson_batches"))
-EXECUTORS.register("vectorized+ray", "securefrl.ray_backend:VectorizedRayExecutor", features=(),
+                   features=("proximal", "freeze", "embedding", "second_agent", "poisson_batches"))
+EXECUTORS.register("vectorized+ray", "securefrl.ray_backend:VectorizedRayExecutor",
+                   features=("proximal", "freeze", "embedding", "second_agent"),
                    agent_needs=("batched",), env_needs=("batched",))

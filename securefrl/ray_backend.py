@@ -4,20 +4,22 @@ for Emerging AI Applications"), on a local Ray instance or an existing cluster.
 :class:`RayExecutor` is the executor (``federation.backend = "ray"``) that runs every train task of a
 round as one Ray task (the main agent's local evaluation rides along) and evaluations as Ray tasks over
 chunks of clients sharing a model. It runs any client algorithm whose tasks need only features it
-declares (proximal terms, frozen phases, a second agent per client). The driver keeps the authoritative
-state (agents, protocol, server optimizer, accountant), so checkpoints, protocols and metrics are those
-of the local run, and the same seed gives the same metrics: a task rebuilds the client's agent, loads
-its exact state, runs the task and hands the new state back.
+declares (proximal terms, frozen phases, environment-embedding networks, a second agent per client).
+The driver keeps the authoritative state (agents, protocol, server optimizer, accountant), so checkpoints,
+protocols and metrics are those of the local run, and the same seed gives the same metrics: a task
+rebuilds the client's agent, loads its exact state, runs the task and hands the new state back.
 
 Only bytes and primitives cross Ray: the agent's name and hyperparameters as a plain dict (no config
-validation, no entry-point look-up in the worker), the client's ``EnvSpec`` as a dict, parameters as
-float32 bytes, agent state as ``torch.save`` bytes that the other side
+validation, no entry-point look-up in the worker), the ``(dim, scale)`` of its environment embedding if
+it has one (``Agent.env_embedding``: the worker rebuilds the same networks), the client's ``EnvSpec`` as
+a dict, parameters as float32 bytes, agent state as ``torch.save`` bytes that the other side
 reads with ``torch.load(weights_only=True)``, statistics as floats. No agent, protocol or model
 object is pickled. Protocol payloads (``protect``/``combine``/``open``) stay in the driver, which
 simulates every party of the protocol.
 
 :class:`VectorizedRayExecutor` (``simulation = "vectorized"`` with ``backend = "ray"``) is the vectorized
-executor whose batched training runs in Ray tasks, one per chunk of the round's clients.
+executor whose batched training runs in Ray tasks, one per chunk of the round's clients (with the same task
+features: proximal terms, frozen phases, embedded networks, a second population).
 
 Workers must be able to ``import securefrl`` (a local Ray inherits this interpreter; on a cluster
 install the same version of the package on every node).
@@ -38,7 +40,7 @@ from securefrl.agents.base import Agent
 from securefrl.errors import ConfigError
 from securefrl.seeding import eval_seed
 from securefrl.tasks import EvalTask, TrainResult, TrainTask
-from securefrl.vectorized.executor import VectorizedExecutor
+from securefrl.vectorized.executor import Phases, VectorizedExecutor
 
 if TYPE_CHECKING:
     from securefrl.config import ExperimentConfig
@@ -66,10 +68,26 @@ def _bytes(flat: np.ndarray) -> bytes:
     return np.ascontiguousarray(flat, dtype="<f4").tobytes()
 
 
-def task_payload(task: TrainTask, agent_seed: int, eval_seed_local: int | None) -> dict[str, Any]:
-    """A train task as primitives and bytes (what crosses Ray); ``eval_seed_local`` asks for the local evaluation."""
+def _embedding(value: tuple[int, float] | None) -> list[Any] | None:
+    return None if value is None else [int(value[0]), float(value[1])]
+
+
+def _rebuild(agent: Agent, embedding: list[Any] | None) -> Agent:
+    """``agent`` with the environment-embedding networks the driver's agent has (None: plain)."""
+    if embedding is not None:
+        from securefrl.personalization.parts import attach_env_embedding
+
+        # the values drawn here are overwritten by the state or parameters loaded next
+        attach_env_embedding(agent, int(embedding[0]), float(embedding[1]), torch.Generator().manual_seed(0))
+    return agent
+
+
+def task_payload(task: TrainTask, agent_seed: int, eval_seed_local: int | None,
+                 embedding: tuple[int, float] | None = None) -> dict[str, Any]:
+    """A train task as primitives and bytes (what crosses Ray); ``eval_seed_local`` asks for the local evaluation,
+    ``embedding`` is the agent's ``env_embedding``."""
     return {"client_id": task.client_id, "round_id": task.round_id, "steps": task.steps, "seed": task.seed,
-            "slot": task.slot, "agent_seed": int(agent_seed),
+            "slot": task.slot, "agent_seed": int(agent_seed), "embedding": _embedding(embedding),
             "params": None if task.params is None else _bytes(task.params),
             "proximal": None if task.proximal is None else (_bytes(task.proximal[0]), float(task.proximal[1])),
             "phases": None if task.phases is None else [(list(n), int(k), str(p)) for n, k, p in task.phases],
@@ -95,7 +113,8 @@ def train_client(agent_cfg: dict[str, Any], spec: dict[str, Any], task: dict[str
 
     torch.set_num_threads(1)  # as the local executor: tiny networks
     env_spec = EnvSpec.from_dict(spec)
-    agent = make_agent(agent_cfg["agent"], env_spec.make, agent_cfg["params"], seed=task["agent_seed"])
+    agent = _rebuild(make_agent(agent_cfg["agent"], env_spec.make, agent_cfg["params"], seed=task["agent_seed"]),
+                     task.get("embedding"))
     agent.load_state_dict(_load_state(state))
     prox = task["proximal"]
     job = TrainTask(task["client_id"], task["round_id"], task["steps"], task["seed"],
@@ -123,7 +142,8 @@ def evaluate_clients(agent_cfg: dict[str, Any], specs: list[dict[str, Any]], see
 
     torch.set_num_threads(1)
     env_specs = [EnvSpec.from_dict(s) for s in specs]
-    agent = make_agent(agent_cfg["agent"], env_specs[0].make, agent_cfg["params"], seed=0)  # acts with `params` only
+    agent = _rebuild(make_agent(agent_cfg["agent"], env_specs[0].make, agent_cfg["params"], seed=0),  # acts with
+                     agent_cfg.get("embedding"))  # `params` only
     agent.set_flat(_params_from_bytes(params))
     out = []
     for spec, seed in zip(env_specs, seeds, strict=True):
@@ -143,13 +163,16 @@ def _attach_envs(population: Any, specs: list[Any]) -> None:
 
 
 def train_population(agent_cfg: dict[str, Any], specs: list[dict[str, Any]], clients: list[dict[str, Any]],
-                     steps: int) -> list[dict[str, Any]]:
-    """Clients' plain train tasks as one batched :class:`~securefrl.vectorized.ppo.PPOPopulation` call.
+                     steps: int, phases: list[Any] | None = None, embedding: list[Any] | None = None
+                     ) -> list[dict[str, Any]]:
+    """Clients' train tasks as one batched :class:`~securefrl.vectorized.ppo.PPOPopulation` call.
 
     Runs in a Ray worker: ``clients[k]`` carries client ``k`` of the chunk's exact population state
     (``PPOPopulation.client_state`` as ``torch.save`` bytes), the agent seed its environments were first
-    reset from, and the round's train seed; ``specs[k]`` its environment. Returns each client's new state
-    and ``learn`` statistics (bytes and floats), what the driver's population would hold after the same call.
+    reset from, the round's train seed and its proximal term (``(reference bytes, mu)`` or None); ``specs[k]``
+    its environment; ``phases`` FedRep's ``(frozen names, steps, prefix)`` list and ``embedding`` the
+    population's ``(dim, scale)``. Returns each client's new state and ``learn`` statistics (bytes and floats),
+    what the driver's population would hold after the same call.
     """
     from securefrl.agents import make_agent
     from securefrl.envs import EnvSpec
@@ -157,13 +180,22 @@ def train_population(agent_cfg: dict[str, Any], specs: list[dict[str, Any]], cli
 
     torch.set_num_threads(1)
     env_specs = [EnvSpec.from_dict(s) for s in specs]
-    template = make_agent(agent_cfg["agent"], env_specs[0].make, agent_cfg["params"], seed=0)  # names and shapes
-    pop = PPOPopulation(template.config, template.parameter_spec(), len(clients))
+    template = _rebuild(make_agent(agent_cfg["agent"], env_specs[0].make, agent_cfg["params"], seed=0),
+                        embedding)  # names and shapes
+    pop = PPOPopulation(template.config, template.parameter_spec(), len(clients),
+                        embedding=None if embedding is None else (int(embedding[0]), float(embedding[1])))
     _attach_envs(pop, env_specs)
     for k, c in enumerate(clients):
         pop.env_seeds[k] = int(c["env_seed"])
         pop.load_client_state(k, _load_state(c["state"]))
-    stats = pop.learn(list(range(len(clients))), int(steps), [int(c["seed"]) for c in clients])
+    proximal = None
+    if any(c.get("proximal") is not None for c in clients):
+        zero = np.zeros(pop.spec.dim, np.float32)
+        refs = [zero if c["proximal"] is None else _params_from_bytes(c["proximal"][0]) for c in clients]
+        proximal = (np.stack(refs),
+                    np.array([0.0 if c["proximal"] is None else float(c["proximal"][1]) for c in clients]))
+    stats = pop.learn(list(range(len(clients))), int(steps), [int(c["seed"]) for c in clients], proximal,
+                      None if phases is None else [(list(n), int(k), str(p)) for n, k, p in phases])
     return [{"state": _state_bytes(pop.client_state(k)), "stats": {key: float(v) for key, v in stats[k].items()}}
             for k in range(len(clients))]
 
@@ -217,6 +249,8 @@ class RayExecutor:
         self._train = ray.remote(train_client)
         self._eval = ray.remote(evaluate_clients)
         self._agent_cfg = agent_payload(self.fed.config)
+        # evaluations act with the main agents' networks (every client's have the same layout)
+        self._agent_cfg["embedding"] = _embedding(self.fed.clients[0].agent.env_embedding)
         self._specs = [c.env_spec.to_dict() for c in self.fed.clients]
 
     def close(self) -> None:
@@ -237,9 +271,11 @@ class RayExecutor:
                                   "federation.backend=local")
             client = fed.clients[t.client_id]
             local_seed = eval_seed(fed.config.seed, "local", t.round_id, t.client_id) if t.slot == "main" else None
+            agent = client.agent_for(t.slot)
             futures.append(self._train.remote(cfg_ref, self._specs[t.client_id],
-                                              task_payload(t, self._seeds[(t.client_id, t.slot)], local_seed),
-                                              _state_bytes(client.agent_for(t.slot).state_dict())))
+                                              task_payload(t, self._seeds[(t.client_id, t.slot)], local_seed,
+                                                           agent.env_embedding),
+                                              _state_bytes(agent.state_dict())))
         out = []
         for t, res in zip(tasks, self._ray.get(futures), strict=True):
             agent = fed.clients[t.client_id].agent_for(t.slot)
@@ -320,17 +356,27 @@ class VectorizedRayExecutor(VectorizedExecutor):
             self._ray.shutdown()
         self.started_ray = False
 
-    def _learn(self, ids: list[int], steps: int, seeds: list[int]) -> list[dict[str, float]]:
-        pop = self.population
+    def _learn(self, slot: str, ids: list[int], steps: int, seeds: list[int],
+               proximal: tuple[np.ndarray, np.ndarray] | None, phases: Phases | None) -> list[dict[str, float]]:
+        pop = self.populations[slot]
         cfg_ref = self._ray.put(self._agent_cfg)
+        refs, mus = proximal if proximal is not None else (None, None)
+
+        def prox(i: int) -> tuple[bytes, float] | None:
+            if refs is None or mus is None or mus[i] == 0:
+                return None
+            return _bytes(refs if refs.ndim == 1 else refs[i]), float(mus[i])
+
         chunks = [c for c in np.array_split(np.arange(len(ids)), min(len(ids), self.fed.config.federation.ray_num_cpus))
                   if len(c)]
         futures = []
         for chunk in chunks:
             members = [ids[i] for i in chunk]
             clients = [{"state": _state_bytes(pop.client_state(cid)), "env_seed": int(pop.env_seeds[cid]),
-                        "seed": int(seeds[i])} for i, cid in zip(chunk, members, strict=True)]
-            futures.append(self._train.remote(cfg_ref, [self._specs[cid] for cid in members], clients, int(steps)))
+                        "seed": int(seeds[i]), "proximal": prox(int(i))} for i, cid in zip(chunk, members, strict=True)]
+            futures.append(self._train.remote(cfg_ref, [self._specs[cid] for cid in members], clients, int(steps),
+                                              None if phases is None else [list(p) for p in phases],
+                                              _embedding(pop.embedding)))
         stats: dict[int, dict[str, float]] = {}
         for chunk, result in zip(chunks, self._ray.get(futures), strict=True):
             for i, res in zip(chunk, result, strict=True):

@@ -55,6 +55,8 @@ class Agent(ABC):
     """The agent's hyperparameter dataclass (the registry entry's ``config``)."""
     optimizer: torch.optim.Optimizer
     """The optimizer of the local training steps (agents with networks; personalization adds parameter groups)."""
+    env_embedding: tuple[int, float] | None = None
+    """``(dim, scale)`` of the environment-embedding input the networks got (:meth:`attach_env_embedding`), or None."""
     dpsgd: Any = None
     """Record-level DP-SGD engine (:class:`securefrl.agents.dp.RecordDPSGD`) once enabled, else None."""
 
@@ -143,6 +145,17 @@ class Agent(ABC):
         if name not in self.networks():
             raise ConfigError("agent.name", f"agent {self.name!r} has no network {name!r}")
         setattr(self, name, module)
+
+    def attach_env_embedding(self, dim: int, scale: float, generator: torch.Generator) -> None:
+        """Give every network a personal environment-embedding input (Jin et al. 2022; personalization ``embedding``).
+
+        Called through :func:`securefrl.personalization.parts.attach_env_embedding`, which checks the capability.
+        Executors that rebuild an agent elsewhere (Ray) read :attr:`env_embedding` to rebuild the same layout.
+        """
+        from securefrl.personalization.parts import embed_networks
+
+        embed_networks(self, dim, scale, generator)
+        self.env_embedding = (int(dim), float(scale))
 
     def dp_networks(self) -> dict[str, torch.nn.Module]:
         """Attribute name -> network trained on data, for record-level DP-SGD (:mod:`securefrl.agents.dp`)."""

@@ -99,21 +99,30 @@ class EnvEmbeddingInput(nn.Module):
 def attach_env_embedding(agent: Agent, dim: int, scale: float, generator: torch.Generator) -> Agent:
     """Give every network of ``agent`` its own environment embedding (in place; returns ``agent``).
 
+    The agent does it (:meth:`~securefrl.agents.base.Agent.attach_env_embedding`): a per-client agent wraps its
+    networks (:func:`embed_networks`), a vectorized client's slot switches its population's layout.
+    """
+    if "embedding" not in agent.capabilities:
+        raise ConfigError("personalization.method", f"agent {agent.name!r} does not declare the embedding capability")
+    agent.attach_env_embedding(dim, scale, generator)
+    return agent
+
+
+def embed_networks(agent: Agent, dim: int, scale: float, generator: torch.Generator) -> None:
+    """Wrap every network of ``agent`` in :class:`EnvEmbeddingInput` (in place).
+
     DQN's Q-network and its target get one; PPO's actor and critic are separate networks here, so
     each gets its own vector (one shared vector would appear twice among the federated tensors and
     couple two otherwise independent networks). The new tensors join the agent's optimizer as an
     extra parameter group, so learning-rate schedules and gradient clipping cover them.
     """
-    if "embedding" not in agent.capabilities:
-        raise ConfigError("personalization.method", f"agent {agent.name!r} does not declare the embedding capability")
     modules = []
     for name, net in agent.networks().items():  # in the agent's fixed order: each draws its embedding in turn
         wrapped = EnvEmbeddingInput(net, dim, scale, generator)  # type: ignore[arg-type]  # the agents' MLPs
         agent.replace_network(name, wrapped)
         modules.append(wrapped)
     agent.optimizer.add_param_group({"params": [p for m in modules for p in (m.embedding, m.embed_weight)]})
-    return agent
 
 
-__all__ = ["EnvEmbeddingInput", "attach_env_embedding", "embedding_parameter_names", "frozen",
+__all__ = ["EnvEmbeddingInput", "attach_env_embedding", "embed_networks", "embedding_parameter_names", "frozen",
            "head_parameter_names"]

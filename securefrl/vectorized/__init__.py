@@ -8,8 +8,9 @@
 - :mod:`~securefrl.vectorized.ppo`: every client's PPO networks as stacked tensors, one batched
   forward/backward, per-client Adam, clipping, schedules and random streams.
 - :mod:`~securefrl.vectorized.executor`: the executor running a round's train and evaluation tasks
-  over such a population (``federation.simulation = "vectorized"``), for any client algorithm whose tasks
-  are plain training.
+  over such a population (``federation.simulation = "vectorized"``), for every client algorithm: plain
+  training, proximal terms, FedRep's frozen phases, environment-embedding networks and a second agent per
+  client (one population per agent slot).
 """
 
 from securefrl.vectorized.cartpole import CartPoleBatch, greedy_returns, physics_of

@@ -73,7 +73,9 @@ def test_default_is_plain_fedavg_and_bad_settings_are_refused():
     cases = {
         "personalization.method": ["personalization.method=fedavgx"],
         "personalization.n_clusters": ["personalization.method=ifca", "personalization.n_clusters=1"],
-        "federation.simulation": ["personalization.method=fedprox", "federation.simulation=vectorized"],
+        # every method runs vectorized now, on environments with a batched implementation
+        "federation.simulation": ["personalization.method=fedprox", "federation.simulation=vectorized",
+                                  "env.name=mountaincar"],
         "privacy.placement": ["personalization.method=ifca", "privacy.placement=local"],
         "federation.aggregator": ["personalization.method=group", "personalization.groups=[0,1]",
                                   "federation.aggregator=median"],

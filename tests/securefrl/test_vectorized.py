@@ -25,6 +25,12 @@ PARAM_ATOL = 1e-5
 TINY_PPO = "agent.params={n_envs: 2, n_steps: 24, n_epochs: 2, n_minibatches: 3}"
 
 
+def adam_clocks(agent) -> list[int]:
+    """torch.optim.Adam's step count of each of the agent's parameters, in parameter order."""
+    state = agent.optimizer.state_dict()["state"]  # keyed by parameter index, inserted in the order stepped first
+    return [int(state[i]["step"].item()) for i in sorted(state)]
+
+
 def _balance(obs: np.ndarray) -> np.ndarray:
     """A linear controller that keeps most poles up for the whole 500 steps (exercises truncation)."""
     return (obs[:, 2] + 0.5 * obs[:, 3] + 0.05 * obs[:, 1] > 0).astype(np.int64)
@@ -97,7 +103,9 @@ def test_population_matches_per_client_ppo_agents():
         np.testing.assert_allclose(rows, want, rtol=0, atol=PARAM_ATOL)
         assert np.abs(want - init).max() > 1e-2
     assert np.array_equal(rows[1], before[1])  # a client that did not train is untouched
-    assert list(pop.adam_steps) == [agents[i].optimizer.state_dict()["state"][0]["step"].item() for i in range(3)]
+    # Adam's step count per client and tensor, as torch.optim.Adam keeps it per parameter.
+    steps = [adam_clocks(a) for a in agents]
+    assert pop.adam_steps.tolist() == steps
 
 
 TINY_FED = ["federation.n_clients=4", "federation.rounds=2", "federation.local_steps=96",
@@ -143,8 +151,9 @@ def test_population_memory_is_linear_in_clients_and_bounded():
     cfg = PPOConfig()
     env_fn = draw_client_envs("cartpole", 1, 0.0, np.random.default_rng(0))[0].make
     spec = make_agent("ppo", env_fn, cfg).parameter_spec()
-    # bytes: 3 float32 vectors + counters + each env copy's state (4 float64 + 3 counters); about 110 KB for 64-64 nets
-    per_client_bound = 3 * spec.dim * 4 + 64 + cfg.n_envs * 56
+    # bytes: 3 float32 vectors + counters (Adam's step count per tensor) + each env copy's state (4 float64 + 3
+    # counters); about 110 KB for 64-64 nets
+    per_client_bound = 3 * spec.dim * 4 + 64 + 8 * len(spec.names) + cfg.n_envs * 56
     # Act
     sizes = {n: PPOPopulation(cfg, spec, n).nbytes() for n in (10, 100, 1000)}
     # Assert: exactly linear, under the stated per-client bound (1000 clients: about 105 MiB).
@@ -189,3 +198,75 @@ def test_vectorized_run_resumes_to_the_same_result(tmp_path):
     pop_a, pop_b = resumed.federation.population, full.federation.population
     assert np.array_equal(pop_a.exp_avg_sq.numpy(), pop_b.exp_avg_sq.numpy())
     assert np.array_equal(pop_a.adam_steps, pop_b.adam_steps) and pop_a.adam_steps.max() > 0
+
+
+@pytest.mark.parametrize("method", ["fedrep", "ditto", "embedding"])
+def test_vectorized_personalization_resumes_to_the_same_result(tmp_path, method):
+    # Arrange: per-tensor Adam step counts (FedRep's frozen phases), the second population (Ditto's personal agents)
+    # and the embedded layout are all in the checkpoint.
+    over = [*TINY_FED, "federation.rounds=3", "federation.simulation=vectorized", f"personalization.method={method}",
+            "personalization.fedrep_head_fraction=0.25", f"output_dir={tmp_path}"]  # FedRep: head 24 steps, body 72
+    full = run_experiment(load_config(overrides=[*over, "name=full"]), progress=False)
+    # Act
+    run_experiment(load_config(overrides=[*over, "name=cut"]), progress=False, stop_after=1)
+    resumed = run_experiment(load_config(overrides=[*over, "name=cut"]), progress=False, resume=True)
+    # Assert
+    for key in ("return_global", "return_personal"):
+        assert [r[key] for r in resumed.clients] == [r[key] for r in full.clients], key
+    for slot, pop in full.federation.populations.items():
+        other = resumed.federation.populations[slot]
+        assert np.array_equal(other.flat.numpy(), pop.flat.numpy()) and np.array_equal(other.adam_steps, pop.adam_steps)
+    if method == "fedrep":  # the head's and the body's Adam clocks differ, as torch.optim.Adam's per parameter
+        assert len(set(full.federation.population.adam_steps.max(axis=0).tolist())) > 1
+
+
+def test_population_proximal_and_frozen_phases_match_per_client_agents():
+    # Arrange: 2 clients; FedRep-like phases (head with the body frozen, then the body with the head frozen) and a
+    # proximal term per client (client 1's coefficient 0: no term), against PPOAgents under frozen()/set_proximal.
+    from securefrl.agents.base import frozen
+    from securefrl.personalization.parts import head_parameter_names
+
+    torch.set_num_threads(1)
+    cfg = PPOConfig(n_envs=2, n_steps=16, n_epochs=2, n_minibatches=2, hidden=[16])
+    specs = draw_client_envs("cartpole", 2, 1.0, np.random.default_rng(1))
+    agents = [make_agent("ppo", s.make, cfg, seed=20 + i) for i, s in enumerate(specs)]
+    names = list(agents[0].parameter_spec().names)
+    head = head_parameter_names(names, 1)
+    body = [n for n in names if n not in head]
+    init = make_agent("ppo", specs[0].make, cfg, seed=7).get_flat()
+    ref = init + np.random.default_rng(0).normal(0, 0.1, init.shape).astype(np.float32)
+    mus = [0.5, 0.0]
+    pop = PPOPopulation(cfg, agents[0].parameter_spec(), 2, physics_of(specs))
+    pop.env_seeds = [20, 21]
+    pop.set_rows(range(2), init)
+    phases = [(body, 32, "head_"), (head, 64, "")]
+    expected = []
+    for a, mu, seed in zip(agents, mus, (3, 4), strict=True):
+        a.set_flat(init)
+        a.reseed(seed)
+        a.set_proximal(ref, mu)
+        stats = {}
+        for frozen_names, steps, prefix in phases:
+            with frozen(a, frozen_names):
+                stats.update({prefix + k: v for k, v in a.learn(steps).items()})
+        expected.append(stats)
+    # Act
+    got = pop.learn([0, 1], 96, [3, 4], (ref, np.array(mus)), phases)
+    # Assert: the same statistics and parameters (float rounding), per-tensor Adam clocks exactly.
+    for g, e in zip(got, expected, strict=True):
+        assert g.keys() == e.keys()
+        for key in ("head_episodes", "episodes", "head_updates", "updates", "env_steps"):
+            assert g[key] == e[key], key
+        for key in ("head_policy_loss", "policy_loss", "value_loss"):
+            assert g[key] == pytest.approx(e[key], rel=1e-4, abs=1e-6), key
+    want = np.stack([a.get_flat() for a in agents])
+    np.testing.assert_allclose(pop.get_rows(range(2)), want, rtol=0, atol=PARAM_ATOL)
+    steps = [adam_clocks(a) for a in agents]
+    assert pop.adam_steps.tolist() == steps and len(set(steps[0])) == 2  # head and body clocks differ
+    # The proximal pull is real: without it client 0 ends elsewhere.
+    plain = PPOPopulation(cfg, agents[0].parameter_spec(), 2, physics_of(specs))
+    plain.env_seeds = [20, 21]
+    plain.set_rows(range(2), init)
+    plain.learn([0, 1], 96, [3, 4], None, phases)
+    assert np.abs(plain.get_rows([0]) - want[0]).max() > 1e-3
+    assert np.abs(plain.get_rows([1]) - want[1]).max() <= PARAM_ATOL
