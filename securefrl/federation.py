@@ -38,7 +38,7 @@ from securefrl.seeding import derive_rng, sample_clients
 from securefrl.server import make_aggregation
 from securefrl.server_opt import ServerOptimizer
 from securefrl.tasks import EvalTask
-from securefrl.transforms import UpdateTransform, chain, check_finite, clip_by_l2_norm, identity
+from securefrl.transforms import UpdateTransform, chain, check_finite, clip_by_l2_norm, clipped_coordinates, identity
 
 
 @dataclass
@@ -192,10 +192,8 @@ class Federation:
         """Record (and warn once of) coordinates beyond the protocol's per-coordinate range, which it clips."""
         protocol = self.protocol
         bound = protocol.mean_bound if protocol is not None else None
-        if protocol is None or bound is None:
-            return
-        n = int(np.count_nonzero(np.abs(encoded) > bound))
-        if n == 0:
+        n = clipped_coordinates(encoded, bound)
+        if protocol is None or bound is None or n == 0:
             return
         row["clipped_coordinates"] = n
         if not self._clip_warned:

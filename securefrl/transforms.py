@@ -71,3 +71,8 @@ def clip_by_l2_norm(max_norm: float) -> UpdateTransform:
         return arr, state
 
     return UpdateTransform(f"clip({max_norm})", lambda dim: None, update)
+
+
+def clipped_coordinates(update: np.ndarray, bound: float | None) -> int:
+    """How many coordinates of ``update`` a protocol with per-coordinate range ``+-bound`` clips (None: none)."""
+    return 0 if bound is None else int(np.count_nonzero(np.abs(update) > bound))

@@ -30,7 +30,7 @@ from securefrl.errors import ConfigError, UpdateRejectedError
 from securefrl.flower import common
 from securefrl.protocol_factory import make_protocol
 from securefrl.seeding import derive_rng, derive_seed
-from securefrl.transforms import UpdateTransform, chain, check_finite, clip_by_l2_norm, identity
+from securefrl.transforms import UpdateTransform, chain, check_finite, clip_by_l2_norm, clipped_coordinates, identity
 
 if TYPE_CHECKING:
     from securefrl.agents.base import Agent
@@ -369,6 +369,8 @@ def build_client_app(cfg: ExperimentConfig | None = None, mods: list[Any] | None
             flow = common.flower_role(client.cfg)
             if flow == common.SECAGG_PLUS:
                 role = _SecAggRole.restore(context, client)
+                if n_clipped := clipped_coordinates(update, role.params.clip):  # the fixed-point range clips them
+                    row["clipped_coordinates"] = n_clipped
                 payload = role.client.masked_input(_meta_bytes(message, "forwarded"), update, 1.0, None)
                 role.save(context)
             elif flow == common.THRESHOLD_CKKS:

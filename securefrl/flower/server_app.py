@@ -37,7 +37,7 @@ from securefrl.seeding import sample_clients as seeded_sample
 from securefrl.server_opt import ServerOptimizer
 
 #: Per-client row fields a client reports after training (everything else in its reply is ignored).
-_TRAIN_FIELDS = ("return_local", "update_norm", "rejected")
+_TRAIN_FIELDS = ("return_local", "update_norm", "rejected", "clipped_coordinates")
 
 
 def sample_clients(cfg: ExperimentConfig, round_id: int) -> list[int]:
