@@ -89,7 +89,7 @@ class FederationConfig:
     """What clients send: delta = FedAvg of local parameter changes after local_steps of local training; gradient =
     FedSGD / DD-PPO, every optimizer step federated (mean minibatch gradient, server-side Adam with the agent's lr;
     a round is still local_steps environment steps per client, each of its optimizer steps one aggregation; see
-    securefrl.gradient). Agents ppo and dqn; loop simulation, local backend."""
+    securefrl.gradient). Agents ppo, dqn and sac; loop simulation, local backend."""
     estimator: Literal["minibatch", "fedpg-br"] = "minibatch"
     """Gradient mode's gradient: minibatch = the agent's own loss on each minibatch; fedpg-br = FedPG-BR's
     variance-reduced policy gradient (Fan et al. 2021; agent ppo; securefrl.fedpg)."""
@@ -116,7 +116,8 @@ class FederationConfig:
     """Parameters of the robust rule (e.g. beta of trimmed_mean); n_malicious defaults to attack.n_malicious."""
     simulation: Literal["loop", "vectorized"] = "loop"
     """loop: one agent per client, trained one after another (the reference); vectorized: all sampled clients'
-    CartPole + PPO as one batched computation, same results up to float rounding (env cartpole, agent ppo only)."""
+    environments and PPO agents as one batched computation, same results up to float rounding (agent ppo, and an
+    env family with a batched implementation: cartpole, acrobot, edge_caching, mec_offloading)."""
     backend: Literal["local", "ray"] = "local"
     """Where clients train: local (this process) or ray (Ray tasks; needs the ray package, see ray_address)."""
     ray_address: str = ""
