@@ -38,6 +38,8 @@ from typing import Any
 
 import numpy as np
 
+from securefrl.stats import bootstrap_ratio, t_interval
+
 __all__ = ["add_arguments", "main", "run"]
 
 EVAL_EPISODES = 10
@@ -63,26 +65,6 @@ def hits(curve: list[tuple[int, float]], threshold: float) -> tuple[int | None, 
     first = next((s for (s, _), o in zip(curve, ok, strict=True) if o), None)
     three = next((curve[i][0] for i in range(len(curve) - 2) if ok[i] and ok[i + 1] and ok[i + 2]), None)
     return first, three
-
-
-def t_interval(values: list[float]) -> tuple[float, float]:
-    """Mean and half-width of the two-sided 95% Student-t interval."""
-    from scipy import stats
-
-    a = np.asarray(values, dtype=np.float64)
-    if len(a) < 2:
-        return float(a.mean()), float("nan")
-    return float(a.mean()), float(stats.t.ppf(0.975, len(a) - 1) * a.std(ddof=1) / math.sqrt(len(a)))
-
-
-def bootstrap_ratio(num: list[float], den: list[float], seed: int = 0, n: int = 2000) -> tuple[float, float, float]:
-    """mean(num) / mean(den) and a 95% percentile-bootstrap interval (seeds resampled independently)."""
-    rng = np.random.default_rng(seed)
-    a, b = np.asarray(num, dtype=np.float64), np.asarray(den, dtype=np.float64)
-    ra = a[rng.integers(0, len(a), (n, len(a)))].mean(axis=1)
-    rb = b[rng.integers(0, len(b), (n, len(b)))].mean(axis=1)
-    lo, hi = np.percentile(ra / rb, [2.5, 97.5])
-    return float(a.mean() / b.mean()), float(lo), float(hi)
 
 
 def skip_off_grid_evaluations(fed: Any, local_steps: int, eval_every: int) -> None:

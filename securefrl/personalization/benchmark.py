@@ -20,6 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from securefrl.stats import t_interval
+
 __all__ = ["HETEROGENEITY_FAMILIES", "HETEROGENEITY_METHODS", "goal_check", "heterogeneity_jobs", "markdown_table",
            "plot_family", "run_heterogeneity", "run_heterogeneity_job", "summarize", "t_interval", "train_and_deploy"]
 
@@ -88,16 +90,6 @@ def train_and_deploy(overrides: Sequence[str], deploy: Mapping[str, str], final_
         out.append({**common, "method": method, "final": final, "curve": curves[which]})
     fed.close()
     return out
-
-
-def t_interval(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and half-width of the 95% Student-t interval (half-width nan for a single value)."""
-    from scipy import stats
-
-    x = np.asarray(values, dtype=np.float64)
-    if x.size < 2:
-        return float(x.mean()), float("nan")
-    return float(x.mean()), float(stats.t.ppf(0.975, x.size - 1) * x.std(ddof=1) / np.sqrt(x.size))
 
 
 def summarize(records: Sequence[Mapping[str, Any]], methods: Sequence[str], families: Sequence[str],
