@@ -133,3 +133,28 @@ def flat_gradient(agent: Any, loss: torch.Tensor, max_grad_norm: float) -> np.nd
     for p in params:
         p.grad = None
     return out
+
+
+class OffPolicyGradient:
+    """Gradient-mode collection of the off-policy agents (DQN, SAC): act with the server's parameters until a
+    training phase is due (``learning_starts``, ``train_freq``), then queue its ``gradient_steps`` gradients,
+    one server step each, at the agent's own ``lr`` (:mod:`securefrl.gradient`)."""
+
+    config: Any
+    _grad_left: int
+
+    def _collect(self, env_steps: int) -> tuple[int, bool]:
+        raise NotImplementedError  # the agent's own collection: (transitions, a training phase is due)
+
+    def grad_collect(self, params: np.ndarray, env_steps: int) -> int:
+        """Act with ``params`` until a training phase is due or ``env_steps`` transitions; queue its steps."""
+        load_flat(self, params)
+        done, due = self._collect(env_steps)
+        self._grad_left = self.config.gradient_steps if due else 0
+        return done
+
+    def grad_pending(self) -> int:
+        return int(getattr(self, "_grad_left", 0))
+
+    def grad_lr(self) -> float:
+        return float(self.config.lr)

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from securefrl.agents.base import Agent, EnvFn
 from securefrl.agents.common import (
+    OffPolicyGradient,
     Streams,
     episode_stats,
     flat_gradient,
@@ -32,7 +33,7 @@ from securefrl.errors import ConfigError
 from securefrl.params import set_flat
 
 
-class DQNAgent(Agent):
+class DQNAgent(OffPolicyGradient, Agent):
     """DQN for discrete action spaces; ``federated_parameters`` is the online Q-network."""
 
     name = "dqn"
@@ -204,16 +205,6 @@ class DQNAgent(Agent):
     grad_adam_eps = 1e-8
     """eps of the Adam the server steps with (torch's default, what the agent's own optimizer uses)."""
 
-    def grad_collect(self, params: np.ndarray, env_steps: int) -> int:
-        """Act with ``params`` until a training phase is due or ``env_steps`` transitions; queue its steps."""
-        load_flat(self, params)
-        done, due = self._collect(env_steps)
-        self._grad_left = self.config.gradient_steps if due else 0
-        return done
-
-    def grad_pending(self) -> int:
-        return int(getattr(self, "_grad_left", 0))
-
     def grad_compute(self, params: np.ndarray, server_state: dict[str, np.ndarray]) -> np.ndarray:
         """Flat, clipped gradient of the TD loss on a fresh replay minibatch at ``params`` (server target)."""
         load_flat(self, params)
@@ -223,9 +214,6 @@ class DQNAgent(Agent):
         self._grad_left -= 1
         self.num_updates += 1
         return flat_gradient(self, loss, self.config.max_grad_norm)
-
-    def grad_lr(self) -> float:
-        return float(self.config.lr)
 
     def grad_server_init(self, params: np.ndarray) -> dict[str, np.ndarray]:
         """The server's target network starts at the initial parameters."""

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from securefrl.agents.base import Agent, EnvFn
 from securefrl.agents.common import (
+    OffPolicyGradient,
     Streams,
     episode_stats,
     flat_gradient,
@@ -36,7 +37,7 @@ from securefrl.params import ParamSpec, set_flat
 LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
 
 
-class SACAgent(Agent):
+class SACAgent(OffPolicyGradient, Agent):
     """SAC for Box action spaces; ``federated_parameters`` are the actor and both critics.
 
     The temperature stays local: it adapts to each client's own policy entropy.
@@ -256,16 +257,6 @@ class SACAgent(Agent):
         n_actor = sum(p.numel() for p in self.actor.parameters())
         return slice(n_actor, None)
 
-    def grad_collect(self, params: np.ndarray, env_steps: int) -> int:
-        """Act with ``params`` until a training phase is due or ``env_steps`` transitions; queue its steps."""
-        load_flat(self, params)
-        done, due = self._collect(env_steps)
-        self._grad_left = self.config.gradient_steps if due else 0
-        return done
-
-    def grad_pending(self) -> int:
-        return int(getattr(self, "_grad_left", 0))
-
     def grad_compute(self, params: np.ndarray, server_state: dict[str, np.ndarray]) -> np.ndarray:
         """Flat gradient of actor + critic loss on a fresh replay minibatch at ``params`` (server targets).
 
@@ -291,9 +282,6 @@ class SACAgent(Agent):
     def _target_spec(self) -> ParamSpec:
         return ParamSpec.from_named([*self.q1_target.named_parameters(prefix="q1"),
                                      *self.q2_target.named_parameters(prefix="q2")])
-
-    def grad_lr(self) -> float:
-        return float(self.config.lr)
 
     def grad_server_init(self, params: np.ndarray) -> dict[str, np.ndarray]:
         """The server's target critics start at the initial critics."""
