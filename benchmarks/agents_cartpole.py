@@ -119,7 +119,7 @@ def run_sb3(name: str, seed: int, steps: int, eval_every: int, eval_episodes: in
             out.append(total)
         curve.append({"step": model.num_timesteps, "eval_mean": float(np.mean(out)), "eval_std": float(np.std(out))})
 
-    class Evaluate(BaseCallback):  # type: ignore[misc]
+    class Evaluate(BaseCallback):
         next_eval = eval_every
 
         def _on_step(self) -> bool:
@@ -184,7 +184,8 @@ class Runs:
     """
 
     def __init__(self, jobs: int) -> None:
-        self.jobs, self.futures, self.pool = jobs, {}, None
+        self.jobs, self.pool = jobs, None
+        self.futures: dict[tuple[Any, ...], Any] = {}
         if jobs > 1:
             from concurrent.futures import ProcessPoolExecutor
 
