@@ -10,17 +10,19 @@ agent's random streams, so the training trajectory does not depend on the evalua
 Throughput (env steps/s) counts training time only; runs use one torch thread.
 
 Side by side with Stable-Baselines3 (``--sb3``, needs the ``bench`` extra): the same seeds, budget
-and evaluation protocol (greedy, the same episode seeds, every ``eval_every`` steps) for SB3's DQN
-with the rl-baselines3-zoo CartPole-v1 hyperparameters (``SB3_ZOO``); the summary reports the mean
-greedy return at the end of the budget, mean and 95% t-interval over seeds, for both libraries and
-their ratio (the goal: securefrl >= 0.9x SB3 at 50k steps).
+and evaluation protocol (greedy, the same episode seeds, after the training on the rollout that reaches
+each ``eval_every`` grid point) for SB3's DQN and PPO with the rl-baselines3-zoo CartPole-v1
+hyperparameters (``SB3_ZOO``); the summary reports the mean greedy return at the end of the budget and
+over the late evaluations, mean and 95% t-interval over seeds, for both libraries and their ratio (the
+goal: securefrl >= 0.9x SB3 at 50k steps). Use ``--steps 50176`` (196 x 256) so both libraries end on a
+whole DQN training phase / PPO rollout; SB3 always completes its last rollout.
 
 Usage::
 
     python benchmarks/agents_cartpole.py                       # dqn + ppo, 3 seeds, 100k steps
     python benchmarks/agents_cartpole.py --agents sac          # SAC on Pendulum, 20k steps
     python benchmarks/agents_cartpole.py --agents dqn --seeds 0 --steps 20000
-    python benchmarks/agents_cartpole.py --agents dqn --sb3 --steps 50000 --seeds 0 1 2 3
+    python benchmarks/agents_cartpole.py --agents dqn ppo --sb3 --steps 50176 --seeds 0 1 2 3 4
     python benchmarks/agents_cartpole.py --agents dqn --set gradient_steps=64 --steps 50000  # a variant
 """
 
@@ -48,13 +50,35 @@ TASKS: dict[str, dict[str, Any]] = {
 }
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "agents_cartpole.json"
 
-#: rl-baselines3-zoo ``hyperparams/dqn.yml``, CartPole-v1 ("almost tuned", 5e4 steps); exploration_fraction is
-#: relative to the run's total steps, as in the zoo.
+#: rl-baselines3-zoo ``hyperparams/{dqn,ppo}.yml``, CartPole-v1. DQN ("almost tuned", 5e4 steps):
+#: exploration_fraction is relative to the run's total steps, as in the zoo (0.16 x 50k = 8k steps). PPO (1e5 steps):
+#: ``lin_0.001`` / ``lin_0.2`` are linear schedules to 0 over the zoo's ``n_timesteps`` (``ZOO_HORIZON``), so a
+#: shorter run sees the zoo run's first part rather than a compressed schedule.
 SB3_ZOO: dict[str, dict[str, Any]] = {
     "dqn": {"learning_rate": 2.3e-3, "batch_size": 64, "buffer_size": 100_000, "learning_starts": 1_000,
             "gamma": 0.99, "target_update_interval": 10, "train_freq": 256, "gradient_steps": 128,
             "exploration_fraction": 0.16, "exploration_final_eps": 0.04, "policy_kwargs": {"net_arch": [256, 256]}},
+    "ppo": {"n_envs": 8, "n_steps": 32, "batch_size": 256, "gae_lambda": 0.8, "gamma": 0.98, "n_epochs": 20,
+            "ent_coef": 0.0, "learning_rate": "lin_0.001", "clip_range": "lin_0.2"},
 }
+ZOO_HORIZON = {"dqn": 50_000, "ppo": 100_000}
+
+
+def sb3_model(name: str, seed: int, steps: int) -> Any:
+    """SB3's DQN or PPO with the zoo settings (``lin_X`` read as X -> 0 linearly over ``ZOO_HORIZON`` steps)."""
+    from stable_baselines3 import DQN, PPO
+    from stable_baselines3.common.env_util import make_vec_env
+
+    env_id = TASKS[name]["env_id"]
+    kwargs = dict(SB3_ZOO[name])
+    n_envs = int(kwargs.pop("n_envs", 1))
+    for key, value in kwargs.items():
+        if isinstance(value, str) and value.startswith("lin_"):
+            start, scale = float(value[4:]), steps / ZOO_HORIZON[name]
+            # SB3 passes progress_remaining = 1 - t / steps; the zoo's schedule is 1 - t / ZOO_HORIZON.
+            kwargs[key] = lambda p, start=start, scale=scale: start * max(0.0, 1.0 - (1.0 - p) * scale)
+    env = make_vec_env(env_id, n_envs=n_envs, seed=seed) if n_envs > 1 else gym.make(env_id)
+    return (DQN if name == "dqn" else PPO)("MlpPolicy", env, seed=seed, device="cpu", **kwargs)
 
 
 def t_interval(values: list[float]) -> tuple[float, float]:
@@ -68,8 +92,12 @@ def t_interval(values: list[float]) -> tuple[float, float]:
 
 
 def run_sb3(name: str, seed: int, steps: int, eval_every: int, eval_episodes: int) -> dict[str, Any]:
-    """SB3's implementation with the zoo settings, trained once for ``steps`` and evaluated like :func:`run_one`."""
-    from stable_baselines3 import DQN
+    """SB3's implementation with the zoo settings, trained once for ``steps`` and evaluated like :func:`run_one`.
+
+    Evaluations happen at the start of a rollout, i.e. after the training that ends the previous one, at the first
+    rollout boundary on or past each ``eval_every`` grid point -- as :func:`run_one` evaluates after ``learn``
+    (which trains on its last rollout or phase). The final evaluation follows ``learn``.
+    """
     from stable_baselines3.common.callbacks import BaseCallback
 
     task = TASKS[name]
@@ -78,7 +106,7 @@ def run_sb3(name: str, seed: int, steps: int, eval_every: int, eval_episodes: in
     eval_seed = 1_000_000 + 1_000 * seed
     curve: list[dict[str, float]] = []
 
-    def greedy(model: Any) -> list[float]:
+    def evaluate(model: Any) -> None:
         out = []
         for ep in range(eval_episodes):
             obs, _ = eval_env.reset(seed=eval_seed + ep)
@@ -89,21 +117,25 @@ def run_sb3(name: str, seed: int, steps: int, eval_every: int, eval_episodes: in
                 total += float(reward)
                 done = terminated or truncated
             out.append(total)
-        return out
+        curve.append({"step": model.num_timesteps, "eval_mean": float(np.mean(out)), "eval_std": float(np.std(out))})
 
-    class Evaluate(BaseCallback):  # type: ignore[misc]
+    class Evaluate(BaseCallback):
+        next_eval = eval_every
+
         def _on_step(self) -> bool:
-            if self.num_timesteps % eval_every == 0 or self.num_timesteps == steps:
-                returns = greedy(self.model)
-                curve.append({"step": self.num_timesteps, "eval_mean": float(np.mean(returns)),
-                              "eval_std": float(np.std(returns))})
             return True
 
-    model = DQN("MlpPolicy", gym.make(env_id), seed=seed, device="cpu", **SB3_ZOO[name])
+        def _on_rollout_start(self) -> None:
+            if self.num_timesteps >= self.next_eval and self.num_timesteps < steps:
+                evaluate(self.model)
+                self.next_eval += eval_every
+
+    model = sb3_model(name, seed, steps)
     t0 = time.perf_counter()
     model.learn(total_timesteps=steps, callback=Evaluate())
     seconds = time.perf_counter() - t0
-    return summarize(curve, task["threshold"], {"seed": seed, "env_id": env_id, "steps": steps,
+    evaluate(model)
+    return summarize(curve, task["threshold"], {"seed": seed, "env_id": env_id, "steps": model.num_timesteps,
                                                  "train_seconds": seconds, "config": SB3_ZOO[name]})
 
 
@@ -152,7 +184,8 @@ class Runs:
     """
 
     def __init__(self, jobs: int) -> None:
-        self.jobs, self.futures, self.pool = jobs, {}, None
+        self.jobs, self.pool = jobs, None
+        self.futures: dict[tuple[Any, ...], Any] = {}
         if jobs > 1:
             from concurrent.futures import ProcessPoolExecutor
 

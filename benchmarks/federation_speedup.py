@@ -24,9 +24,10 @@ here, fairly:
   then a lower bound). Speed-ups are ratios of means, with a seeded bootstrap 95% interval over seeds.
 
 Writes ``<out>.json``, ``<out>.md`` (the table) and ``<out>.png`` (log-log steps per client versus K, with the
-linear-speed-up line K=1 / K and the best single agent). The vectorized simulation trains CartPole
-federations (the same results as the per-client loop up to float rounding, see tests/securefrl/test_vectorized.py);
-other environments use the loop. Usage::
+linear-speed-up line K=1 / K and the best single agent). The vectorized simulation trains delta-mode
+federations of the families with a batched implementation, CartPole and Acrobot among them (the same results as
+the per-client loop up to float rounding, see tests/securefrl/test_vectorized*.py); gradient mode and other
+environments use the loop. Usage::
 
     python benchmarks/federation_speedup.py                                  # CartPole, K 1..20, 5 seeds
     python benchmarks/federation_speedup.py --env acrobot                    # Acrobot (threshold -100, loop)

@@ -23,7 +23,8 @@ any environment family):
   then a lower bound). Speed-ups are ratios of means, with a seeded bootstrap 95% interval over seeds.
 
 Writes ``<out>.json``, ``<out>.md`` (the table) and ``<out>.png`` (log-log steps per client versus K per mode,
-with the linear-speed-up line K=1 / K and the best single agent). Delta-mode CartPole federations run on the
+with the linear-speed-up line K=1 / K and the best single agent). Delta-mode federations of a family with a
+batched implementation (``securefrl.envs.families.batched_families``: CartPole, Acrobot, ...) run on the
 vectorized executor (the loop's results up to float rounding); everything else on the per-client loop.
 """
 
@@ -93,12 +94,15 @@ def skip_off_grid_evaluations(fed: Any, local_steps: int, eval_every: int) -> No
 def run_federation(args: argparse.Namespace, k: int, seed: int, mode: str) -> dict[str, Any]:
     """K identical PPO clients, one rollout per round, evaluated on the grid; stops after three hits in a row."""
     from securefrl.config import load_config
+    from securefrl.envs.families import batched_target
     from securefrl.federation import make_federation
 
     client = parse_setting(args.client)
     local = client["n_envs"] * client["n_steps"]
     budget = args.budget_k1 if k <= 2 else args.budget
-    simulation = "vectorized" if args.env == "cartpole" and mode == "delta" else "loop"
+    # Any family with a batched implementation (CartPole, Acrobot, ...) runs delta mode vectorized (the loop's
+    # results up to float rounding); gradient mode needs the per-client loop.
+    simulation = "vectorized" if mode == "delta" and batched_target(args.env) else "loop"
     params = "{" + ", ".join(f"{key}: {v}" for key, v in client.items()) + "}"
     cfg = load_config(overrides=[
         f"seed={seed}", f"env.name={args.env}", "env.heterogeneity=0.0", "agent.name=ppo", f"agent.params={params}",
@@ -122,7 +126,7 @@ def run_federation(args: argparse.Namespace, k: int, seed: int, mode: str) -> di
     first, three = hits(curve, args.threshold)
     print(f"  {mode} K={k} seed {seed}: first {first}, three {three} ({time.perf_counter() - t0:.0f} s)", flush=True)
     return {"k": k, "mode": mode, "seed": seed, "first": first, "three": three, "budget": budget, "curve": curve,
-            "seconds": time.perf_counter() - t0}
+            "simulation": simulation, "seconds": time.perf_counter() - t0}
 
 
 def run_single(args: argparse.Namespace, setting: str, seed: int) -> dict[str, Any]:

@@ -23,6 +23,18 @@ def test_speedup_subcommand_writes_json_table_and_plot(tmp_path, capsys) -> None
     assert "| gradient | 2 | 1 |" in capsys.readouterr().out
 
 
+def test_speedup_runs_delta_mode_of_a_batched_family_vectorized(tmp_path) -> None:
+    """Acrobot has a batched implementation, so its delta-mode federations take the vectorized executor."""
+    out = tmp_path / "acro"
+    code = main(["speedup", "--env", "acrobot", "--ks", "2", "--modes", "delta", "--seeds", "0", "--sweep",
+                 "--client", "1x16:1", "--threshold", "-600", "--eval-every", "16", "--budget-k1", "160",
+                 "--out", str(out)])
+    assert code == 0
+    run = json.loads(out.with_suffix(".json").read_text())["runs"]["federation"]["delta:2"][0]
+    assert run["simulation"] == "vectorized"
+    assert run["three"] == 16  # every Acrobot return is >= -500 > -600: hits from the first grid point on
+
+
 def test_speedup_needs_a_threshold_for_an_unknown_env(tmp_path, capsys) -> None:
     assert main(["speedup", "--env", "pendulum", "--out", str(tmp_path / "x")]) == 2
     assert "--threshold" in capsys.readouterr().err
