@@ -42,6 +42,7 @@ import torch
 
 from securefrl.agents import make_agent
 from securefrl.configtools import to_dict
+from securefrl.stats import t_interval
 
 TASKS: dict[str, dict[str, Any]] = {
     "dqn": {"env_id": "CartPole-v1", "threshold": 475.0, "steps": 100_000},
@@ -79,16 +80,6 @@ def sb3_model(name: str, seed: int, steps: int) -> Any:
             kwargs[key] = lambda p, start=start, scale=scale: start * max(0.0, 1.0 - (1.0 - p) * scale)
     env = make_vec_env(env_id, n_envs=n_envs, seed=seed) if n_envs > 1 else gym.make(env_id)
     return (DQN if name == "dqn" else PPO)("MlpPolicy", env, seed=seed, device="cpu", **kwargs)
-
-
-def t_interval(values: list[float]) -> tuple[float, float]:
-    """Mean and half-width of the two-sided 95% Student-t interval (0 half-width for one value)."""
-    from scipy import stats
-
-    a = np.asarray(values, dtype=np.float64)
-    if len(a) < 2:
-        return float(a.mean()), 0.0
-    return float(a.mean()), float(stats.t.ppf(0.975, len(a) - 1) * a.std(ddof=1) / np.sqrt(len(a)))
 
 
 def run_sb3(name: str, seed: int, steps: int, eval_every: int, eval_episodes: int) -> dict[str, Any]:
