@@ -248,8 +248,8 @@ def check_gradient(config: ExperimentConfig) -> None:
                           "every round (client_fraction=1): clients reach their training phases in lock step only then")
     if getattr(agent_cfg, "actor_on_updated_critic", None) is True:
         raise ConfigError("agent.params.actor_on_updated_critic", "gradient mode takes the actor and critic "
-                          "gradients at the same server parameters (one vector, one server step); set "
-                          "agent.params.actor_on_updated_critic=false (its single-agent counterpart)")
+                          "gradients at the same server parameters (one vector, one server step); leave "
+                          "agent.params.actor_on_updated_critic unset or false (its single-agent counterpart)")
     if fed.estimator == "fedpg-br" or config.personalization.method == "fedpg-br":
         from securefrl.fedpg import check_estimator
 

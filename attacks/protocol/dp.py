@@ -47,8 +47,7 @@ class NoiseRegeneration:
 
     def _distributed_under_secagg(self, section: PrivacySection, seed: int) -> tuple[float, float, str]:
         n, dim, r = 6, 64, 3
-        dp = ClientLevelDP(replace(section, placement="distributed"), "secagg", n, n,
-                           rounds=10)
+        dp = ClientLevelDP(replace(section, placement="distributed"), "secagg", n, n, rounds=10)
         pipe = dp.pipeline()
         proto = SecAggProtocol(dim, n, clip=dp.required_coordinate_clip())
         updates = [u / max(1.0, float(np.linalg.norm(u))) for u in np.random.default_rng(seed).normal(0, 0.3, (n, dim))]
@@ -64,8 +63,7 @@ class NoiseRegeneration:
 
     def _local_under_plaintext(self, section: PrivacySection, seed: int) -> tuple[float, float, str]:
         n, dim, r, victim = 6, 64, 3, 4
-        dp = ClientLevelDP(replace(section, placement="local"), "plaintext", n, n,
-                           rounds=10)
+        dp = ClientLevelDP(replace(section, placement="local"), "plaintext", n, n, rounds=10)
         pipe = dp.pipeline()
         proto = PlaintextProtocol(dim)
         update = np.random.default_rng(seed).normal(0, 0.3, dim)
@@ -126,6 +124,7 @@ class DPSGDNoiseRegeneration:
         from securefrl.agents.registry import make_agent
 
         client, z, clip = 2, 1.0, 1.0
+        q, expected = replay_rate(64, 256)  # a Poisson batch of expected size 64 from the 256 stored transitions
         params = {"hidden": (16,), "batch_sampling": "poisson", "learning_starts": 10_000, "n_envs": 1}
         section = PrivacySection(dpsgd=True, dpsgd_noise_multiplier=z, dpsgd_max_grad_norm=clip,
                                  seeded_noise_experiment=weakened)
@@ -138,7 +137,6 @@ class DPSGDNoiseRegeneration:
         def released(agent: Any, batch: dict | None) -> np.ndarray:
             """The noisy gradient one DP-SGD step releases (``batch=None``: an empty Poisson batch)."""
             n = 0 if batch is None else len(batch["obs"])
-            q, expected = replay_rate(64, 256)
             agent.dpsgd.backward(lambda: agent.compute_loss(batch), n, expected, q)
             return torch.cat([p.grad.reshape(-1) for p in agent.dpsgd.optimizer.params]).numpy().astype(np.float64)
 
@@ -150,11 +148,9 @@ class DPSGDNoiseRegeneration:
         clean_agent = agent_with(DPSGDSettings(0.0, clip, secure=False))
         clean = released(clean_agent, batch)
         # The adversary: the federation's seeded construction, releasing noise alone.
-        seeded = PrivacySection(dpsgd=True, dpsgd_noise_multiplier=z, dpsgd_max_grad_norm=clip,
-                                seeded_noise_experiment=True)
+        seeded = replace(section, seeded_noise_experiment=True)
         noise = released(agent_with(DPSGDSettings.from_privacy(seeded)), None)
         err = float(np.max(np.abs(observed - noise - clean)))
-        _, expected = replay_rate(64, 256)
         std = z * clip / expected  # per-coordinate noise std of the released gradient
         ok = err < 1e-3 * std
         target = ("plaintext, DP-SGD, privacy.seeded_noise_experiment=true" if weakened
