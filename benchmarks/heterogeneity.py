@@ -34,7 +34,12 @@ import argparse
 import sys
 from pathlib import Path
 
-from securefrl.personalization.benchmark import HETEROGENEITY_FAMILIES, HETEROGENEITY_METHODS, run_heterogeneity
+from securefrl.personalization.benchmark import (
+    HETEROGENEITY_FAMILIES,
+    HETEROGENEITY_METHODS,
+    GridSettings,
+    run_heterogeneity,
+)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -49,6 +54,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--rounds", type=int, default=8)
     ap.add_argument("--local-steps", type=int, default=1024)
     ap.add_argument("--final-episodes", type=int, default=5)
+    ap.add_argument("--client-types", type=int, default=0,
+                    help="clients in this many types (env.client_types); 0: none")
+    ap.add_argument("--type-spread", type=float, default=0.1, help="env.type_spread with --client-types")
     ap.add_argument("--suffix", default="", help="appended to the output names")
     ap.add_argument("--out", type=Path, default=RESULTS, help="output directory")
     ap.add_argument("--summarize-only", action="store_true", help="tabulate the records already written, train nothing")
@@ -57,9 +65,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.quick:
         args.seeds, args.rounds, args.local_steps, args.final_episodes = 1, 2, 256, 1
         args.suffix = args.suffix or "_quick"
-    run_heterogeneity(args.families, args.levels, args.methods, args.seeds, args.clients, args.rounds,
-                             args.local_steps, args.final_episodes, args.out, args.suffix,
-                             log=lambda line: print(line, file=sys.stderr, flush=True), train=not args.summarize_only)
+    grid = GridSettings(args.clients, args.rounds, args.local_steps, args.final_episodes, args.client_types,
+                        args.type_spread)
+    run_heterogeneity(args.families, args.levels, args.methods, args.seeds, grid, args.out, args.suffix,
+                      log=lambda line: print(line, file=sys.stderr, flush=True), train=not args.summarize_only)
     print((args.out / f"heterogeneity{args.suffix}.md").read_text())
 
 

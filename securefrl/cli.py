@@ -165,11 +165,12 @@ def _cmd_speedup(args: argparse.Namespace) -> int:
 
 
 def _cmd_heterogeneity(args: argparse.Namespace) -> int:
-    from securefrl.personalization.benchmark import run_heterogeneity
+    from securefrl.personalization.benchmark import GridSettings, run_heterogeneity
 
     out = Path(args.out)
-    run_heterogeneity([args.family], args.levels, args.methods, args.seeds, args.clients, args.rounds,
-                      args.local_steps, args.final_episodes, out, f"_{args.family}",
+    grid = GridSettings(args.clients, args.rounds, args.local_steps, args.final_episodes, args.client_types,
+                        args.type_spread)
+    run_heterogeneity([args.family], args.levels, args.methods, args.seeds, grid, out, f"_{args.family}",
                       log=None if args.quiet else lambda line: print(line, file=sys.stderr, flush=True))
     print((out / f"heterogeneity_{args.family}.md").read_text())
     stem = f"heterogeneity_{args.family}"
@@ -260,6 +261,9 @@ def build_parser() -> argparse.ArgumentParser:
     het.add_argument("--rounds", type=int, default=4)
     het.add_argument("--local-steps", type=int, default=512)
     het.add_argument("--final-episodes", type=int, default=3)
+    het.add_argument("--client-types", type=int, default=0,
+                     help="draw the clients in this many types (env.client_types); 0: every client its own draw")
+    het.add_argument("--type-spread", type=float, default=0.1, help="env.type_spread with --client-types")
     het.add_argument("--out", default="results/heterogeneity", help="output folder (a rerun continues its records)")
     het.add_argument("--quiet", action="store_true", help="no line per finished run")
     het.set_defaults(func=_cmd_heterogeneity)

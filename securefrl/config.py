@@ -37,9 +37,20 @@ class EnvConfig:
     """Physics parameters fixed for every client (attribute name -> value), e.g. {length = 0.7}."""
     ranges: dict[str, list[float]] = field(default_factory=dict)
     """Custom [low, high] ranges at heterogeneity 1 (attribute name -> [low, high])."""
+    client_types: int = 0
+    """0 = every client draws its own parameters; G >= 1 = clients come in G types (client i is type i mod G):
+    each type's parameters are drawn once, in its own stratum of every range, and each client's lie within
+    type_spread of its type's (the grouped clients of Nadiger et al. and IFCA's clusters)."""
+    type_spread: float = 0.1
+    """With client_types: how far a client's parameters may lie from its type's, as a fraction of the range at
+    the current heterogeneity (0 = the type's exact parameters)."""
 
     def validate(self, path: str) -> None:
         check_range(f"{path}.heterogeneity", self.heterogeneity, 0.0, 1.0)
+        check_range(f"{path}.type_spread", self.type_spread, 0.0, 1.0)
+        if isinstance(self.client_types, bool) or not isinstance(self.client_types, int) or self.client_types < 0:
+            raise ConfigError(f"{path}.client_types",
+                              f"must be an integer >= 0 (0 = no types), got {self.client_types!r}")
         for key, bounds in self.ranges.items():
             if len(bounds) != 2 or not bounds[0] <= bounds[1]:
                 raise ConfigError(f"{path}.ranges.{key}", f"expected [low, high] with low <= high, got {bounds}")

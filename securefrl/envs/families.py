@@ -59,6 +59,12 @@ mec_offloading  channel_gain_db 0, local_cpu_ghz 1.0,              -10–10 dB, 
 See :mod:`securefrl.envs.edge_caching` and :mod:`securefrl.envs.mec_offloading` for the models and why
 the ranges are what they are.
 
+Every family can also be drawn in client *types* (``env.client_types``, :func:`securefrl.envs.spec.draw_client_envs`):
+clients of one type (one kind of device, the cells of one kind of area) have nearly the same parameters and the
+types differ in every parameter. Independent draws at h=1 give every client its own corner of the box, so no
+client has a peer with the same optimal policy and clustered personalization can at best recover local-only
+training; with types it can pool the data of a client's peers (measured in ``benchmarks/RESULTS.md``).
+
 ``hopper`` (:mod:`securefrl.envs.mujoco_hopper`, optional extra ``securefrl[mujoco]``) is continuous
 control with an 11-dimensional state: MuJoCo's Hopper-v5 with per-client shin length (0.35-0.65 m, as
 Jin et al. vary the leg), torso and thigh masses (0.5-1.5x) and foot friction (0.5-3.0, stock 2.0).

@@ -125,6 +125,8 @@ def draw_config_envs(cfg: ExperimentConfig) -> list[EnvSpec]:
         derive_rng(cfg.seed, "env-draw"),
         overrides=cfg.env.overrides or None,
         ranges={k: (v[0], v[1]) for k, v in cfg.env.ranges.items()} or None,
+        client_types=cfg.env.client_types,
+        type_spread=cfg.env.type_spread,
     )
 
 
@@ -135,6 +137,8 @@ def draw_client_envs(
     rng: np.random.Generator,
     overrides: Mapping[str, float | Sequence[float]] | None = None,
     ranges: Mapping[str, tuple[float, float]] | None = None,
+    client_types: int = 0,
+    type_spread: float = 0.1,
 ) -> list[EnvSpec]:
     """Draw each client's environment, reproducibly from ``rng``.
 
@@ -157,6 +161,17 @@ def draw_client_envs(
         ``n_clients`` numbers, one per client.
     ranges
         Replace the range at h=1 of the named parameters by ``(low, high)``.
+    client_types
+        0: every client's quantiles are independent uniforms. ``G >= 1``: client ``i`` is of type ``i mod G``
+        and the clients of a type are alike, as devices of one kind or cells of one area are (the grouped
+        aggregation of Nadiger et al. 2019 and the clusters of IFCA, Ghosh et al. 2020, assume such types).
+        Each type's quantile of a parameter is drawn in its own stratum ``[k/G, (k+1)/G)`` of the range (a
+        Latin hypercube, McKay et al. 1979: which stratum is a random permutation per parameter), so the
+        types differ in every parameter; a client's quantile is its type's plus a uniform offset in
+        ``±type_spread / 2``, clipped to [0, 1]. Draws: ``rng.permuted`` of the strata, then
+        ``rng.random((G, n_params))`` and ``rng.random((n_clients, n_params))``, independent of ``h``.
+    type_spread
+        Width of a type's quantile interval (fraction of the range at level ``h``); with ``client_types``.
 
     Returns
     -------
@@ -196,7 +211,7 @@ def draw_client_envs(
              for name, value in overrides.items()}
 
     names = list(defaults)
-    draws = rng.random((n, len(names)))
+    draws = _quantiles(rng, n, len(names), _check_types(client_types), _check_spread(type_spread))
     specs = []
     for i in range(n):
         params: dict[str, float] = {}
@@ -210,6 +225,29 @@ def draw_client_envs(
                 params[name] = defaults[name]
         specs.append(EnvSpec(env_id, params, family.name if family is not None else None))
     return specs
+
+
+def _quantiles(rng: np.random.Generator, n: int, n_params: int, types: int, spread: float) -> np.ndarray:
+    """``(n, n_params)`` quantiles in [0, 1]: independent, or around stratified type quantiles."""
+    if types == 0:
+        return rng.random((n, n_params))
+    strata = rng.permuted(np.tile(np.arange(types), (n_params, 1)), axis=1).T  # (types, n_params)
+    centre = (strata + rng.random((types, n_params))) / types
+    offset = spread * (rng.random((n, n_params)) - 0.5)
+    return np.clip(centre[np.arange(n) % types] + offset, 0.0, 1.0)
+
+
+def _check_types(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 0:
+        raise ConfigError("client_types", f"must be an integer >= 0 (0 = no types), got {value!r}")
+    return int(value)
+
+
+def _check_spread(value: object) -> float:
+    spread = _check_finite("type_spread", value)
+    if not 0.0 <= spread <= 1.0:
+        raise ConfigError("type_spread", f"must be in [0, 1] (a fraction of the range), got {spread!r}")
+    return spread
 
 
 def _interval(default: float, box: tuple[float, float], h: float) -> tuple[float, float]:

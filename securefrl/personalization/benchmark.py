@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +23,9 @@ import numpy as np
 
 from securefrl.stats import t_interval
 
-__all__ = ["HETEROGENEITY_FAMILIES", "HETEROGENEITY_METHODS", "goal_check", "heterogeneity_jobs", "markdown_table",
-           "plot_family", "run_heterogeneity", "run_heterogeneity_job", "summarize", "t_interval", "train_and_deploy"]
+__all__ = ["HETEROGENEITY_FAMILIES", "HETEROGENEITY_METHODS", "GridSettings", "goal_check", "heterogeneity_jobs",
+           "markdown_table", "plot_family", "run_heterogeneity", "run_heterogeneity_job", "summarize", "t_interval",
+           "train_and_deploy"]
 
 
 def _config(overrides: Sequence[str], vectorized: bool) -> tuple[Any, str]:
@@ -259,29 +261,61 @@ _RUNS: dict[str, list[str]] = {
 }
 
 
+@dataclass(frozen=True)
+class GridSettings:
+    """What every training run of a heterogeneity grid shares (records carry :meth:`record` and are matched on it)."""
+
+    clients: int = 4
+    rounds: int = 8
+    local_steps: int = 1024
+    final_episodes: int = 5
+    client_types: int = 0
+    """> 0: the clients are drawn in that many types (``env.client_types``, :func:`draw_client_envs
+    <securefrl.envs.spec.draw_client_envs>`), so that same-type clients can help each other at every h."""
+    type_spread: float = 0.1
+    """``env.type_spread`` with ``client_types``."""
+
+    def record(self) -> dict[str, Any]:
+        """The settings as records store them (an untyped grid's records carry no type keys)."""
+        out: dict[str, Any] = {"clients": self.clients, "rounds": self.rounds, "local_steps": self.local_steps,
+                               "final_episodes": self.final_episodes}
+        if self.client_types:
+            out |= {"client_types": self.client_types, "type_spread": self.type_spread}
+        return out
+
+    def overrides(self) -> list[str]:
+        """Config overrides of a run of the grid."""
+        out = [f"federation.n_clients={self.clients}", f"federation.rounds={self.rounds}",
+               f"federation.local_steps={self.local_steps}", "federation.eval_episodes=1"]
+        if self.client_types:
+            out += [f"env.client_types={self.client_types}", f"env.type_spread={self.type_spread}"]
+        return out
+
+    def describe(self) -> str:
+        types = f" in {self.client_types} types (spread {self.type_spread:g})" if self.client_types else ""
+        return f"{self.clients} clients{types}, {self.rounds} rounds x {self.local_steps} local steps"
+
+
 def heterogeneity_jobs(families: Sequence[str], levels: Sequence[float], methods: Sequence[str], seeds: int,
-                       clients: int, rounds: int, local_steps: int, final_episodes: int) -> list[dict[str, Any]]:
+                       grid: GridSettings) -> list[dict[str, Any]]:
     """The grid's training runs, seed-major (a stopped grid has whole seeds), local-only first in each cell."""
     runs: list[str] = []
     for m in ["local", *methods]:  # the comparison needs local-only
         run = "finetune" if m in ("fedavg", "finetune") else m
         if run not in runs:
             runs.append(run)
-    return [{"family": f, "h": float(h), "run": run, "seed": seed, "clients": clients, "rounds": rounds,
-             "local_steps": local_steps, "final_episodes": final_episodes}
+    return [{"family": f, "h": float(h), "run": run, "seed": seed, "grid": grid}
             for seed in range(seeds) for f in families for h in levels for run in runs]
 
 
 def run_heterogeneity_job(job: Mapping[str, Any]) -> list[dict[str, Any]]:
     """Train one (family, h, run, seed) of the grid; one record per method it yields."""
-    overrides = [
-        f"seed={job['seed']}", f"env.heterogeneity={job['h']}", f"federation.n_clients={job['clients']}",
-        f"federation.rounds={job['rounds']}", f"federation.local_steps={job['local_steps']}",
-        "federation.eval_episodes=1", *HETEROGENEITY_FAMILIES[job["family"]], *_RUNS[job["run"]],
-    ]
+    grid: GridSettings = job["grid"]
+    overrides = [f"seed={job['seed']}", f"env.heterogeneity={job['h']}", *grid.overrides(),
+                 *HETEROGENEITY_FAMILIES[job["family"]], *_RUNS[job["run"]]]
     deploy = {"fedavg": "global", "finetune": "personal"} if job["run"] == "finetune" else {job["run"]: "personal"}
     common = {"family": job["family"], "h": job["h"], "seed": job["seed"]}
-    return [{**common, **r} for r in train_and_deploy(overrides, deploy, job["final_episodes"],
+    return [{**common, **r} for r in train_and_deploy(overrides, deploy, grid.final_episodes,
                                                        eval_tag="heterogeneity-final-eval")]
 
 
@@ -291,8 +325,8 @@ def _job_key(r: Mapping[str, Any]) -> tuple[str, float, str, int]:
 
 
 def run_heterogeneity(families: Sequence[str], levels: Sequence[float], methods: Sequence[str], seeds: int,
-                      clients: int, rounds: int, local_steps: int, final_episodes: int, out_dir: Path,
-                      suffix: str = "", log: Any = None, train: bool = True) -> list[dict[str, Any]]:
+                      grid: GridSettings, out_dir: Path, suffix: str = "", log: Any = None,
+                      train: bool = True) -> list[dict[str, Any]]:
     """Run (or continue) the grid; write ``heterogeneity{suffix}.jsonl`` (records, appended as each run ends, so a
     stopped grid continues where it stopped), ``.json`` (summary + records), ``.md`` and one PNG per family.
     With ``train=False`` only the records already there are summarised. Returns the summary rows."""
@@ -309,8 +343,8 @@ def run_heterogeneity(families: Sequence[str], levels: Sequence[float], methods:
         raise ValueError(f"unknown methods {bad}; choose from {', '.join(HETEROGENEITY_METHODS)}")
     out_dir.mkdir(parents=True, exist_ok=True)
     stream = out_dir / f"heterogeneity{suffix}.jsonl"
-    jobs = heterogeneity_jobs(families, levels, methods, seeds, clients, rounds, local_steps, final_episodes)
-    settings = {"clients": clients, "rounds": rounds, "local_steps": local_steps, "final_episodes": final_episodes}
+    jobs = heterogeneity_jobs(families, levels, methods, seeds, grid)
+    settings = grid.record()
     records = [r for r in (json.loads(line) for line in stream.read_text().splitlines() if line.strip())
                if r.get("settings") == settings] if stream.exists() else []
     have = {_job_key(r) for r in records}
@@ -339,8 +373,8 @@ def run_heterogeneity(families: Sequence[str], levels: Sequence[float], methods:
     (out_dir / f"heterogeneity{suffix}.json").write_text(
         json.dumps(json_safe({"meta": meta, "summary": rows, "runs": chosen}), indent=1) + "\n")
     lines = ["# Heterogeneity benchmark: FedAvg's penalty and personalization", "",
-             f"{clients} clients, {rounds} rounds x {local_steps} local steps, {seeds} seeds; final return = mean of "
-             f"{final_episodes} greedy episodes per client of the model it deploys. ± = 95% t-interval over seeds. "
+             f"{grid.describe()}, {seeds} seeds; final return = mean of {grid.final_episodes} greedy episodes per "
+             "client of the model it deploys. ± = 95% t-interval over seeds. "
              "worse than local = fraction of clients whose return under the method is below the same client's "
              "local-only return (paired by seed); penalty = local mean - method mean (positive: the method is "
              "worse).", "", *markdown_table(rows), "", "## The issue's goal, per family (paired over seeds)", "",

@@ -304,6 +304,9 @@ def rng() -> np.random.Generator:
         ({"env": "CartPole-v1", "ranges": {"_sutton_barto_reward": (0, 1)}}, "ranges._sutton_barto_reward", "'_'"),
         ({"env": "CartPole-v1", "overrides": {"kinematics_integrator": 1.0}, "heterogeneity": 0.0},
          "overrides.kinematics_integrator", "no plain numeric attribute"),
+        ({"client_types": -1}, "client_types", ">= 0"),
+        ({"client_types": 1.5}, "client_types", ">= 0"),
+        ({"client_types": 2, "type_spread": 1.5}, "type_spread", "[0, 1]"),
     ],
 )
 def test_bad_draw_arguments_raise_config_error(kwargs: dict, field: str, fragment: str) -> None:
@@ -492,3 +495,56 @@ def test_a_plain_gymnasium_id_runs_at_the_default_heterogeneity_with_identical_c
     assert len(specs) == 3 and all(s == specs[0] for s in specs)
     with pytest.warns(NothingVariesWarning, match="env.name='cartpole'"):  # a known family is named as the way out
         draw_client_envs("CartPole-v1", 2, 0.5, np.random.default_rng(0))
+
+
+# --- client types ----------------------------------------------------------------------------
+def quantiles(specs: list[EnvSpec], family: str, h: float = 1.0) -> np.ndarray:
+    """Each client's position in its parameter ranges at level ``h`` (0 = low end, 1 = high end)."""
+    fam = get_family(family)
+    out = []
+    for s in specs:
+        row = []
+        for p in fam.params:
+            lo, hi = (1 - h) * p.default + h * p.low, (1 - h) * p.default + h * p.high
+            row.append((s.params[p.name] - lo) / (hi - lo))
+        out.append(row)
+    return np.asarray(out)
+
+
+@pytest.mark.parametrize("family", ["edge_caching", "mec_offloading", "cartpole"])
+def test_client_types_put_each_type_in_its_own_stratum_and_its_clients_close_together(family: str) -> None:
+    for seed in range(5):
+        exact = quantiles(draw_client_envs(family, 9, 1.0, np.random.default_rng(seed), client_types=3,
+                                           type_spread=0.0), family)
+        for t in range(3):  # spread 0: a type's clients are identical
+            np.testing.assert_allclose(exact[t::3], np.broadcast_to(exact[t], exact[t::3].shape), atol=1e-12)
+        strata = np.floor(exact[:3] * 3).astype(int)  # (type, parameter): a Latin hypercube over the types
+        assert all(sorted(strata[:, j]) == [0, 1, 2] for j in range(strata.shape[1]))
+        near = quantiles(draw_client_envs(family, 9, 1.0, np.random.default_rng(seed), client_types=3,
+                                          type_spread=0.1), family)
+        for t in range(3):
+            assert np.ptp(near[t::3], axis=0).max() <= 0.1 + 1e-9
+            assert np.abs(near[t::3] - exact[t]).max() <= 0.05 + 1e-9
+
+
+def test_client_types_are_reproducible_keep_their_quantiles_across_h_and_vanish_at_h0() -> None:
+    draws = {h: draw_client_envs("edge_caching", 6, h, np.random.default_rng(3), client_types=3)
+             for h in (0.0, 0.5, 1.0)}
+    assert draws[1.0] == draw_client_envs("edge_caching", 6, 1.0, np.random.default_rng(3), client_types=3)
+    assert draws[1.0] != draw_client_envs("edge_caching", 6, 1.0, np.random.default_rng(4), client_types=3)
+    np.testing.assert_allclose(quantiles(draws[0.5], "edge_caching", 0.5), quantiles(draws[1.0], "edge_caching"))
+    assert all(s.params == get_family("edge_caching").defaults() for s in draws[0.0])
+    untyped = draw_client_envs("edge_caching", 6, 1.0, np.random.default_rng(3))
+    assert untyped == draw_client_envs("edge_caching", 6, 1.0, np.random.default_rng(3), client_types=0)
+
+
+def test_client_types_reach_the_federation_from_the_config() -> None:
+    from securefrl.config import load_config
+    from securefrl.envs.spec import draw_config_envs
+
+    cfg = load_config(overrides=["env.name=edge_caching", "env.heterogeneity=1", "federation.n_clients=4",
+                                 "env.client_types=2", "env.type_spread=0"])
+    specs = draw_config_envs(cfg)
+    assert specs[0] == EnvSpec(specs[2].env_id, specs[2].params, specs[2].family) and specs[0] != specs[1]
+    with pytest.raises(ConfigError, match=r"env\.client_types"):
+        load_config(overrides=["env.client_types=-2"])
