@@ -22,9 +22,10 @@ A cell's *final return* is the honest clients' mean greedy return with the globa
 ``tail_rounds`` rounds. Defences: ``fedavg``; any robust rule of :mod:`securefrl.aggregators` (the
 defender assumes ``n_malicious`` Byzantine clients whether or not there is an attack); ``clip``
 (FedAvg with client-side L2 clipping, ``federation.clip_norm``) and ``dp`` (clipping plus local Gaussian
-noise). ``clip`` and ``dp`` run in every client's pipeline, *including the malicious clients'*: that
-models clipping enforced on the wire (e.g. zero-knowledge norm proofs as in RoFL, Lycklama et al. 2023),
-an optimistic assumption under plain SecAgg/CKKS where nobody can check it.
+noise, seeded -- ``secure=False`` -- so every cell reproduces; no cell's attack uses the seed). ``clip`` and
+``dp`` run in every client's pipeline, *including the malicious clients'*: that models clipping enforced
+on the wire (e.g. zero-knowledge norm proofs as in RoFL, Lycklama et al. 2023), an optimistic assumption
+under plain SecAgg/CKKS where nobody can check it.
 
 Invalid combinations (a robust rule under CKKS or SecAgg, Krum with too few clients, ALIE with too many
 attackers, ...) are refused by the configuration layer at construction time; the harness records the
@@ -243,8 +244,8 @@ def _cell_config(m: MatrixConfig, attack: str, defence: str, protocol: str, seed
         fed["clip_norm"] = float(dparams.pop("clip_norm", m.dp_clip))
     elif defence == "dp":
         fed["aggregator"] = "fedavg"
-        pipeline = dp_pipeline("local", float(dparams.pop("clip_norm", m.dp_clip)),
-                               float(dparams.pop("noise_multiplier", m.dp_noise_multiplier)), n_sampled)
+        pipeline = dp_pipeline("local", float(dparams.pop("clip_norm", m.dp_clip)),  # seeded: rows reproducible
+                               float(dparams.pop("noise_multiplier", m.dp_noise_multiplier)), n_sampled, secure=False)
     else:
         fed["aggregator"] = defence
         fed["aggregator_params"] = {"n_malicious": m.n_malicious, **dparams}
@@ -325,7 +326,9 @@ def _run_inference(kind: str, cfg: ExperimentConfig, dp: str, m: MatrixConfig, s
     """Rows ``{metric, value, chance}`` of one inference study."""
     params = dict(m.inference_params.get(kind, {}))
     fedc = cfg.federation
-    pipe = dp_pipeline(dp, m.dp_clip, m.dp_noise_multiplier, sample_size(fedc.n_clients, fedc.client_fraction))
+    # Seeded noise (secure=False): every cell is seeded so its rows reproduce; the studies do not use the seed.
+    pipe = dp_pipeline(dp, m.dp_clip, m.dp_noise_multiplier, sample_size(fedc.n_clients, fedc.client_fraction),
+                       secure=False)
     rows = INFERENCE_ATTACKS.get(kind)(cfg, pipe, params, m, dp, seed)
     _no_leftovers(kind, params)
     return rows
@@ -342,7 +345,8 @@ def _property_study(cfg: ExperimentConfig, pipe: Any, params: dict[str, Any], m:
     prop = params.pop("prop", "pole_length")
     attack = PropertyInference(cfg, prop=prop, n_shadow=int(params.pop("n_shadow", 32)),
                                alpha=float(params.pop("alpha", 0.1)),
-                               shadow_pipeline=dp_pipeline(dp, m.dp_clip, m.dp_noise_multiplier, n_sampled),
+                               shadow_pipeline=dp_pipeline(dp, m.dp_clip, m.dp_noise_multiplier, n_sampled,
+                                                           secure=False),
                                seed=derive_seed(seed, "property-attacker") % (2**31))
     _no_leftovers("property", params)
     fed = make_federation(cfg, pipeline=pipe)

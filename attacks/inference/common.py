@@ -51,14 +51,16 @@ __all__ = [
 DP_PLACEMENTS: tuple[str, ...] = ("none", "local", "distributed")
 
 
-def dp_pipeline(placement: str, clip: float, noise_multiplier: float, n_sampled: int) -> UpdateTransform | None:
+def dp_pipeline(placement: str, clip: float, noise_multiplier: float, n_sampled: int, *, secure: bool = True
+                ) -> UpdateTransform | None:
     """The client update pipeline of a DP setting (``None`` = the federation default, no noise).
 
     ``local``: every client adds ``N(0, (z C)^2)`` to its clipped update (private against the server on its
     own). ``distributed``: every client adds a ``1/n_sampled`` share of that variance, so only the *sum*
     carries the full noise — sound under SecAgg/CKKS, weak under plaintext where the server sees each
     update with its share only (Truex et al. 2019; Kairouz et al. 2021). Both come from
-    :func:`securefrl.privacy.dp_client_pipeline`.
+    :func:`securefrl.privacy.dp_client_pipeline`, with its secure default (OS CSPRNG noise); ``secure=False``
+    seeds the noise from the round loop's streams (the attack matrix does, so its rows are reproducible).
     """
     from securefrl.privacy import dp_client_pipeline
 
@@ -67,7 +69,7 @@ def dp_pipeline(placement: str, clip: float, noise_multiplier: float, n_sampled:
     if placement == "none":
         return None
     return dp_client_pipeline(placement, clip, noise_multiplier,  # type: ignore[arg-type]
-                              min_survivors=n_sampled if placement == "distributed" else None)
+                              min_survivors=n_sampled if placement == "distributed" else None, secure=secure)
 
 
 @dataclass(frozen=True)

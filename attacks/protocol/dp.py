@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from scipy import stats
@@ -17,6 +17,9 @@ from securefrl.config import PrivacySection
 from securefrl.privacy.audit import clopper_pearson_upper
 from securefrl.privacy.federated import ClientLevelDP
 from securefrl.seeding import derive_rng
+
+if TYPE_CHECKING:
+    from securefrl.agents.dp import DPSGDSettings
 
 
 @register
@@ -45,11 +48,12 @@ class NoiseRegeneration:
         """The adversary: the same pipeline on a zero update with the stream the seed determines."""
         return np.asarray(pipe.update(np.zeros(dim), pipe.init(dim), derive_rng(seed, "pipeline", r, c))[0])
 
-    def _distributed_under_secagg(self, section: PrivacySection, seed: int) -> tuple[float, float, str]:
-        n, dim, r = 6, 64, 3
-        dp = ClientLevelDP(replace(section, placement="distributed"), "secagg", n, n, rounds=10)
-        pipe = dp.pipeline()
-        proto = SecAggProtocol(dim, n, clip=dp.required_coordinate_clip())
+    @classmethod
+    def distributed_recovery_error(cls, pipe: Any, coordinate_clip: float, seed: int, n: int = 6) -> float:
+        """Max error of the noise-free mean the adversary gets from one SecAgg round of ``n`` clients, each
+        running ``pipe`` (clip + distributed noise share) with the stream the round loop derives from the seed."""
+        dim, r = 64, 3
+        proto = SecAggProtocol(dim, n, clip=coordinate_clip)
         updates = [u / max(1.0, float(np.linalg.norm(u))) for u in np.random.default_rng(seed).normal(0, 0.3, (n, dim))]
         proto.begin_round(r, range(n))
         payloads = {}
@@ -57,22 +61,32 @@ class NoiseRegeneration:
             noisy, _ = pipe.update(updates[c], pipe.init(dim), derive_rng(seed, "pipeline", r, c))
             payloads[c] = proto.protect(c, r, noisy, 1.0)
         opened = release(proto, proto.combine(r, payloads))
-        regenerated = np.mean([self._regenerated(pipe, dim, seed, r, c) for c in range(n)], axis=0)
-        err = float(np.max(np.abs(opened.mean - regenerated - np.mean(updates, axis=0))))
-        return err, dp.client_noise_std() / math.sqrt(n), dp.noise_label  # std of the noise in the mean
+        regenerated = np.mean([cls._regenerated(pipe, dim, seed, r, c) for c in range(n)], axis=0)
+        return float(np.max(np.abs(opened.mean - regenerated - np.mean(updates, axis=0))))
 
-    def _local_under_plaintext(self, section: PrivacySection, seed: int) -> tuple[float, float, str]:
-        n, dim, r, victim = 6, 64, 3, 4
-        dp = ClientLevelDP(replace(section, placement="local"), "plaintext", n, n, rounds=10)
-        pipe = dp.pipeline()
+    @classmethod
+    def local_recovery_error(cls, pipe: Any, seed: int) -> float:
+        """Max error of the noise-free update the adversary gets from one client's plaintext update, the
+        client running ``pipe`` (clip + local noise) with the stream the round loop derives from the seed."""
+        dim, r, victim = 64, 3, 4
         proto = PlaintextProtocol(dim)
         update = np.random.default_rng(seed).normal(0, 0.3, dim)
         update /= max(1.0, float(np.linalg.norm(update)))
         proto.begin_round(r, [victim])
         noisy, _ = pipe.update(update, pipe.init(dim), derive_rng(seed, "pipeline", r, victim))
         seen = proto.individual_updates(r, {victim: proto.protect(victim, r, noisy, 1.0)})[victim]
-        err = float(np.max(np.abs(seen - self._regenerated(pipe, dim, seed, r, victim) - update)))
-        return err, dp.client_noise_std(), dp.noise_label
+        return float(np.max(np.abs(seen - cls._regenerated(pipe, dim, seed, r, victim) - update)))
+
+    def _distributed_under_secagg(self, section: PrivacySection, seed: int) -> tuple[float, float, str]:
+        n = 6
+        dp = ClientLevelDP(replace(section, placement="distributed"), "secagg", n, n, rounds=10)
+        err = self.distributed_recovery_error(dp.pipeline(), dp.required_coordinate_clip(), seed, n)
+        return err, dp.client_noise_std() / math.sqrt(n), dp.noise_label  # std of the noise in the mean
+
+    def _local_under_plaintext(self, section: PrivacySection, seed: int) -> tuple[float, float, str]:
+        n = 6
+        dp = ClientLevelDP(replace(section, placement="local"), "plaintext", n, n, rounds=10)
+        return self.local_recovery_error(dp.pipeline(), seed), dp.client_noise_std(), dp.noise_label
 
     def run(self, weakened: bool, seed: int) -> ProtocolAttackOutcome:
         section = PrivacySection(placement="local", clip_norm=1.0, noise_multiplier=1.0,
@@ -116,22 +130,27 @@ class DPSGDNoiseRegeneration:
     name = "dpsgd_noise_regeneration"
     threat_model = __doc__ or ""
 
-    def run(self, weakened: bool, seed: int) -> ProtocolAttackOutcome:
+    @staticmethod
+    def recovery_error(settings: DPSGDSettings, seed: int) -> tuple[float, float]:
+        """``(max error of the noise-free gradient the adversary recovers, per-coordinate noise std)``.
+
+        The victim is a DQN client whose agent has DP-SGD with ``settings``, enabled with the stream the
+        federation derives from the seed; the adversary rebuilds it with the same settings but seeded noise
+        (``secure=False``), which is what it can do if the victim's noise is seeded.
+        """
         import gymnasium as gym
         import torch
 
-        from securefrl.agents.dp import DPSGDSettings, enable_dp_sgd, replay_rate
+        from securefrl.agents.dp import enable_dp_sgd, replay_rate
         from securefrl.agents.registry import make_agent
 
-        client, z, clip = 2, 1.0, 1.0
+        client = 2
         q, expected = replay_rate(64, 256)  # a Poisson batch of expected size 64 from the 256 stored transitions
         params = {"hidden": (16,), "batch_sampling": "poisson", "learning_starts": 10_000, "n_envs": 1}
-        section = PrivacySection(dpsgd=True, dpsgd_noise_multiplier=z, dpsgd_max_grad_norm=clip,
-                                 seeded_noise_experiment=weakened)
 
-        def agent_with(settings: DPSGDSettings) -> Any:
+        def agent_with(s: DPSGDSettings) -> Any:
             agent = make_agent("dqn", lambda: gym.make("CartPole-v1"), params, seed=seed)
-            enable_dp_sgd(agent, settings, derive_rng(seed, "dpsgd-noise", client))  # as the Federation does
+            enable_dp_sgd(agent, s, derive_rng(seed, "dpsgd-noise", client))  # as the Federation does
             return agent
 
         def released(agent: Any, batch: dict | None) -> np.ndarray:
@@ -140,18 +159,23 @@ class DPSGDNoiseRegeneration:
             agent.dpsgd.backward(lambda: agent.compute_loss(batch), n, expected, q)
             return torch.cat([p.grad.reshape(-1) for p in agent.dpsgd.optimizer.params]).numpy().astype(np.float64)
 
-        victim = agent_with(DPSGDSettings.from_privacy(section))
+        victim = agent_with(settings)
         victim.learn(256)  # collection only (learning_starts is not reached): a replay buffer of real transitions
         batch = victim.replay.sample(64, np.random.default_rng(seed))
         observed = released(victim, batch)
         # The same agent (same seed, untrained: equal weights), the same clipping, no noise: the truth.
-        clean_agent = agent_with(DPSGDSettings(0.0, clip, secure=False))
-        clean = released(clean_agent, batch)
-        # The adversary: the federation's seeded construction, releasing noise alone.
-        seeded = replace(section, seeded_noise_experiment=True)
-        noise = released(agent_with(DPSGDSettings.from_privacy(seeded)), None)
+        clean = released(agent_with(replace(settings, noise_multiplier=0.0, secure=False)), batch)
+        # The adversary: the seeded construction, releasing noise alone.
+        noise = released(agent_with(replace(settings, secure=False)), None)
         err = float(np.max(np.abs(observed - noise - clean)))
-        std = z * clip / expected  # per-coordinate noise std of the released gradient
+        return err, settings.noise_multiplier * settings.max_grad_norm / expected  # std of the released gradient
+
+    def run(self, weakened: bool, seed: int) -> ProtocolAttackOutcome:
+        from securefrl.agents.dp import DPSGDSettings
+
+        section = PrivacySection(dpsgd=True, dpsgd_noise_multiplier=1.0, dpsgd_max_grad_norm=1.0,
+                                 seeded_noise_experiment=weakened)
+        err, std = self.recovery_error(DPSGDSettings.from_privacy(section), seed)
         ok = err < 1e-3 * std
         target = ("plaintext, DP-SGD, privacy.seeded_noise_experiment=true" if weakened
                   else "plaintext, DP-SGD, default (OS CSPRNG noise)")

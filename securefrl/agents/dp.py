@@ -80,7 +80,11 @@ STATE_VERSION = 1
 
 @dataclass(frozen=True)
 class DPSGDSettings:
-    """Record-level DP-SGD parameters of one agent (built from the config's ``privacy`` section)."""
+    """Record-level DP-SGD parameters of one agent (built from the config's ``privacy`` section).
+
+    Secure by default, like the config path: ``DPSGDSettings(z, C)`` draws its noise from the OS CSPRNG;
+    seeded noise needs ``secure=False`` explicitly (plus a seeded generator for :func:`enable_dp_sgd`).
+    """
 
     noise_multiplier: float = 1.0
     """z: Gaussian noise of std z * C on each step's sum of clipped per-sample gradients."""
@@ -92,8 +96,10 @@ class DPSGDSettings:
     """Opacus accountant of the record-level epsilon: rdp or prv."""
     delta: float = 1e-5
     """delta of the reported record-level (epsilon, delta)."""
-    secure: bool = False
-    """Noise from the OS CSPRNG instead of a torch generator seeded from the agent's rng (reproducible)."""
+    secure: bool = True
+    """Noise (and the Poisson sample) from the OS CSPRNG, the default as on the config path; ``False`` draws them
+    from a torch generator seeded from the rng given to :func:`enable_dp_sgd` (reproducible experiments only:
+    whoever has the seed regenerates the noise and removes it)."""
 
     def validate(self, path: str = "privacy") -> None:
         """Refuse settings no step could run with, naming the config field."""
@@ -128,13 +134,13 @@ class DPSGDSettings:
 
 
 # --- Poisson sampling -----------------------------------------------------------------------
-def poisson_indices(n: int, q: float, rng: np.random.Generator, secure: bool = False) -> np.ndarray:
+def poisson_indices(n: int, q: float, rng: np.random.Generator, secure: bool = True) -> np.ndarray:
     """Indices of a Poisson sample of ``range(n)``: each included independently with probability ``q``.
 
     The batch size is Binomial(n, q), possibly 0 -- the sampling the subsampled-Gaussian accountants analyse.
-    One uniform draw per record from the agent's seeded numpy stream, or with ``secure`` from the OS CSPRNG:
-    amplification by sampling assumes the adversary does not know the sample, and a seeded sample is known
-    to whoever has the seed.
+    One uniform draw per record from the OS CSPRNG (the default), or with ``secure=False`` from the agent's
+    seeded numpy stream ``rng`` (experiments): amplification by sampling assumes the adversary does not know
+    the sample, and a seeded sample is known to whoever has the seed.
     """
     if not 0 < q <= 1:
         raise ConfigError("sample_rate", f"must lie in (0, 1], got {q!r}")
@@ -151,9 +157,12 @@ def replay_rate(batch_size: int, stored: int) -> tuple[float, float]:
     return q, q * stored
 
 
-def poisson_replay_batch(replay: ReplayBuffer, batch_size: int, rng: np.random.Generator, secure: bool = False
+def poisson_replay_batch(replay: ReplayBuffer, batch_size: int, rng: np.random.Generator, secure: bool = True
                          ) -> dict[str, torch.Tensor]:
-    """A Poisson sample of the stored transitions, expected size ``batch_size`` (rate :func:`replay_rate`)."""
+    """A Poisson sample of the stored transitions, expected size ``batch_size`` (rate :func:`replay_rate`).
+
+    Drawn from the OS CSPRNG unless ``secure=False`` (then from ``rng``), as in :func:`poisson_indices`.
+    """
     q, _ = replay_rate(batch_size, len(replay))
     idx = poisson_indices(len(replay), q, rng, secure)
     return {
@@ -382,7 +391,8 @@ def check_agent_for_dp_sgd(name: str, agent_config: Any, path: str = "agent.para
 def enable_dp_sgd(agent: Agent, settings: DPSGDSettings, rng: np.random.Generator | None) -> RecordDPSGD:
     """Turn on record-level DP-SGD for every later gradient step of ``agent``; returns (and sets) ``agent.dpsgd``.
 
-    ``rng`` seeds the noise (ignored with ``settings.secure``). Call before training: steps taken
+    ``rng`` seeds the noise only with ``settings.secure=False`` (experiments); by default it is ignored and the
+    noise comes from the OS CSPRNG. Call before training: steps taken
     earlier are not private and are not accounted.
     """
     check_agent_for_dp_sgd(agent.name, getattr(agent, "config", None), "config")

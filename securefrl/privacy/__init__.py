@@ -1,7 +1,8 @@
 """Differential privacy for federated RL: clipping, Gaussian noise placements, accounting and auditing.
 
 * :mod:`.clipping` — fixed and adaptive (Andrew et al. 2021) per-client clipping for DP-FedAvg.
-* :mod:`.noise` — central, distributed and local Gaussian noise; seeded (experiments) or secure.
+* :mod:`.noise` — central, distributed and local Gaussian noise; OS CSPRNG by default, seeded (experiments)
+  only with ``secure=False``.
 * :mod:`.accounting` — Opacus RDP / PRV accountants, noise calibration, a budget that stops training.
 * :mod:`.audit` — empirical lower bounds on epsilon from a canary-client test (Jagielski et al. 2020).
 * :mod:`.dpsgd` — record-level DP-SGD inside an agent through Opacus's per-sample gradients.

@@ -156,6 +156,8 @@ def audit_gaussian_mechanism(
     ``claimed_epsilon`` defaults to the accountant's epsilon for one full-participation step with
     ``noise_multiplier``. ``mechanism_noise_multiplier`` (default: the claimed ``noise_multiplier``)
     is what the mechanism really uses — set it lower to check that the audit catches under-noising.
+    The noise is drawn from ``rng`` (seeded, reproducible audits; warns once like any seeded noise): the
+    audit simulates the mechanism's distribution and releases nothing.
     """
     clip = positive("clip", clip)
     z_claim = positive("noise_multiplier", noise_multiplier)
@@ -183,10 +185,12 @@ def audit_gaussian_mechanism(
     canary = clip * direction
     others = [rng.normal(size=dim) * clip for _ in range(n_clients)]  # fixed neighbours: worst case
     clipper = clip_by_l2_norm(clip)
+    # Seeded from ``rng`` on purpose: the audit is a reproducible simulation of the mechanism whose noise is
+    # never released, so the library's secure default (OS CSPRNG) is not needed here.
     noiser = (
-        add_local_noise(clip, z_mech)
+        add_local_noise(clip, z_mech, secure=False)
         if placement == "local"
-        else add_distributed_noise(clip, z_mech, n_clients + 1)
+        else add_distributed_noise(clip, z_mech, n_clients + 1, secure=False)
         if placement == "distributed"
         else None
     )
@@ -199,7 +203,7 @@ def audit_gaussian_mechanism(
                 clipped, _ = noiser.update(clipped, None, rng)
             total += clipped
         if placement == "central":
-            total = add_central_noise(total, clip, z_mech, rng)
+            total = add_central_noise(total, clip, z_mech, rng, secure=False)
         return float(total @ direction)
 
     scores_without = np.array([run(False) for _ in range(n_trials)])

@@ -90,12 +90,14 @@ def noisy_unclipped_fraction(
     count_stddev: float,
     rng: np.random.Generator | None,
     *,
-    secure: bool = False,
+    secure: bool = True,
 ) -> float:
     """Central release of the unclipped fraction ``(sum(b_i - 1/2) + N(0, sigma_b^2)) / m + 1/2``.
 
     ``m`` is the *expected* number of clients per round: under Poisson client sampling the actual
-    number is itself private (Andrew et al. 2021, Algorithm 1). The result may fall outside [0, 1].
+    number is itself private (Andrew et al. 2021, Algorithm 1). The result may fall outside [0, 1]. The noise
+    comes from the OS CSPRNG unless ``secure=False`` (then from ``rng``: experiments), as in
+    :func:`securefrl.privacy.noise.gaussian_noise`.
     """
     if not math.isfinite(centered_bit_sum):
         raise UpdateRejectedError(f"centred bit sum must be finite, got {centered_bit_sum!r}")

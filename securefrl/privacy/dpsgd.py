@@ -95,7 +95,8 @@ def dp_optimizer(optimizer: torch.optim.Optimizer, rng: np.random.Generator | No
                                   else SecureDPOptimizer)
         return cls(optimizer, generator=None, secure_mode=False, **kwargs)
     if not isinstance(rng, np.random.Generator):
-        raise ConfigError("rng", "seeded DP-SGD needs an explicit numpy.random.Generator (or secure=True)")
+        raise ConfigError("rng", "seeded DP-SGD (secure=False) needs an explicit numpy.random.Generator; the default, "
+                          "secure=True, needs none")
     _warn_seeded_once()
     generator = torch.Generator().manual_seed(int(rng.integers(0, 2**63 - 1)))
     base = DPOptimizerFastGradientClipping if fast_gradient_clipping else DPOptimizer
@@ -255,14 +256,15 @@ def make_dp_sgd(
     rng: np.random.Generator | None,
     *,
     grad_sample_mode: GradSampleMode = "hooks",
-    secure: bool = False,
+    secure: bool = True,
 ) -> tuple[AbstractGradSampleModule, DPOptimizer]:
     """Wrap ``module`` / ``optimizer`` for DP-SGD; returns ``(grad_sample_module, dp_optimizer)``.
 
     Train with the returned module (it shares parameters with ``module``) and call
     ``dp_optimizer.zero_grad()`` / ``loss.backward()`` / ``dp_optimizer.step()`` as usual; the loss must
-    be a *mean* over the batch. Seeded mode draws the noise from a torch generator seeded from ``rng``
-    (warns once: not for deployment); ``secure=True`` draws it from the OS CSPRNG (:class:`SecureDPOptimizer`).
+    be a *mean* over the batch. By default the noise comes from the OS CSPRNG (:class:`SecureDPOptimizer`) and
+    ``rng`` is ignored; ``secure=False`` draws it from a torch generator seeded from ``rng`` (experiments,
+    warns once: not for deployment).
     """
     if grad_sample_mode not in GRAD_SAMPLE_MODES:
         raise ConfigError("grad_sample_mode", f"must be one of {GRAD_SAMPLE_MODES}, got {grad_sample_mode!r}")

@@ -18,9 +18,11 @@ Distributed and local noise protect what a participating client sends (zero-out 
 replaced by zeros). They do not hide participation: whoever sees who took part sees it, and an extra
 participant adds an extra noise share, which shows in the variance of the sum.
 
-Noise comes either from an explicit seeded ``numpy.random.Generator`` (experiments: reproducible, and
-:class:`SeededNoiseWarning` says once per process that this is not for deployment) or, with
-``secure=True``, from the operating system's CSPRNG (:func:`secure_gaussian`).
+Every function here is secure by default, as the config path is: noise comes from the operating system's
+CSPRNG (:func:`secure_gaussian`) and any ``rng`` passed is ignored. Seeded noise needs ``secure=False``
+explicitly together with a ``numpy.random.Generator`` (experiments: reproducible, and
+:class:`SeededNoiseWarning` says once per process that this is not for deployment, since whoever has the
+seed regenerates the noise and removes it).
 """
 
 from __future__ import annotations
@@ -69,8 +71,8 @@ def _warn_seeded_once() -> None:
         warnings.warn(
             "DP noise is drawn from a seeded numpy Generator: reproducible for experiments, but predictable to "
             "anyone who knows the seed and open to floating-point attacks. It is what "
-            "privacy.seeded_noise_experiment = true asks for; leave it false (the default) for OS CSPRNG noise "
-            "(secure=True in the Python API).",
+            "privacy.seeded_noise_experiment = true (secure=False in the Python API) asks for; leave the flag false "
+            "and secure at its default (True) for OS CSPRNG noise.",
             SeededNoiseWarning,
             stacklevel=3,
         )
@@ -129,9 +131,10 @@ def secure_gaussian(std: float, size: int | tuple[int, ...]) -> np.ndarray:
 
 
 def gaussian_noise(
-    std: float, size: int | tuple[int, ...], rng: np.random.Generator | None, *, secure: bool = False
+    std: float, size: int | tuple[int, ...], rng: np.random.Generator | None, *, secure: bool = True
 ) -> np.ndarray:
-    """``N(0, std^2)`` noise: from ``rng`` (experiments, warns once) or, if ``secure``, from the OS CSPRNG.
+    """``N(0, std^2)`` noise: from the OS CSPRNG (default) or, with ``secure=False``, from ``rng`` (experiments,
+    warns once).
 
     In secure mode ``rng`` is ignored on purpose: deployment noise must not be reproducible.
     """
@@ -139,7 +142,8 @@ def gaussian_noise(
     if secure:
         return secure_gaussian(std, size)
     if not isinstance(rng, np.random.Generator):
-        raise ConfigError("rng", "seeded noise needs an explicit numpy.random.Generator (or secure=True)")
+        raise ConfigError("rng", "seeded noise (secure=False) needs an explicit numpy.random.Generator; the default, "
+                          "secure=True, needs none")
     _warn_seeded_once()
     return rng.normal(0.0, std, size) if std > 0 else np.zeros(size, dtype=np.float64)
 
@@ -150,13 +154,13 @@ def add_central_noise(
     noise_multiplier: float,
     rng: np.random.Generator | None,
     *,
-    secure: bool = False,
+    secure: bool = True,
 ) -> np.ndarray:
     """Add ``N(0, (z C)^2)`` to an aggregate sum of clipped updates (central DP-FedAvg, McMahan et al. 2018).
 
     Only allowed where the protocol reveals the sum to a party trusted to add the noise (plaintext
     aggregation, or the CKKS key holder after ``open``): that party sees the un-noised sum. Where no
-    party may see it, use distributed noise instead.
+    party may see it, use distributed noise instead. OS CSPRNG noise unless ``secure=False`` (then ``rng``).
     """
     arr = check_finite(sum_vec)
     std = positive("clip", clip) * non_negative("noise_multiplier", noise_multiplier)
@@ -227,10 +231,11 @@ def _noise_transform(name: str, clip: float, std: float, secure: bool) -> Update
     return UpdateTransform(name, init, update)
 
 
-def add_local_noise(clip: float, noise_multiplier: float, *, secure: bool = False) -> UpdateTransform:
+def add_local_noise(clip: float, noise_multiplier: float, *, secure: bool = True) -> UpdateTransform:
     """Transform adding the full ``N(0, (z C)^2)`` to one client's clipped update (local DP).
 
-    Each update is then private on its own, against the server and everyone else.
+    Each update is then private on its own, against the server and everyone else. The noise comes from the
+    OS CSPRNG unless ``secure=False`` (then from the ``rng`` the pipeline's ``update`` is given: experiments).
     """
     c = positive("clip", clip)
     z = non_negative("noise_multiplier", noise_multiplier)
@@ -238,12 +243,13 @@ def add_local_noise(clip: float, noise_multiplier: float, *, secure: bool = Fals
 
 
 def add_distributed_noise(
-    clip: float, noise_multiplier: float, min_survivors: int, *, secure: bool = False, max_colluding: int = 0
+    clip: float, noise_multiplier: float, min_survivors: int, *, secure: bool = True, max_colluding: int = 0
 ) -> UpdateTransform:
     """Transform adding one client's share ``N(0, (z C)^2 / m_min)`` of the aggregate noise.
 
     Sound only under secure aggregation that reveals just the sum; any ``m >= m_min`` surviving shares
-    give at least the claimed noise (report :func:`survivor_noise_multiplier` to the accountant).
+    give at least the claimed noise (report :func:`survivor_noise_multiplier` to the accountant). OS CSPRNG
+    noise unless ``secure=False`` (then the ``rng`` given to ``update``: experiments).
     """
     c = positive("clip", clip)
     z = non_negative("noise_multiplier", noise_multiplier)
@@ -258,12 +264,13 @@ def dp_client_pipeline(
     noise_multiplier: float,
     *,
     min_survivors: int | None = None,
-    secure: bool = False,
+    secure: bool = True,
     max_colluding: int = 0,
 ) -> UpdateTransform:
     """Client pipeline ``check_finite -> clip -> noise`` for the given noise placement.
 
     For ``"central"`` the client only clips; the aggregator calls :func:`add_central_noise` on the sum.
+    Secure noise by default; ``secure=False`` for seeded, reproducible experiments.
     """
     if placement not in PLACEMENTS:
         raise ConfigError("placement", f"must be one of {PLACEMENTS}, got {placement!r}")

@@ -76,9 +76,10 @@ class VFRLConfig:
     """Gaussian noise ``N(0, (noise_multiplier * embedding_clip)^2)`` added per coordinate to every released
     (clipped) embedding; needs ``embedding_clip``. The privacy unit is one partial observation in one
     release; repeated releases of the same observation are counted, not composed into an epsilon."""
-    secure_noise: bool = False
-    """Draw embedding noise from the OS CSPRNG (deployment) instead of the seeded generator (experiments;
-    reproducible but predictable to whoever knows the seed)."""
+    secure_noise: bool = True
+    """Draw embedding noise from the OS CSPRNG (the default, as everywhere in securefrl); ``False`` draws it from
+    the generator seeded from the run's seed (experiments: reproducible, but whoever knows the seed regenerates
+    the noise and removes it)."""
     max_message_bytes: int = 1 << 24
     """Largest wire message any node accepts; checked before parsing."""
 

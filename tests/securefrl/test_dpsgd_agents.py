@@ -53,7 +53,8 @@ def make(algo: str, mode: str | None = None, z: float = 0.0, clip: float = INF, 
     else:
         agent = PPOAgent(env_fn, PPOConfig(**{**PPO_KW, **kw}), seed=seed)  # type: ignore[arg-type]
     if mode is not None:
-        enable_dp_sgd(agent, DPSGDSettings(z, clip, mode), np.random.default_rng(noise_seed))
+        # Seeded noise and sample (secure=False): the tests compare runs bit for bit.
+        enable_dp_sgd(agent, DPSGDSettings(z, clip, mode, secure=False), np.random.default_rng(noise_seed))
     return agent
 
 
@@ -61,7 +62,7 @@ STEPS = {"dqn": 300, "ppo": 64}
 
 
 def dqn_batch(agent: DQNAgent, seed: int = 7) -> dict[str, torch.Tensor]:
-    return poisson_replay_batch(agent.replay, agent.config.batch_size, np.random.default_rng(seed))
+    return poisson_replay_batch(agent.replay, agent.config.batch_size, np.random.default_rng(seed), secure=False)
 
 
 def ppo_batch(agent: PPOAgent, n: int = 24, seed: int = 7) -> dict[str, torch.Tensor]:
@@ -279,7 +280,7 @@ def test_poisson_replay_sampling_rate_matches_q() -> None:
     rng = np.random.default_rng(2024)
     sizes, counts = np.zeros(draws), np.zeros(n)
     for i in range(draws):
-        batch = poisson_replay_batch(replay, b, rng)
+        batch = poisson_replay_batch(replay, b, rng, secure=False)
         picked = batch["obs"][:, 0].numpy().astype(int)
         assert len(np.unique(picked)) == len(picked)  # without replacement within a step
         sizes[i] = len(picked)
@@ -292,7 +293,7 @@ def test_poisson_replay_sampling_rate_matches_q() -> None:
 def test_poisson_indices_for_ppo_minibatches() -> None:
     # Rollout of 256 rows, 4 minibatches -> q = 0.25; 4000 draws: mean size 64 with std 0.11 (tolerance 5 std).
     rng = np.random.default_rng(7)
-    sizes = np.array([len(poisson_indices(256, 0.25, rng)) for _ in range(4000)])
+    sizes = np.array([len(poisson_indices(256, 0.25, rng, secure=False)) for _ in range(4000)])
     assert abs(sizes.mean() - 64) < 5 * math.sqrt(256 * 0.25 * 0.75 / 4000)
     assert len(poisson_indices(256, 1.0, rng)) == 256
     with pytest.raises(ConfigError):
@@ -300,12 +301,13 @@ def test_poisson_indices_for_ppo_minibatches() -> None:
 
 
 def test_secure_poisson_sample_ignores_the_seeded_stream() -> None:
-    # With secure noise the sample comes from the OS CSPRNG: the same seeded stream does not regenerate it.
-    a = poisson_indices(4096, 0.25, np.random.default_rng(7), secure=True)
+    # With secure noise (the default) the sample comes from the OS CSPRNG: the same seeded stream does not
+    # regenerate it. Only secure=False samples from the stream.
+    a = poisson_indices(4096, 0.25, np.random.default_rng(7))
     b = poisson_indices(4096, 0.25, np.random.default_rng(7), secure=True)
     assert not np.array_equal(a, b)
-    assert np.array_equal(poisson_indices(4096, 0.25, np.random.default_rng(7)),
-                          poisson_indices(4096, 0.25, np.random.default_rng(7)))
+    assert np.array_equal(poisson_indices(4096, 0.25, np.random.default_rng(7), secure=False),
+                          poisson_indices(4096, 0.25, np.random.default_rng(7), secure=False))
     sizes = np.array([len(poisson_indices(256, 0.25, np.random.default_rng(0), secure=True)) for _ in range(2000)])
     assert abs(sizes.mean() - 64) < 5 * math.sqrt(256 * 0.25 * 0.75 / 2000)
 

@@ -126,7 +126,7 @@ def test_adaptive_clip_tracks_target_quantile_of_update_norms() -> None:
                 update *= rng.lognormal(0.0, 0.5) / np.linalg.norm(update)
                 _, bit = clip_with_indicator(update, state.clip_norm)
                 bits += bit
-            frac = noisy_unclipped_fraction(bits, clients_per_round, state.count_stddev, rng)
+            frac = noisy_unclipped_fraction(bits, clients_per_round, state.count_stddev, rng, secure=False)
             state = adaptive_clip_update(state, frac)
             history.append(state.clip_norm)
         assert np.mean(history[-50:]) == pytest.approx(expected, rel=0.15)
@@ -156,7 +156,7 @@ def test_adaptive_clip_state_json_round_trip_and_validation() -> None:
 
 def test_local_noise_std_within_2_percent_of_z_times_clip() -> None:
     clip, z = 0.5, 1.3
-    transform = add_local_noise(clip, z)
+    transform = add_local_noise(clip, z, secure=False)  # seeded: the statistical tests state their seed
     out, _ = transform.update(np.zeros(N_COORDS), None, np.random.default_rng(31))
     assert out.std() == pytest.approx(z * clip, rel=STD_TOL)
     assert abs(out.mean()) < 5 * z * clip / math.sqrt(N_COORDS)
@@ -165,7 +165,7 @@ def test_local_noise_std_within_2_percent_of_z_times_clip() -> None:
 def test_central_noise_std_within_2_percent() -> None:
     clip, z = 2.0, 0.8
     total = np.full(N_COORDS, 3.0)
-    noised = add_central_noise(total, clip, z, np.random.default_rng(32))
+    noised = add_central_noise(total, clip, z, np.random.default_rng(32), secure=False)
     assert (noised - total).std() == pytest.approx(z * clip, rel=STD_TOL)
 
 
@@ -184,15 +184,18 @@ def test_secure_noise_std_within_2_percent_and_not_reproducible() -> None:
 
 
 def test_seeded_noise_is_reproducible() -> None:
-    a = gaussian_noise(1.0, 32, np.random.default_rng(5))
-    b = gaussian_noise(1.0, 32, np.random.default_rng(5))
+    a = gaussian_noise(1.0, 32, np.random.default_rng(5), secure=False)
+    b = gaussian_noise(1.0, 32, np.random.default_rng(5), secure=False)
     np.testing.assert_array_equal(a, b)
+    # Only by asking: the default is the OS CSPRNG, and the generator is then ignored.
+    assert not np.array_equal(gaussian_noise(1.0, 32, np.random.default_rng(5)),
+                              gaussian_noise(1.0, 32, np.random.default_rng(5)))
 
 
 def test_distributed_shares_sum_to_full_variance_and_report_survivor_multiplier() -> None:
     clip, z, m_min = 1.0, 1.1, 5
     rng = np.random.default_rng(33)
-    share = add_distributed_noise(clip, z, m_min)
+    share = add_distributed_noise(clip, z, m_min, secure=False)
     assert distributed_noise_std(clip, z, m_min) == pytest.approx(z * clip / math.sqrt(m_min))
     for survivors in (m_min, m_min + 4):
         total = np.zeros(N_COORDS)
@@ -223,14 +226,16 @@ def test_seeded_noise_warns_once_per_process(monkeypatch: pytest.MonkeyPatch) ->
         secure_gaussian(1.0, 4)
         assert not caught  # secure noise does not warn
         gaussian_noise(1.0, 4, np.random.default_rng(0))
-        gaussian_noise(1.0, 4, np.random.default_rng(1))
+        assert not caught  # nor does the default, which is secure
+        gaussian_noise(1.0, 4, np.random.default_rng(0), secure=False)
+        gaussian_noise(1.0, 4, np.random.default_rng(1), secure=False)
     assert [w.category for w in caught] == [SeededNoiseWarning]
 
 
 @pytest.mark.parametrize(
     ("call", "field"),
     [
-        (lambda: gaussian_noise(1.0, 4, None), "rng"),
+        (lambda: gaussian_noise(1.0, 4, None, secure=False), "rng"),
         (lambda: add_local_noise(0.0, 1.0), "clip"),
         (lambda: add_distributed_noise(1.0, -1.0, 3), "noise_multiplier"),
         (lambda: add_distributed_noise(1.0, 1.0, 0), "min_survivors"),
