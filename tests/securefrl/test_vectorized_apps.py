@@ -125,3 +125,22 @@ def test_heterogeneity_command_writes_json_markdown_and_png(tmp_path, capsys):
     assert len(before.splitlines()) == 6  # per h: local, and the FedAvg run's fedavg + finetune records
     assert main(argv) == 0  # a rerun continues from the records: nothing left to train
     assert stream.read_text() == before
+
+
+def test_a_typed_heterogeneity_grid_draws_client_types_and_keeps_its_records_apart(tmp_path, capsys):
+    from securefrl.cli import main
+
+    argv = ["heterogeneity", "edge_caching", "--levels", "1", "--methods", "fedavg", "--seeds", "1", "--clients", "4",
+            "--rounds", "1", "--local-steps", "32", "--final-episodes", "1", "--out", str(tmp_path), "--quiet"]
+    assert main([*argv, "--client-types", "2", "--type-spread", "0"]) == 0
+    out = json.loads((tmp_path / "heterogeneity_edge_caching.json").read_text())
+    physics = out["runs"][0]["physics"]
+    assert physics[0] == physics[2] != physics[1] == physics[3]  # spread 0: a type's clients are identical
+    assert all(r["settings"]["client_types"] == 2 for r in out["runs"])
+    assert "4 clients in 2 types (spread 0)" in (tmp_path / "heterogeneity_edge_caching.md").read_text()
+    typed = (tmp_path / "heterogeneity_edge_caching.jsonl").read_text()
+    assert main(argv) == 0  # the untyped grid does not reuse the typed records: it trains its own
+    untyped = json.loads((tmp_path / "heterogeneity_edge_caching.json").read_text())["runs"]
+    assert len((tmp_path / "heterogeneity_edge_caching.jsonl").read_text()) > len(typed)
+    assert all("client_types" not in r["settings"] for r in untyped) and untyped[0]["physics"][0] != physics[0]
+    capsys.readouterr()
