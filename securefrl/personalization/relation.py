@@ -16,6 +16,14 @@ clients' locally trained models, with weights learned from how similar their upd
   (completing the square), with ``s_ij`` the cosine similarity of the updates of ``i`` and ``j``, kept as
   an exponential moving average over the rounds (the learned relation graph).
 
+A client's similarity to itself is taken to be that of its closest peer, ``s_ii = max_{j != i} s_ij``,
+not 1. Why: local RL updates are mostly noise, so the cosine of two clients' updates is small even when
+they need the same policy (measured on edge caching with two client types, 8 clients: 0.03-0.11 within a
+type, -0.01-0.06 across); with ``s_ii = 1`` the projection gave every client 0.95 of its own model at the
+default alpha and the method was local-only training (``test_a_client_is_as_related_to_itself_as_to_its_
+closest_peer``). With the peer rule the weights follow the *differences* between peers' similarities:
+uniform (FedAvg) when every peer looks alike, concentrated on the like clients when some are.
+
 Properties (tested): if every client sends the same update, ``s_i`` is constant, the projection returns
 ``p`` and the round is exactly FedAvg; ``alpha = 0`` is FedAvg whatever the updates; with two clusters of
 opposite update directions the weights concentrate within each cluster as ``alpha`` grows.
@@ -95,11 +103,14 @@ def cosine_similarity(updates: np.ndarray, eps: float = 1e-12) -> np.ndarray:
 
 
 def relation_weights(similarity: np.ndarray, alpha: float, prior: np.ndarray | None = None) -> np.ndarray:
-    """Row-stochastic ``(n, n)`` weights: row ``i`` is ``Proj_simplex(prior + alpha/2 * similarity[i])``."""
-    s = np.asarray(similarity, dtype=np.float64)
+    """Row-stochastic ``(n, n)`` weights: row ``i`` is ``Proj_simplex(prior + alpha/2 * s_i)``, where ``s`` is
+    ``similarity`` with each diagonal entry replaced by the row's largest off-diagonal one (see the module)."""
+    s = np.array(similarity, dtype=np.float64)
     n = s.shape[0]
     if s.shape != (n, n):
         raise ValueError(f"similarity must be square, got shape {s.shape}")
+    if n > 1:
+        np.fill_diagonal(s, np.max(np.where(np.eye(n, dtype=bool), -np.inf, s), axis=1))
     if not alpha >= 0.0:
         raise ValueError(f"alpha must be >= 0, got {alpha}")
     p = np.full(n, 1.0 / n) if prior is None else np.asarray(prior, dtype=np.float64)
