@@ -5,10 +5,10 @@ client deploys, summarise over seeds with 95% intervals, tabulate and plot.
 One training run (:func:`train_and_deploy`) is a config given as overrides; it runs on the vectorized
 simulation where the config allows it (the same metrics as the loop, tested in
 ``tests/securefrl/test_vectorized_apps.py`` and ``tests/securefrl/test_axes.py``) and on the loop otherwise, and
-records which. After the last round every client's deployed model — the global model (``global``) or the
-client's personal one (``personal``) — is evaluated on ``final_episodes`` greedy episodes in the client's own
-environment, on episode seeds derived from the run's seed only, so every method of a seed is evaluated on
-the same episodes.
+records which (and, for the loop, the vectorized path's refusal as ``loop_reason``; the log line shows it).
+After the last round every client's deployed model — the global model (``global``) or the client's personal
+one (``personal``) — is evaluated on ``final_episodes`` greedy episodes in the client's own environment, on
+episode seeds derived from the run's seed only, so every method of a seed is evaluated on the same episodes.
 """
 
 from __future__ import annotations
@@ -28,16 +28,18 @@ __all__ = ["HETEROGENEITY_FAMILIES", "HETEROGENEITY_METHODS", "GridSettings", "g
            "train_and_deploy"]
 
 
-def _config(overrides: Sequence[str], vectorized: bool) -> tuple[Any, str]:
+def _config(overrides: Sequence[str], vectorized: bool) -> tuple[Any, str, str]:
+    """The config, the simulation path it runs on, and why it is not the vectorized one ("" if it is)."""
     from securefrl.config import load_config
     from securefrl.errors import ConfigError
 
+    why = "not asked for"
     if vectorized:
         try:
-            return load_config(overrides=[*overrides, "federation.simulation=vectorized"]), "vectorized"
-        except ConfigError:
-            pass  # the method or the env does not run vectorized: the loop gives the same results, slower
-    return load_config(overrides=list(overrides)), "loop"
+            return load_config(overrides=[*overrides, "federation.simulation=vectorized"]), "vectorized", ""
+        except ConfigError as err:  # the method or the env does not run vectorized: the loop gives the same
+            why = str(err)          # results, slower; the record says so and why
+    return load_config(overrides=list(overrides)), "loop", why
 
 
 def train_and_deploy(overrides: Sequence[str], deploy: Mapping[str, str], final_episodes: int,
@@ -48,7 +50,8 @@ def train_and_deploy(overrides: Sequence[str], deploy: Mapping[str, str], final_
     model for the client, e.g. FedAvg's global model) or ``"personal"`` (``fed.personal_model``). A config the
     library refuses yields records with ``refused`` (the reason) instead of results. Records carry the final
     returns per client, the per-round mean evaluation (``curve``), the clients' environment parameters, the
-    simulation path, environment steps and upload per client, and training seconds.
+    simulation path (with ``loop_reason`` if it is the loop), environment steps and upload per client, and
+    training seconds.
     """
     import torch
 
@@ -59,7 +62,7 @@ def train_and_deploy(overrides: Sequence[str], deploy: Mapping[str, str], final_
 
     torch.set_num_threads(1)
     try:
-        cfg, path = _config(overrides, vectorized)
+        cfg, path, why_loop = _config(overrides, vectorized)
         fed = make_federation(cfg)
     except ConfigError as err:  # e.g. a method the family's agent does not support
         return [{"method": m, "refused": str(err)} for m in deploy]
@@ -74,6 +77,7 @@ def train_and_deploy(overrides: Sequence[str], deploy: Mapping[str, str], final_
     seconds = time.perf_counter() - t0
     common: dict[str, Any] = {
         "physics": [c.env_spec.params for c in fed.clients], "simulation": path, "train_seconds": seconds,
+        **({"loop_reason": why_loop} if why_loop else {}),
         "env_steps_per_client": float(np.mean([c.env_steps for c in fed.clients])),
         "kb_up_per_client_round": float(np.mean(bytes_up)) / 1024,
     }
@@ -360,7 +364,8 @@ def run_heterogeneity(families: Sequence[str], levels: Sequence[float], methods:
         if log is not None:
             for r in recs:
                 what = (f"refused ({r['refused'][:60]})" if "refused" in r
-                        else f"final {np.round(r['final'], 1).tolist()} ({r['simulation']})")
+                        else f"final {np.round(r['final'], 1).tolist()} ({r['simulation']}"
+                        + (f": {r['loop_reason'][:80]})" if "loop_reason" in r else ")"))
                 log(f"[{n}/{len(todo)} {time.perf_counter() - t0:6.0f}s] {r['family']:<15} h={r['h']:<4} "
                     f"{r['method']:<10} seed {r['seed']}: {what}")
     wanted = {(j["family"], j["h"], j["run"], j["seed"]) for j in jobs}

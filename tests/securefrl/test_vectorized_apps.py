@@ -144,3 +144,14 @@ def test_a_typed_heterogeneity_grid_draws_client_types_and_keeps_its_records_apa
     assert len((tmp_path / "heterogeneity_edge_caching.jsonl").read_text()) > len(typed)
     assert all("client_types" not in r["settings"] for r in untyped) and untyped[0]["physics"][0] != physics[0]
     capsys.readouterr()
+
+
+def test_a_benchmark_run_that_cannot_be_vectorized_says_why_it_ran_on_the_loop():
+    from securefrl.personalization.benchmark import train_and_deploy
+
+    base = ["federation.n_clients=2", "federation.rounds=1", "federation.local_steps=32", "federation.eval_episodes=1",
+            "personalization.method=finetune"]
+    loop = train_and_deploy(["env.name=mountaincar", *base], {"fedavg": "global"}, 1)[0]
+    assert loop["simulation"] == "loop" and "batched implementation" in loop["loop_reason"]
+    fast = train_and_deploy(["env.name=mec_offloading", *base], {"fedavg": "global"}, 1)[0]
+    assert fast["simulation"] == "vectorized" and "loop_reason" not in fast
