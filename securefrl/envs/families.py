@@ -84,15 +84,18 @@ from gymnasium.envs.classic_control.pendulum import PendulumEnv
 
 from securefrl.envs.edge_caching import EdgeCachingEnv
 from securefrl.envs.mec_offloading import MECOffloadingEnv
+from securefrl.envs.ran_access import RANAccessEnv
 from securefrl.errors import ConfigError
 
 EDGE_CACHING_ID = "securefrl/EdgeCaching-v0"
 MEC_OFFLOADING_ID = "securefrl/MECOffloading-v0"
+RAN_ACCESS_ID = "securefrl/RANAccess-v0"
 HOPPER_ID = "securefrl/Hopper-v5"
 
 # The application envs are registered with gymnasium so an EnvSpec (and a Ray worker) rebuilds them by id.
 for _id, _entry in ((EDGE_CACHING_ID, "securefrl.envs.edge_caching:EdgeCachingEnv"),
                     (MEC_OFFLOADING_ID, "securefrl.envs.mec_offloading:MECOffloadingEnv"),
+                    (RAN_ACCESS_ID, "securefrl.envs.ran_access:RANAccessEnv"),
                     (HOPPER_ID, "securefrl.envs.mujoco_hopper:HeterogeneousHopperEnv")):
     if _id not in gym.registry:
         gym.register(id=_id, entry_point=_entry)
@@ -382,6 +385,30 @@ _FAMILY_LIST = (
         description="run each arriving task locally or offload it to an edge server (Mao et al. 2017); discrete",
         kind="application",
         batched="securefrl.envs.batched:MECOffloadingBatch",
+    ),
+    EnvFamily(
+        name="ran_access",
+        env_id=RAN_ACCESS_ID,
+        env_class=RANAccessEnv,
+        params=(
+            FamilyParam("capacity_centre", "capacity_centre", 0.5, 0.0, 1.0,
+                        "where the site's strong cells sit on the circle of its 6 cells (0 = 1; cell k at k/6)",
+                        positive=False, reason="the whole circle: a site's strong cell is the weak cell of the site "
+                        "opposite, so one attach rule cannot serve both (the bandwidths are not observed)"),
+            FamilyParam("capacity_contrast", "capacity_contrast", 1.0, 0.5, 1.5,
+                        "how unequal the cells' bandwidth shares are (strongest / weakest = exp(2 contrast))",
+                        reason="from a 2.7:1 split (cells of similar size) to 20:1 (a macro cell with small cells): "
+                        "how much knowing the strong cell is worth differs per site"),
+            FamilyParam("mean_session", "mean_session", 10.0, 6.0, 14.0,
+                        "mean number of arrivals a user stays for (geometric): the site's traffic load",
+                        reason="+-40% load: how much balancing load is worth against a user's SINR; it does not "
+                        "change the greedy rule, only the loads it meets"),
+        ),
+        derive=_no_derived,
+        description="attach each arriving user to one of 6 cells of an O-RAN site (Cao et al.; Ye et al. 2013); "
+        "discrete",
+        kind="application",
+        batched="securefrl.envs.batched:RANAccessBatch",
     ),
     EnvFamily(
         name="hopper",
