@@ -41,7 +41,7 @@ ranges (the reason for each is in its ``FamilyParam.reason``, printed by ``secur
 range of theirs is claimed to make FedAvg pay; where the penalty is wanted, use the application families
 below, whose ranges are chosen for it.
 
-Application families (``kind = "application"``) are the networking tasks of the survey (§4.1), gymnasium
+Application families (``kind = "application"``) are the networking tasks of the survey (§4.1, §4.3), gymnasium
 envs registered by this package under ``securefrl/...`` ids, each with a batched numpy implementation
 (:mod:`securefrl.envs.batched`). Their ranges are chosen so that clients need *different* policies at h=1
 (tested with hand-written per-client policies in ``tests/securefrl/test_envs_applications.py``):
@@ -54,10 +54,12 @@ edge_caching    popularity_centre 0.5 (circle of item types),      0–1 (any ce
 mec_offloading  channel_gain_db 0, local_cpu_ghz 1.0,              -10–10 dB, 0.3–1.7,
                 server_cpu_ghz 4.0, task_size_mbit 0.5,            0.5–7.5, 0.3–0.7,
                 arrival_rate 1.0                                   0.5–1.5
+ran_access      capacity_centre 0.5 (circle of 6 cells),           0–1 (any centre),
+                capacity_contrast 1.0, mean_session 10.0           0.5–1.5, 6–14
 ==============  =================================================  ==========================
 
-See :mod:`securefrl.envs.edge_caching` and :mod:`securefrl.envs.mec_offloading` for the models and why
-the ranges are what they are.
+See :mod:`securefrl.envs.edge_caching`, :mod:`securefrl.envs.mec_offloading` and
+:mod:`securefrl.envs.ran_access` for the models and why the ranges are what they are.
 
 ``hopper`` (:mod:`securefrl.envs.mujoco_hopper`, optional extra ``securefrl[mujoco]``) is continuous
 control with an 11-dimensional state: MuJoCo's Hopper-v5 with per-client shin length (0.35-0.65 m, as
@@ -162,7 +164,7 @@ class EnvFamily:
     description: str
     kind: str = "physics"
     """physics (a classic-control task with perturbed physics) or application (a networking task of the
-    survey, registered by this package: edge caching, MEC offloading)."""
+    survey, registered by this package: edge caching, MEC offloading, RAN access)."""
     batched: str = ""
     """``module:Class`` of the batched numpy implementation of the env (the vectorized simulation), if any."""
     requires: str = ""
