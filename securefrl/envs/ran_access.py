@@ -64,8 +64,8 @@ import numpy as np
 from gymnasium import spaces
 
 __all__ = [
-    "LOAD_MAX", "RATE_REF_MBPS", "SINR_RANGE_DB", "RANAccessEnv", "access_step", "cell_bandwidths", "draw_episode",
-    "greedy_policy", "log_shares", "observe",
+    "FADING_DB", "LOAD_MAX", "RATE_REF_MBPS", "SHADOWING_DB", "SINR_MEAN_DB", "SINR_RANGE_DB", "RANAccessEnv",
+    "access_step", "cell_bandwidths", "check_session", "draw_episode", "greedy_policy", "log_shares", "observe",
 ]
 
 SINR_MEAN_DB = 10.0
@@ -96,9 +96,10 @@ def draw_episode(rng: np.random.Generator, bandwidth: np.ndarray, mean_session: 
                  length: int) -> dict[str, np.ndarray]:
     """The ``length + 1`` users of one episode: SINR [dB] and utility per cell, and session lengths.
 
-    ``utility[t, k] = log10(bandwidth_k * log2(1 + sinr_tk) / RATE_REF_MBPS)`` is user ``t``'s reward in cell
-    ``k`` if it had the cell to itself; computed here, once per copy with the same code for the per-env and
-    the batched implementation, so the step only subtracts a table entry (:func:`access_step`).
+    ``utility[t, k] = log10(bandwidth_k * log2(1 + sinr_tk) / RATE_REF_MBPS) + FADING_DB / 10 * z_tk`` (``z``
+    standard normal: the unobserved fading) is user ``t``'s reward in cell ``k`` if it had the cell to itself;
+    computed here, once per copy with the same code for the per-env and the batched implementation, so the step
+    only subtracts a table entry (:func:`access_step`).
     """
     shadow = rng.standard_normal((length + 1, bandwidth.shape[0]))
     fading = rng.standard_normal((length + 1, bandwidth.shape[0]))
@@ -152,7 +153,9 @@ def greedy_policy(env: RANAccessEnv) -> Callable[[np.ndarray], int]:
     """The rule that knows site ``env``'s cell bandwidths: attach the user where its rate is highest.
 
     Reads the SINR and the loads from the observation (float32, so the rate can differ from the env's in the
-    last bits; ties are broken towards the lower cell). Myopic: it ignores the load a user adds for later users.
+    last bits; a load above :data:`LOAD_MAX` reads as ``LOAD_MAX``; ties go to the lower cell). The fading is
+    unobserved and zero-mean in the log, so this is the cell of highest expected reward. Myopic: it ignores the
+    load a user adds for later users.
     """
     bandwidth = env.bandwidths()
     k = env.n_cells  # the rate's argmax is the reward's: log10 is increasing
