@@ -30,7 +30,7 @@ class EnvConfig:
 
     name: str = "cartpole"
     """Environment family (cartpole, acrobot, mountaincar, pendulum, hopper [securefrl[mujoco]], edge_caching,
-    mec_offloading; `securefrl envs` lists them) or any registered gymnasium id."""
+    mec_offloading, ran_access; `securefrl envs` lists them) or any registered gymnasium id."""
     heterogeneity: float = 0.5
     """0 = identical clients at default physics, 1 = the widest documented spread of parameters."""
     overrides: dict[str, float] = field(default_factory=dict)
@@ -128,7 +128,7 @@ class FederationConfig:
     simulation: Literal["loop", "vectorized"] = "loop"
     """loop: one agent per client, trained one after another (the reference); vectorized: all sampled clients'
     environments and PPO agents as one batched computation, same results up to float rounding (agent ppo, and an
-    env family with a batched implementation: cartpole, acrobot, edge_caching, mec_offloading)."""
+    env family with a batched implementation: cartpole, acrobot, edge_caching, mec_offloading, ran_access)."""
     backend: Literal["local", "ray"] = "local"
     """Where clients train: local (this process) or ray (Ray tasks; needs the ray package, see ray_address)."""
     ray_address: str = ""

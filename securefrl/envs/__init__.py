@@ -2,7 +2,8 @@
 
 See :mod:`securefrl.envs.families` for the families and their ranges (physics families of
 classic control; application families: :mod:`~securefrl.envs.edge_caching`,
-:mod:`~securefrl.envs.mec_offloading`, batched in :mod:`~securefrl.envs.batched`), and
+:mod:`~securefrl.envs.mec_offloading`, :mod:`~securefrl.envs.ran_access`, batched in
+:mod:`~securefrl.envs.batched`), and
 :func:`draw_client_envs` for how a heterogeneity level becomes per-client physics.
 """
 
@@ -11,6 +12,7 @@ from securefrl.envs.families import (
     FAMILIES,
     FAMILY_KINDS,
     MEC_OFFLOADING_ID,
+    RAN_ACCESS_ID,
     EnvFamily,
     FamilyParam,
     family_names,
@@ -23,6 +25,7 @@ __all__ = [
     "FAMILIES",
     "FAMILY_KINDS",
     "MEC_OFFLOADING_ID",
+    "RAN_ACCESS_ID",
     "EnvFamily",
     "EnvSpec",
     "FamilyParam",

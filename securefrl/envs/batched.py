@@ -1,8 +1,8 @@
 """Many copies of an environment with per-copy parameters, stepped as one numpy computation.
 
 :class:`BatchedEnv` is the one base of every batched environment (:class:`~securefrl.vectorized.cartpole.CartPoleBatch`,
-:class:`EdgeCachingBatch`, :class:`MECOffloadingBatch`): copy ``i`` has its own seeded generator
-(``gymnasium.utils.seeding.np_random``, as ``env.reset(seed=s)`` makes), its time-limit counter and running
+:class:`EdgeCachingBatch`, :class:`MECOffloadingBatch`, :class:`RANAccessBatch`): copy ``i`` has its own seeded
+generator (``gymnasium.utils.seeding.np_random``, as ``env.reset(seed=s)`` makes), its time-limit counter and running
 episode statistics; autoreset follows gymnasium's ``AutoresetMode.SAME_STEP``, as
 :class:`securefrl.agents.vecenv.EnvPool`: an ending copy returns its final observation in ``Step.next_obs`` and
 is reset in the same call, so :attr:`BatchedEnv.obs` is always the one to act on. A subclass says what an
@@ -32,12 +32,13 @@ from gymnasium.utils.seeding import np_random
 from securefrl.agents.vecenv import Step
 from securefrl.envs import edge_caching as ec
 from securefrl.envs import mec_offloading as mec
+from securefrl.envs import ran_access as ran
 from securefrl.envs.families import family_for_env
 from securefrl.envs.spec import EnvSpec
 from securefrl.errors import ConfigError
 from securefrl.registry import load_target
 
-__all__ = ["BatchedEnv", "EdgeCachingBatch", "MECOffloadingBatch", "batch_class_for", "batch_for"]
+__all__ = ["BatchedEnv", "EdgeCachingBatch", "MECOffloadingBatch", "RANAccessBatch", "batch_class_for", "batch_for"]
 
 
 def _take(value: Any, rows: np.ndarray) -> Any:
@@ -335,6 +336,48 @@ class MECOffloadingBatch(_EnvCopies):
         rows = np.arange(self.n)
         e = self.episode
         return mec.observe(e["size"][rows, self.elapsed], e["fading"][rows, self.elapsed], self.b_loc, self.b_tx)
+
+
+class RANAccessBatch(_EnvCopies):
+    """Copies of :class:`~securefrl.envs.ran_access.RANAccessEnv`, each with its own cell bandwidths and load."""
+
+    env_class = ran.RANAccessEnv
+    PER_COPY = ("bandwidth", "mean_session", "episode", "loads", "leaves")
+    STATE = ("episode", "loads", "leaves")
+
+    def _configure(self, envs: Sequence[Any]) -> None:
+        cells = {int(u.n_cells) for u in envs}
+        if len(cells) != 1:
+            raise ConfigError("env", f"every copy needs the same n_cells, got {sorted(cells)}")
+        self.n_cells = cells.pop()
+        self.bandwidth = np.stack([u.bandwidths() for u in envs])
+        self.mean_session = np.array([ran.check_session(u.mean_session) for u in envs])
+        length, k = self.max_episode_steps, self.n_cells
+        self.shares = ran.log_shares(length)
+        self.episode = {"sinr_db": np.zeros((self.n, length + 1, k)), "utility": np.zeros((self.n, length + 1, k)),
+                        "session": np.ones((self.n, length + 1), dtype=np.int64)}
+        self.loads = np.zeros((self.n, k), dtype=np.int64)
+        self.leaves = np.zeros((self.n, k, length + 1), dtype=np.int64)
+
+    def _new_episode(self, i: int) -> None:
+        rng = self.rngs[i]
+        assert rng is not None
+        drawn = ran.draw_episode(rng, self.bandwidth[i], float(self.mean_session[i]), self.max_episode_steps)
+        for k, v in drawn.items():
+            self.episode[k][i] = v
+        self.loads[i] = 0
+        self.leaves[i] = 0
+
+    def _advance(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        rows, e = np.arange(self.n), self.episode
+        reward, loads, leaves = ran.access_step(e["utility"][rows, self.elapsed], self.shares, self.loads, self.leaves,
+                                                e["session"][rows, self.elapsed], self.elapsed, actions)
+        self.loads[:], self.leaves[:] = loads, leaves  # in place: subsets and checkpoints hold these arrays
+        return reward, np.zeros(self.n, dtype=bool)
+
+    def _observe(self) -> np.ndarray:
+        rows = np.arange(self.n)
+        return ran.observe(self.episode["sinr_db"][rows, self.elapsed], self.loads)
 
 
 def batch_class_for(specs: Sequence[EnvSpec]) -> type[BatchedEnv]:

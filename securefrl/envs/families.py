@@ -41,7 +41,7 @@ ranges (the reason for each is in its ``FamilyParam.reason``, printed by ``secur
 range of theirs is claimed to make FedAvg pay; where the penalty is wanted, use the application families
 below, whose ranges are chosen for it.
 
-Application families (``kind = "application"``) are the networking tasks of the survey (§4.1), gymnasium
+Application families (``kind = "application"``) are the networking tasks of the survey (§4.1, §4.3), gymnasium
 envs registered by this package under ``securefrl/...`` ids, each with a batched numpy implementation
 (:mod:`securefrl.envs.batched`). Their ranges are chosen so that clients need *different* policies at h=1
 (tested with hand-written per-client policies in ``tests/securefrl/test_envs_applications.py``):
@@ -54,10 +54,12 @@ edge_caching    popularity_centre 0.5 (circle of item types),      0–1 (any ce
 mec_offloading  channel_gain_db 0, local_cpu_ghz 1.0,              -10–10 dB, 0.3–1.7,
                 server_cpu_ghz 4.0, task_size_mbit 0.5,            0.5–7.5, 0.3–0.7,
                 arrival_rate 1.0                                   0.5–1.5
+ran_access      capacity_centre 0.5 (circle of 6 cells),           0–1 (any centre),
+                capacity_contrast 1.0, mean_session 10.0           0.5–1.5, 6–14
 ==============  =================================================  ==========================
 
-See :mod:`securefrl.envs.edge_caching` and :mod:`securefrl.envs.mec_offloading` for the models and why
-the ranges are what they are.
+See :mod:`securefrl.envs.edge_caching`, :mod:`securefrl.envs.mec_offloading` and
+:mod:`securefrl.envs.ran_access` for the models and why the ranges are what they are.
 
 Every family can also be drawn in client *types* (``env.client_types``, :func:`securefrl.envs.spec.draw_client_envs`):
 clients of one type (one kind of device, the cells of one kind of area) have nearly the same parameters and the
@@ -90,15 +92,18 @@ from gymnasium.envs.classic_control.pendulum import PendulumEnv
 
 from securefrl.envs.edge_caching import EdgeCachingEnv
 from securefrl.envs.mec_offloading import MECOffloadingEnv
+from securefrl.envs.ran_access import RANAccessEnv
 from securefrl.errors import ConfigError
 
 EDGE_CACHING_ID = "securefrl/EdgeCaching-v0"
 MEC_OFFLOADING_ID = "securefrl/MECOffloading-v0"
+RAN_ACCESS_ID = "securefrl/RANAccess-v0"
 HOPPER_ID = "securefrl/Hopper-v5"
 
 # The application envs are registered with gymnasium so an EnvSpec (and a Ray worker) rebuilds them by id.
 for _id, _entry in ((EDGE_CACHING_ID, "securefrl.envs.edge_caching:EdgeCachingEnv"),
                     (MEC_OFFLOADING_ID, "securefrl.envs.mec_offloading:MECOffloadingEnv"),
+                    (RAN_ACCESS_ID, "securefrl.envs.ran_access:RANAccessEnv"),
                     (HOPPER_ID, "securefrl.envs.mujoco_hopper:HeterogeneousHopperEnv")):
     if _id not in gym.registry:
         gym.register(id=_id, entry_point=_entry)
@@ -165,7 +170,7 @@ class EnvFamily:
     description: str
     kind: str = "physics"
     """physics (a classic-control task with perturbed physics) or application (a networking task of the
-    survey, registered by this package: edge caching, MEC offloading)."""
+    survey, registered by this package: edge caching, MEC offloading, RAN access)."""
     batched: str = ""
     """``module:Class`` of the batched numpy implementation of the env (the vectorized simulation), if any."""
     requires: str = ""
@@ -388,6 +393,30 @@ _FAMILY_LIST = (
         description="run each arriving task locally or offload it to an edge server (Mao et al. 2017); discrete",
         kind="application",
         batched="securefrl.envs.batched:MECOffloadingBatch",
+    ),
+    EnvFamily(
+        name="ran_access",
+        env_id=RAN_ACCESS_ID,
+        env_class=RANAccessEnv,
+        params=(
+            FamilyParam("capacity_centre", "capacity_centre", 0.5, 0.0, 1.0,
+                        "where the site's strong cells sit on the circle of its 6 cells (0 = 1; cell k at k/6)",
+                        positive=False, reason="the whole circle: a site's strong cell is the weak cell of the site "
+                        "opposite, so one attach rule cannot serve both (the bandwidths are not observed)"),
+            FamilyParam("capacity_contrast", "capacity_contrast", 1.0, 0.5, 1.5,
+                        "how unequal the cells' bandwidth shares are (strongest / weakest = exp(2 contrast))",
+                        reason="from a 2.7:1 split (cells of similar size) to 20:1 (a macro cell with small cells): "
+                        "how much knowing the strong cell is worth differs per site"),
+            FamilyParam("mean_session", "mean_session", 10.0, 6.0, 14.0,
+                        "mean number of arrivals a user stays for (geometric): the site's traffic load",
+                        reason="+-40% load: how much balancing load is worth against a user's SINR; it does not "
+                        "change the greedy rule, only the loads it meets"),
+        ),
+        derive=_no_derived,
+        description="attach each arriving user to one of 6 cells of an O-RAN site (Cao et al.; Ye et al. 2013); "
+        "discrete",
+        kind="application",
+        batched="securefrl.envs.batched:RANAccessBatch",
     ),
     EnvFamily(
         name="hopper",

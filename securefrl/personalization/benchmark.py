@@ -248,6 +248,7 @@ HETEROGENEITY_FAMILIES: dict[str, list[str]] = {
     "acrobot": ["env.name=acrobot"],
     "edge_caching": ["env.name=edge_caching"],
     "mec_offloading": ["env.name=mec_offloading"],
+    "ran_access": ["env.name=ran_access"],
     "hopper": ["env.name=hopper", "agent.name=sac", "agent.params.learning_starts=500"],
 }
 """Config overrides of each family (the continuous hopper needs SAC and securefrl[mujoco])."""

@@ -9,9 +9,10 @@ client's agent is a :class:`ClientSlot`, a real :class:`~securefrl.agents.base.A
 client ``c``'s rows of the population, so everything the round does with ``client.agent`` still holds.
 
 Supported: every environment whose family declares a batched implementation (``EnvFamily.batched``:
-CartPole, Acrobot, edge caching, MEC offloading; :mod:`securefrl.envs.batched`) + PPO, any protocol; attacks that only
-craft updates; train tasks with a proximal term (FedProx, Ditto), frozen phases (FedRep), environment-embedding
-networks (``embedding``) and a second agent per client (Ditto's ``"personal"`` slot: a second population).
+CartPole, Acrobot, edge caching, MEC offloading, RAN access; :mod:`securefrl.envs.batched`) + PPO, any protocol;
+attacks that only craft updates; train tasks with a proximal term (FedProx, Ditto), frozen phases (FedRep),
+environment-embedding networks (``embedding``) and a second agent per client (Ditto's ``"personal"`` slot: a second
+population).
 Anything else is refused by :mod:`securefrl.compat` (declared in :data:`securefrl.axes.EXECUTORS`).
 """
 

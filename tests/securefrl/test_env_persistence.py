@@ -73,7 +73,7 @@ def test_checkpoint_restores_the_running_episodes(name: str) -> None:
     np.testing.assert_array_equal(a.pool.ep_lengths, b.pool.ep_lengths)  # type: ignore[attr-defined]
 
 
-@pytest.mark.parametrize("family", ["edge_caching", "mec_offloading", "acrobot"])
+@pytest.mark.parametrize("family", ["edge_caching", "mec_offloading", "ran_access", "acrobot"])
 def test_checkpoint_restores_episodes_of_environments_with_their_own_state(family: str) -> None:
     # Arrange: environments whose episode lives in attributes of their own (a cache and request trace, a task queue).
     spec = draw_client_envs(family, 1, 0.5, np.random.default_rng(0))[0]

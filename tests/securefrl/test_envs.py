@@ -50,10 +50,10 @@ def checker_warnings(env: gym.Env) -> set[str]:
 
 def test_family_names_sorted_and_complete() -> None:
     assert family_names() == ("acrobot", "cartpole", "edge_caching", "hopper", "mec_offloading", "mountaincar",
-                              "pendulum")
+                              "pendulum", "ran_access")
     assert PHYSICS == ("acrobot", "cartpole", "hopper", "mountaincar", "pendulum")
     assert CLASSIC == ("acrobot", "cartpole", "mountaincar", "pendulum")
-    assert family_names("application") == ("edge_caching", "mec_offloading")
+    assert family_names("application") == ("edge_caching", "mec_offloading", "ran_access")
 
 
 @pytest.mark.parametrize("name", AVAILABLE)

@@ -1,4 +1,6 @@
-"""Tests of the application families (edge caching, MEC offloading) and their batched implementations."""
+"""Tests of the application families (edge caching, MEC offloading, RAN access) and their batched implementations.
+
+RAN-access-specific tests are in ``test_env_ran_access.py``; the tests here run for every application family."""
 
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from securefrl.envs import EnvSpec, draw_client_envs, family_names, get_family
 from securefrl.envs.batched import EdgeCachingBatch, MECOffloadingBatch, batch_for
 from securefrl.envs.edge_caching import EdgeCachingEnv, item_ranking, popularity, static_policy
 from securefrl.envs.mec_offloading import MECOffloadingEnv, myopic_policy
+from securefrl.envs.ran_access import greedy_policy
 from securefrl.errors import ConfigError
 from securefrl.seeding import derive_rng
 
@@ -181,6 +184,8 @@ def _cross_returns(name: str, h: float, n: int = 5) -> np.ndarray:
         e.reset(seed=0)  # the popularity law is computed at reset
     if name == "edge_caching":
         policies = [static_policy(e.probs, e.cache_size) for e in envs]
+    elif name == "ran_access":
+        policies = [greedy_policy(e) for e in envs]
     else:
         policies = [myopic_policy(e) for e in envs]
     seeds = range(6)

@@ -1,6 +1,6 @@
 """The batched-env base and the vectorized simulation of the application families.
 
-The vectorized run of edge caching, MEC offloading and Acrobot must write the same round metrics as the loop
+The vectorized run of edge caching, MEC offloading, RAN access and Acrobot must write the same round metrics as the loop
 (the differential test); the batched Acrobot must equal gymnasium's step for step; a batch's copies taken out,
 stepped, put back or checkpointed must continue exactly as
 the uninterrupted batch; and the config check reads the family registry's batched capability.
@@ -25,7 +25,7 @@ TINY = ["federation.n_clients=3", "federation.rounds=2", "federation.local_steps
 TIMES = ("round_time",)
 
 
-@pytest.mark.parametrize("family", ["edge_caching", "mec_offloading", "acrobot"])
+@pytest.mark.parametrize("family", ["edge_caching", "mec_offloading", "ran_access", "acrobot"])
 def test_vectorized_run_writes_the_loops_round_metrics(family, tmp_path):
     rows = {}
     for sim in ("loop", "vectorized"):
@@ -69,7 +69,7 @@ def test_acrobot_batch_equals_gymnasium_step_for_step():
     assert n_term > 5 and n_trunc >= 2  # both ways of ending were exercised
 
 
-@pytest.mark.parametrize("family", ["cartpole", "acrobot", "edge_caching", "mec_offloading"])
+@pytest.mark.parametrize("family", ["cartpole", "acrobot", "edge_caching", "mec_offloading", "ran_access"])
 def test_copies_taken_out_and_checkpointed_continue_exactly(family):
     specs = draw_client_envs(family, 3, 1.0, np.random.default_rng(4))
     whole, other = batch_for(specs, 2), batch_for(specs, 2)
@@ -98,7 +98,7 @@ def test_copies_taken_out_and_checkpointed_continue_exactly(family):
 
 
 def test_vectorized_capability_comes_from_the_family_registry():
-    assert {"acrobot", "cartpole", "edge_caching", "mec_offloading"} <= set(batched_families())
+    assert {"acrobot", "cartpole", "edge_caching", "mec_offloading", "ran_access"} <= set(batched_families())
     assert batched_target("CartPole-v1") == batched_target("cartpole") != ""
     assert batched_target("mountaincar") == ""
     load_config(overrides=["env.name=mec_offloading", "federation.simulation=vectorized"])
