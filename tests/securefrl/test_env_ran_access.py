@@ -159,28 +159,3 @@ def test_batch_continues_across_many_episodes_with_explicit_resets() -> None:
                 np.testing.assert_array_equal(step.next_obs[i], obs)
                 if truncated:
                     env.reset()
-
-
-def _headroom_bench():
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[2] / "benchmarks" / "ran_access_headroom.py"
-    spec = importlib.util.spec_from_file_location("bench_ran_headroom", path)
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-def test_headroom_script_pairs_each_seed_with_its_own_sites() -> None:
-    bench = _headroom_bench()
-    default = {"capacity_centre": 0.5, "capacity_contrast": 1.0, "mean_session": 10.0}
-    other = {"capacity_centre": 0.0, "capacity_contrast": 1.5, "mean_session": 6.0}
-    ref = [bench.greedy_return(p, 4, 0) for p in (default, other)]
-    assert ref[0] == bench.greedy_return(default, 4, 0)  # seeded
-    records = [{"family": "ran_access", "h": 1.0, "seed": 0, "method": m, "physics": [default, other],
-                "final": [r - shift for r in ref]} for m, shift in (("local", 1.0), ("fedavg", 5.0))]
-    rows = bench.headroom(records, 4, 0)
-    assert [(r["method"], round(r["gap"], 9)) for r in rows] == [("local", 1.0), ("fedavg", 5.0)]
-    assert rows[0]["greedy_worst"] == min(ref)
