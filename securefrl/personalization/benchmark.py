@@ -313,11 +313,27 @@ def heterogeneity_jobs(families: Sequence[str], levels: Sequence[float], methods
             for seed in range(seeds) for f in families for h in levels for run in runs]
 
 
+def _equal_budget(run: str, grid: GridSettings) -> list[str]:
+    """Overrides that give a method the grid's environment steps per client and round, no more.
+
+    A method whose train tasks run a second agent (``second_agent``: Ditto's personal model) collects rollouts
+    for each of its two models, so each gets half the steps; otherwise Ditto would see twice the data of
+    local-only training (it did until session 5: 16,384 vs 8,192 steps per client).
+    """
+    from securefrl.axes import ALGORITHMS
+
+    method = _RUNS[run][0].split("=", 1)[1]
+    if "second_agent" not in ALGORITHMS.meta(method).get("task_features", ()):
+        return []
+    half = grid.local_steps // 2
+    return [f"federation.local_steps={half}", f"personalization.ditto_steps={grid.local_steps - half}"]
+
+
 def run_heterogeneity_job(job: Mapping[str, Any]) -> list[dict[str, Any]]:
     """Train one (family, h, run, seed) of the grid; one record per method it yields."""
     grid: GridSettings = job["grid"]
     overrides = [f"seed={job['seed']}", f"env.heterogeneity={job['h']}", *grid.overrides(),
-                 *HETEROGENEITY_FAMILIES[job["family"]], *_RUNS[job["run"]]]
+                 *HETEROGENEITY_FAMILIES[job["family"]], *_RUNS[job["run"]], *_equal_budget(job["run"], grid)]
     deploy = {"fedavg": "global", "finetune": "personal"} if job["run"] == "finetune" else {job["run"]: "personal"}
     common = {"family": job["family"], "h": job["h"], "seed": job["seed"]}
     return [{**common, **r} for r in train_and_deploy(overrides, deploy, grid.final_episodes,

@@ -155,3 +155,12 @@ def test_a_benchmark_run_that_cannot_be_vectorized_says_why_it_ran_on_the_loop()
     assert loop["simulation"] == "loop" and "batched implementation" in loop["loop_reason"]
     fast = train_and_deploy(["env.name=mec_offloading", *base], {"fedavg": "global"}, 1)[0]
     assert fast["simulation"] == "vectorized" and "loop_reason" not in fast
+
+
+def test_every_heterogeneity_method_spends_the_same_environment_steps_per_client():
+    from securefrl.personalization.benchmark import GridSettings, run_heterogeneity_job
+
+    grid = GridSettings(clients=2, rounds=1, local_steps=64, final_episodes=1)
+    steps = {run: run_heterogeneity_job({"family": "mec_offloading", "h": 1.0, "run": run, "seed": 0,
+                                         "grid": grid})[0]["env_steps_per_client"] for run in ("local", "ditto")}
+    assert steps == {"local": 64.0, "ditto": 64.0}  # Ditto's two models get half the steps each
