@@ -50,6 +50,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--levels", nargs="+", type=float, default=[0.0, 0.5, 1.0])
     ap.add_argument("--methods", nargs="+", default=HETEROGENEITY_METHODS, choices=HETEROGENEITY_METHODS)
     ap.add_argument("--seeds", type=int, default=5)
+    ap.add_argument("--first-seed", type=int, default=0,
+                    help="seeds first-seed .. first-seed + seeds - 1 (e.g. held-out seeds after tuning on 0-4)")
     ap.add_argument("--clients", type=int, default=4)
     ap.add_argument("--rounds", type=int, default=8)
     ap.add_argument("--local-steps", type=int, default=1024)
@@ -67,7 +69,8 @@ def main(argv: list[str] | None = None) -> None:
         args.suffix = args.suffix or "_quick"
     grid = GridSettings(args.clients, args.rounds, args.local_steps, args.final_episodes, args.client_types,
                         args.type_spread)
-    run_heterogeneity(args.families, args.levels, args.methods, args.seeds, grid, args.out, args.suffix,
+    seeds = range(args.first_seed, args.first_seed + args.seeds)
+    run_heterogeneity(args.families, args.levels, args.methods, seeds, grid, args.out, args.suffix,
                       log=lambda line: print(line, file=sys.stderr, flush=True), train=not args.summarize_only)
     print((args.out / f"heterogeneity{args.suffix}.md").read_text())
 

@@ -170,7 +170,7 @@ def _cmd_heterogeneity(args: argparse.Namespace) -> int:
     out = Path(args.out)
     grid = GridSettings(args.clients, args.rounds, args.local_steps, args.final_episodes, args.client_types,
                         args.type_spread)
-    run_heterogeneity([args.family], args.levels, args.methods, args.seeds, grid, out, f"_{args.family}",
+    run_heterogeneity([args.family], args.levels, args.methods, range(args.seeds), grid, out, f"_{args.family}",
                       log=None if args.quiet else lambda line: print(line, file=sys.stderr, flush=True))
     print((out / f"heterogeneity_{args.family}.md").read_text())
     stem = f"heterogeneity_{args.family}"

@@ -301,7 +301,7 @@ class GridSettings:
         return f"{self.clients} clients{types}, {self.rounds} rounds x {self.local_steps} local steps"
 
 
-def heterogeneity_jobs(families: Sequence[str], levels: Sequence[float], methods: Sequence[str], seeds: int,
+def heterogeneity_jobs(families: Sequence[str], levels: Sequence[float], methods: Sequence[str], seeds: Sequence[int],
                        grid: GridSettings) -> list[dict[str, Any]]:
     """The grid's training runs, seed-major (a stopped grid has whole seeds), local-only first in each cell."""
     runs: list[str] = []
@@ -310,7 +310,7 @@ def heterogeneity_jobs(families: Sequence[str], levels: Sequence[float], methods
         if run not in runs:
             runs.append(run)
     return [{"family": f, "h": float(h), "run": run, "seed": seed, "grid": grid}
-            for seed in range(seeds) for f in families for h in levels for run in runs]
+            for seed in seeds for f in families for h in levels for run in runs]
 
 
 def _equal_budget(run: str, grid: GridSettings) -> list[str]:
@@ -345,7 +345,13 @@ def _job_key(r: Mapping[str, Any]) -> tuple[str, float, str, int]:
     return (r["family"], float(r["h"]), run, int(r["seed"]))
 
 
-def run_heterogeneity(families: Sequence[str], levels: Sequence[float], methods: Sequence[str], seeds: int,
+def _seed_text(seeds: Sequence[int]) -> str:
+    s = sorted(seeds)
+    span = f"{s[0]}-{s[-1]}" if s == list(range(s[0], s[-1] + 1)) else ", ".join(map(str, s))
+    return f"{len(s)} seeds ({span})"
+
+
+def run_heterogeneity(families: Sequence[str], levels: Sequence[float], methods: Sequence[str], seeds: Sequence[int],
                       grid: GridSettings, out_dir: Path, suffix: str = "", log: Any = None,
                       train: bool = True) -> list[dict[str, Any]]:
     """Run (or continue) the grid; write ``heterogeneity{suffix}.jsonl`` (records, appended as each run ends, so a
@@ -390,13 +396,13 @@ def run_heterogeneity(families: Sequence[str], levels: Sequence[float], methods:
     rows = summarize(chosen, HETEROGENEITY_METHODS, list(HETEROGENEITY_FAMILIES))
     meta = {"python": platform.python_version(), "machine": platform.machine(),
             "wall_seconds_this_call": time.perf_counter() - t0, "families": list(families), "levels": list(levels),
-            "methods": list(methods), "seeds": seeds, "missing_runs": 0 if train else
+            "methods": list(methods), "seeds": list(seeds), "missing_runs": 0 if train else
             len([j for j in jobs if (j["family"], j["h"], j["run"], j["seed"]) not in have]), **settings}
     (out_dir / f"heterogeneity{suffix}.json").write_text(
         json.dumps(json_safe({"meta": meta, "summary": rows, "runs": chosen}), indent=1) + "\n")
     lines = ["# Heterogeneity benchmark: FedAvg's penalty and personalization", "",
-             f"{grid.describe()}, {seeds} seeds; final return = mean of {grid.final_episodes} greedy episodes per "
-             "client of the model it deploys. ± = 95% t-interval over seeds. "
+             f"{grid.describe()}, {_seed_text(seeds)}; final return = mean of {grid.final_episodes} greedy "
+             "episodes per client of the model it deploys. ± = 95% t-interval over seeds. "
              "worse than local = fraction of clients whose return under the method is below the same client's "
              "local-only return (paired by seed); penalty = local mean - method mean (positive: the method is "
              "worse).", "", *markdown_table(rows), "", "## The issue's goal, per family (paired over seeds)", "",
