@@ -25,7 +25,7 @@ from securefrl.stats import t_interval
 
 __all__ = ["HETEROGENEITY_FAMILIES", "HETEROGENEITY_METHODS", "GridSettings", "goal_check", "heterogeneity_jobs",
            "markdown_table", "plot_family", "run_heterogeneity", "run_heterogeneity_job", "summarize", "t_interval",
-           "train_and_deploy"]
+           "train_and_deploy", "wide_table"]
 
 
 def _config(overrides: Sequence[str], vectorized: bool) -> tuple[Any, str, str]:
@@ -207,6 +207,27 @@ def markdown_table(rows: Sequence[Mapping[str, Any]], key: str = "family") -> li
         pen = _fmt(r["penalty_vs_local"], r["penalty_ci95"]) if "penalty_vs_local" in r else ""
         lines.append(f"| {r[key]} | {r['h']} | {r['method']} | {_fmt(r['mean'], r['mean_ci95'])} | "
                      f"{_fmt(r['worst'], r['worst_ci95'])} | {frac} | {pen} |")
+    return lines
+
+
+def wide_table(rows: Sequence[Mapping[str, Any]], methods: Sequence[str], key: str = "family") -> list[str]:
+    """Markdown lines, one row per family x h: each method's mean ± 95% CI / worst client, then FedAvg's penalty
+    against local-only and the fraction of clients FedAvg serves worse than local-only training."""
+    cells = {(r[key], r["h"], r["method"]): r for r in rows}
+    shown = [m for m in methods if any(k[2] == m for k in cells)]
+    lines = [f"| {key} | h | " + " | ".join(f"{m} mean / worst" for m in shown) +
+             " | FedAvg penalty vs local | clients FedAvg < local |",
+             "|---|---|" + "---|" * (len(shown) + 2)]
+    for fam, h in dict.fromkeys((k[0], k[1]) for k in cells):
+        out = []
+        for m in shown:
+            r = cells.get((fam, h, m))
+            out.append("" if r is None else "refused" if "refused" in r else
+                       f"{_fmt(r['mean'], r['mean_ci95'])} / {r['worst']:.1f}")
+        fed = cells.get((fam, h, "fedavg"), {})
+        pen = _fmt(fed["penalty_vs_local"], fed["penalty_ci95"]) if "penalty_vs_local" in fed else ""
+        frac = _fmt(fed["frac_worse_than_local"], fed["frac_worse_ci95"], 2) if "frac_worse_than_local" in fed else ""
+        lines.append(f"| {fam} | {h:g} | " + " | ".join(out) + f" | {pen} | {frac} |")
     return lines
 
 
@@ -405,7 +426,8 @@ def run_heterogeneity(families: Sequence[str], levels: Sequence[float], methods:
              "episodes per client of the model it deploys. ± = 95% t-interval over seeds. "
              "worse than local = fraction of clients whose return under the method is below the same client's "
              "local-only return (paired by seed); penalty = local mean - method mean (positive: the method is "
-             "worse).", "", *markdown_table(rows), "", "## The issue's goal, per family (paired over seeds)", "",
+             "worse).", "", *wide_table(rows, HETEROGENEITY_METHODS), "", "Every cell:", "", *markdown_table(rows),
+             "", "## The issue's goal, per family (paired over seeds)", "",
              *[f"- {line}" for line in goal_check(chosen, families, ["local", *methods])], ""]
     (out_dir / f"heterogeneity{suffix}.md").write_text("\n".join(lines))
     for f in families:
