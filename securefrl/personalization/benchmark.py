@@ -343,8 +343,7 @@ def _equal_budget(run: str, grid: GridSettings) -> list[str]:
     """
     from securefrl.axes import ALGORITHMS
 
-    method = _RUNS[run][0].split("=", 1)[1]
-    if "second_agent" not in ALGORITHMS.meta(method).get("task_features", ()):
+    if "second_agent" not in ALGORITHMS.meta(run).get("task_features", ()):  # a run is named by its method
         return []
     half = grid.local_steps // 2
     return [f"federation.local_steps={half}", f"personalization.ditto_steps={grid.local_steps - half}"]
