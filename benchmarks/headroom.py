@@ -34,7 +34,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from securefrl.envs import EnvSpec, get_family
+from securefrl.envs import EnvSpec, get_family, policy_returns
 from securefrl.envs.edge_caching import popularity, static_policy
 from securefrl.envs.mec_offloading import myopic_policy
 from securefrl.envs.ran_access import greedy_policy
@@ -59,16 +59,8 @@ def reference_return(family: str, params: dict[str, float], episodes: int, seed:
     fam = get_family(family)
     env: gym.Env = EnvSpec(fam.env_id, dict(params), family).make()
     try:
-        act = REFERENCES[family](env.unwrapped)
-        returns = []
-        for e in range(episodes):
-            obs, _ = env.reset(seed=derive_seed(seed, f"{family}-headroom", e) % (2**31))
-            total, done = 0.0, False
-            while not done:
-                obs, reward, terminated, truncated, _ = env.step(act(obs))
-                total, done = total + float(reward), terminated or truncated
-            returns.append(total)
-        return float(np.mean(returns))
+        seeds = [derive_seed(seed, f"{family}-headroom", e) % (2**31) for e in range(episodes)]
+        return float(np.mean(policy_returns(env, REFERENCES[family](env.unwrapped), seeds)))
     finally:
         env.close()
 

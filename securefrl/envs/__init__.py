@@ -18,6 +18,7 @@ from securefrl.envs.families import (
     family_names,
     get_family,
 )
+from securefrl.envs.rollout import policy_returns
 from securefrl.envs.spec import EnvSpec, draw_client_envs, draw_config_envs, resolve_env
 
 __all__ = [
@@ -33,5 +34,6 @@ __all__ = [
     "draw_config_envs",
     "family_names",
     "get_family",
+    "policy_returns",
     "resolve_env",
 ]

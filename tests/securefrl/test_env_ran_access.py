@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable
 import numpy as np
 import pytest
 
-from securefrl.envs import draw_client_envs, get_family
+from securefrl.envs import draw_client_envs, get_family, policy_returns
 from securefrl.envs.batched import RANAccessBatch, batch_for
 from securefrl.envs.ran_access import (
     LOAD_MAX,
@@ -36,16 +36,7 @@ def site(centre: float = 0.5, contrast: float = 1.0, session: float = 10.0) -> R
 
 
 def mean_return(env: RANAccessEnv, act: Callable[[np.ndarray], int], seeds: Iterable[int]) -> float:
-    out = []
-    for s in seeds:
-        obs, _ = env.reset(seed=int(s))
-        total, done = 0.0, False
-        while not done:
-            obs, reward, terminated, truncated, _ = env.step(act(obs))
-            total += reward
-            done = terminated or truncated
-        out.append(total)
-    return float(np.mean(out))
+    return float(np.mean(policy_returns(env, act, seeds)))
 
 
 def test_bandwidths_split_the_sites_spectrum_around_its_capacity_centre() -> None:

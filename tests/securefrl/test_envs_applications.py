@@ -7,7 +7,6 @@ from __future__ import annotations
 import importlib
 import json
 import warnings
-from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import gymnasium as gym
@@ -15,7 +14,7 @@ import numpy as np
 import pytest
 from gymnasium.utils.env_checker import check_env
 
-from securefrl.envs import EnvSpec, draw_client_envs, family_names, get_family
+from securefrl.envs import EnvSpec, draw_client_envs, family_names, get_family, policy_returns
 from securefrl.envs.batched import EdgeCachingBatch, MECOffloadingBatch, batch_for
 from securefrl.envs.edge_caching import EdgeCachingEnv, item_ranking, popularity, static_policy
 from securefrl.envs.mec_offloading import MECOffloadingEnv, myopic_policy
@@ -24,19 +23,6 @@ from securefrl.errors import ConfigError
 from securefrl.seeding import derive_rng
 
 APPS = family_names("application")
-
-
-def episode_returns(env: gym.Env, act: Callable[[np.ndarray], int], seeds: Iterable[int]) -> np.ndarray:
-    out = []
-    for s in seeds:
-        obs, _ = env.reset(seed=int(s))
-        total, done = 0.0, False
-        while not done:
-            obs, reward, terminated, truncated, _ = env.step(act(obs))
-            total += reward
-            done = terminated or truncated
-        out.append(total)
-    return np.asarray(out)
 
 
 # --- gymnasium API, registration, records ---------------------------------------------------
@@ -189,7 +175,7 @@ def _cross_returns(name: str, h: float, n: int = 5) -> np.ndarray:
     else:
         policies = [myopic_policy(e) for e in envs]
     seeds = range(6)
-    return np.array([[episode_returns(envs[b], policies[a], seeds).mean() for b in range(n)] for a in range(n)])
+    return np.array([[policy_returns(envs[b], policies[a], seeds).mean() for b in range(n)] for a in range(n)])
 
 
 @pytest.mark.parametrize("name", APPS)
