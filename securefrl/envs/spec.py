@@ -179,8 +179,8 @@ def draw_client_envs(
         One spec per client; ``[s.to_dict() for s in specs]`` records the draw.
     """
     family = resolve_env(env)
-    n = _check_n_clients(n_clients)
-    h = _check_heterogeneity(heterogeneity)
+    n = _check_int("n_clients", n_clients, 1)
+    h = _check_unit("heterogeneity", heterogeneity, "0 = identical clients, 1 = widest spread")
     if not isinstance(rng, np.random.Generator):
         raise ConfigError("rng", f"must be a seeded numpy.random.Generator, got {type(rng).__name__}")
     overrides = _check_mapping("overrides", overrides)
@@ -211,7 +211,8 @@ def draw_client_envs(
              for name, value in overrides.items()}
 
     names = list(defaults)
-    draws = _quantiles(rng, n, len(names), _check_types(client_types), _check_spread(type_spread))
+    draws = _quantiles(rng, n, len(names), _check_int("client_types", client_types, 0, " (0 = no types)"),
+                       _check_unit("type_spread", type_spread, "a fraction of the range"))
     specs = []
     for i in range(n):
         params: dict[str, float] = {}
@@ -235,19 +236,6 @@ def _quantiles(rng: np.random.Generator, n: int, n_params: int, types: int, spre
     centre = (strata + rng.random((types, n_params))) / types
     offset = spread * (rng.random((n, n_params)) - 0.5)
     return np.clip(centre[np.arange(n) % types] + offset, 0.0, 1.0)
-
-
-def _check_types(value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 0:
-        raise ConfigError("client_types", f"must be an integer >= 0 (0 = no types), got {value!r}")
-    return int(value)
-
-
-def _check_spread(value: object) -> float:
-    spread = _check_finite("type_spread", value)
-    if not 0.0 <= spread <= 1.0:
-        raise ConfigError("type_spread", f"must be in [0, 1] (a fraction of the range), got {spread!r}")
-    return spread
 
 
 def _interval(default: float, box: tuple[float, float], h: float) -> tuple[float, float]:
@@ -352,17 +340,19 @@ def _check_mapping(fld: str, value: object) -> dict[str, Any]:
     return dict(value)
 
 
-def _check_n_clients(value: object) -> int:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ConfigError("n_clients", f"must be an integer >= 1, got {value!r}")
+def _check_int(fld: str, value: object, low: int, note: str = "") -> int:
+    """An integer >= ``low`` (bools refused), as ``int``."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < low:
+        raise ConfigError(fld, f"must be an integer >= {low}{note}, got {value!r}")
     return int(value)
 
 
-def _check_heterogeneity(value: object) -> float:
-    h = _check_finite("heterogeneity", value)
-    if not 0.0 <= h <= 1.0:
-        raise ConfigError("heterogeneity", f"must be in [0, 1] (0 = identical clients, 1 = widest spread), got {h!r}")
-    return h
+def _check_unit(fld: str, value: object, note: str) -> float:
+    """A finite number in [0, 1]."""
+    x = _check_finite(fld, value)
+    if not 0.0 <= x <= 1.0:
+        raise ConfigError(fld, f"must be in [0, 1] ({note}), got {x!r}")
+    return x
 
 
 def _check_range(fld: str, value: object, positive: bool) -> tuple[float, float]:
