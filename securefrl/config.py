@@ -48,9 +48,7 @@ class EnvConfig:
     def validate(self, path: str) -> None:
         check_range(f"{path}.heterogeneity", self.heterogeneity, 0.0, 1.0)
         check_range(f"{path}.type_spread", self.type_spread, 0.0, 1.0)
-        if isinstance(self.client_types, bool) or not isinstance(self.client_types, int) or self.client_types < 0:
-            raise ConfigError(f"{path}.client_types",
-                              f"must be an integer >= 0 (0 = no types), got {self.client_types!r}")
+        check_range(f"{path}.client_types", self.client_types, 0)  # an int: the loader checks field types
         for key, bounds in self.ranges.items():
             if len(bounds) != 2 or not bounds[0] <= bounds[1]:
                 raise ConfigError(f"{path}.ranges.{key}", f"expected [low, high] with low <= high, got {bounds}")
