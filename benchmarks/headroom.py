@@ -7,10 +7,10 @@ how much a method leaves on the table: if local-only training is already near th
 method can beat it by much; if it is not, the headroom exists and the question is why collaboration does not
 reach it. The episodes are not the ones the methods were evaluated on, so a gap carries that noise too.
 
-References (:data:`REFERENCES`):
+References (``EnvFamily.reference`` of each family that has one, :data:`REFERENCE_FAMILIES`):
 
-* ``edge_caching``: :func:`securefrl.envs.edge_caching.static_policy` — admit a missed item iff it is among the
-  client's top-C items, evict the least popular cached one (optimal for i.i.d. requests);
+* ``edge_caching``: :func:`securefrl.envs.edge_caching.reference_policy` — admit a missed item iff it is among
+  the client's top-C items, evict the least popular cached one (optimal for i.i.d. requests);
 * ``ran_access``: :func:`securefrl.envs.ran_access.greedy_policy` — attach each user to the cell of highest
   rate, knowing the site's bandwidths (myopic, so a reference, not a bound: a method may beat it);
 * ``mec_offloading``: :func:`securefrl.envs.mec_offloading.myopic_policy` — the cheaper choice for each task,
@@ -27,40 +27,29 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
 
-from securefrl.envs import EnvSpec, get_family, policy_returns
-from securefrl.envs.edge_caching import popularity, static_policy
-from securefrl.envs.mec_offloading import myopic_policy
-from securefrl.envs.ran_access import greedy_policy
+from securefrl.envs import FAMILIES, EnvSpec, get_family, policy_returns
 from securefrl.personalization.benchmark import HETEROGENEITY_METHODS, t_interval
 from securefrl.seeding import derive_seed
 
-
-def _edge_caching_reference(env: Any) -> Callable[[np.ndarray], int]:
-    return static_policy(popularity(env.n_items, env.popularity_centre, env.zipf_exponent), env.cache_size)
-
-
-REFERENCES: dict[str, Callable[[Any], Callable[[np.ndarray], int]]] = {
-    "edge_caching": _edge_caching_reference,
-    "ran_access": greedy_policy,
-    "mec_offloading": myopic_policy,
-}
-"""Family -> the reference policy of a client, built from its (unwrapped) environment."""
+REFERENCE_FAMILIES = sorted(name for name, fam in FAMILIES.items() if fam.reference is not None)
+"""The families whose registry entry names a reference policy."""
 
 
 def reference_return(family: str, params: dict[str, float], episodes: int, seed: int) -> float:
     """Mean return of the reference policy of the client with ``params`` on ``episodes`` seeded episodes."""
     fam = get_family(family)
+    if fam.reference is None:
+        raise ValueError(f"family {family!r} has no reference policy; families with one: {REFERENCE_FAMILIES}")
     env: gym.Env = EnvSpec(fam.env_id, dict(params), family).make()
     try:
         seeds = [derive_seed(seed, f"{family}-headroom", e) % (2**31) for e in range(episodes)]
-        return float(np.mean(policy_returns(env, REFERENCES[family](env.unwrapped), seeds)))
+        return float(np.mean(policy_returns(env, fam.reference(env.unwrapped), seeds)))
     finally:
         env.close()
 
@@ -94,7 +83,7 @@ def headroom(family: str, records: list[dict[str, Any]], episodes: int, seed: in
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("family", choices=sorted(REFERENCES))
+    ap.add_argument("family", choices=REFERENCE_FAMILIES)
     ap.add_argument("records", type=Path, help="a heterogeneity{suffix}.jsonl written by heterogeneity.py")
     ap.add_argument("--episodes", type=int, default=200, help="episodes per client for the reference policy")
     ap.add_argument("--seed", type=int, default=0)

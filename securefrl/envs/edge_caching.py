@@ -34,7 +34,8 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-__all__ = ["EdgeCachingEnv", "draw_episode", "item_ranking", "popularity", "requests_from_uniforms", "static_policy"]
+__all__ = ["EdgeCachingEnv", "draw_episode", "item_ranking", "popularity", "reference_policy", "requests_from_uniforms",
+           "static_policy"]
 
 
 def item_ranking(n_items: int, centre: float) -> np.ndarray:
@@ -96,6 +97,11 @@ def static_policy(probs: np.ndarray, cache_size: int) -> Callable[[np.ndarray], 
         return 1 + int(np.argmin(probs[cache]))
 
     return act
+
+
+def reference_policy(env: EdgeCachingEnv) -> Callable[[np.ndarray], int]:
+    """:func:`static_policy` for the station ``env`` (it reads the station's own popularity law)."""
+    return static_policy(popularity(env.n_items, env.popularity_centre, env.zipf_exponent), env.cache_size)
 
 
 class EdgeCachingEnv(gym.Env):

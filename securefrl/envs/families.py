@@ -82,6 +82,7 @@ import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -91,8 +92,9 @@ from gymnasium.envs.classic_control.mountain_car import MountainCarEnv
 from gymnasium.envs.classic_control.pendulum import PendulumEnv
 
 from securefrl.envs.edge_caching import EdgeCachingEnv
-from securefrl.envs.mec_offloading import MECOffloadingEnv
-from securefrl.envs.ran_access import RANAccessEnv
+from securefrl.envs.edge_caching import reference_policy as edge_caching_reference
+from securefrl.envs.mec_offloading import MECOffloadingEnv, myopic_policy
+from securefrl.envs.ran_access import RANAccessEnv, greedy_policy
 from securefrl.errors import ConfigError
 
 EDGE_CACHING_ID = "securefrl/EdgeCaching-v0"
@@ -177,6 +179,10 @@ class EnvFamily:
     """Module the env needs that is not a core dependency (e.g. ``mujoco``), and so the optional extra."""
     extra: str = ""
     """The ``securefrl[...]`` extra that installs :attr:`requires`."""
+    reference: Callable[[Any], Callable[[Any], Any]] | None = None
+    """Hand-written policy that knows a client's parameters: ``reference(unwrapped env) -> (obs -> action)``,
+    the yardstick of ``benchmarks/headroom.py`` (how much a learned policy leaves on the table); None: no such
+    policy is known for the family."""
 
     def available(self) -> bool:
         """Whether the env can be built here (its optional dependency, if any, is installed)."""
@@ -370,6 +376,7 @@ _FAMILY_LIST = (
         description="a base station caching 3 of 12 items under Zipf requests (Zhang et al.); discrete admit/evict",
         kind="application",
         batched="securefrl.envs.batched:EdgeCachingBatch",
+        reference=edge_caching_reference,
     ),
     EnvFamily(
         name="mec_offloading",
@@ -393,6 +400,7 @@ _FAMILY_LIST = (
         description="run each arriving task locally or offload it to an edge server (Mao et al. 2017); discrete",
         kind="application",
         batched="securefrl.envs.batched:MECOffloadingBatch",
+        reference=myopic_policy,
     ),
     EnvFamily(
         name="ran_access",
@@ -417,6 +425,7 @@ _FAMILY_LIST = (
         "discrete",
         kind="application",
         batched="securefrl.envs.batched:RANAccessBatch",
+        reference=greedy_policy,
     ),
     EnvFamily(
         name="hopper",

@@ -16,9 +16,8 @@ from gymnasium.utils.env_checker import check_env
 
 from securefrl.envs import EnvSpec, draw_client_envs, family_names, get_family, policy_returns
 from securefrl.envs.batched import EdgeCachingBatch, MECOffloadingBatch, batch_for
-from securefrl.envs.edge_caching import EdgeCachingEnv, item_ranking, popularity, static_policy
-from securefrl.envs.mec_offloading import MECOffloadingEnv, myopic_policy
-from securefrl.envs.ran_access import greedy_policy
+from securefrl.envs.edge_caching import EdgeCachingEnv, item_ranking, popularity
+from securefrl.envs.mec_offloading import MECOffloadingEnv
 from securefrl.errors import ConfigError
 from securefrl.seeding import derive_rng
 
@@ -168,12 +167,9 @@ def _cross_returns(name: str, h: float, n: int = 5) -> np.ndarray:
     envs = [s.make().unwrapped for s in specs]
     for e in envs:
         e.reset(seed=0)  # the popularity law is computed at reset
-    if name == "edge_caching":
-        policies = [static_policy(e.probs, e.cache_size) for e in envs]
-    elif name == "ran_access":
-        policies = [greedy_policy(e) for e in envs]
-    else:
-        policies = [myopic_policy(e) for e in envs]
+    reference = get_family(name).reference
+    assert reference is not None, f"{name} registers no reference policy"
+    policies = [reference(e) for e in envs]
     seeds = range(6)
     return np.array([[policy_returns(envs[b], policies[a], seeds).mean() for b in range(n)] for a in range(n)])
 

@@ -66,3 +66,13 @@ def test_every_reference_knows_its_client(tmp_path, capsys):
     bench.main(["mec_offloading", str(stream), "--episodes", "2"])
     assert "| 1 | local | 1 |" in capsys.readouterr().out
     assert (tmp_path / "h_headroom_mec_offloading.json").exists()
+
+
+def test_every_application_family_registers_its_reference_and_others_are_refused():
+    bench = _bench()
+    from securefrl.envs import FAMILIES
+
+    apps = sorted(n for n, f in FAMILIES.items() if f.kind == "application")
+    assert bench.REFERENCE_FAMILIES == apps  # the benchmark reads the registry, no list of its own
+    with pytest.raises(ValueError, match=r"no reference policy.*edge_caching"):
+        bench.reference_return("cartpole", {}, 1, 0)
