@@ -52,13 +52,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--first-seed", type=int, default=0,
                     help="seeds first-seed .. first-seed + seeds - 1 (e.g. held-out seeds after tuning on 0-4)")
-    ap.add_argument("--clients", type=int, default=4)
-    ap.add_argument("--rounds", type=int, default=8)
-    ap.add_argument("--local-steps", type=int, default=1024)
-    ap.add_argument("--final-episodes", type=int, default=5)
-    ap.add_argument("--client-types", type=int, default=0,
-                    help="clients in this many types (env.client_types); 0: none")
-    ap.add_argument("--type-spread", type=float, default=0.1, help="env.type_spread with --client-types")
+    GridSettings().add_arguments(ap)
     ap.add_argument("--suffix", default="", help="appended to the output names")
     ap.add_argument("--out", type=Path, default=RESULTS, help="output directory")
     ap.add_argument("--summarize-only", action="store_true", help="tabulate the records already written, train nothing")
@@ -67,8 +61,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.quick:
         args.seeds, args.rounds, args.local_steps, args.final_episodes = 1, 2, 256, 1
         args.suffix = args.suffix or "_quick"
-    grid = GridSettings(args.clients, args.rounds, args.local_steps, args.final_episodes, args.client_types,
-                        args.type_spread)
+    grid = GridSettings.from_args(args)
     seeds = range(args.first_seed, args.first_seed + args.seeds)
     run_heterogeneity(args.families, args.levels, args.methods, seeds, grid, args.out, args.suffix,
                       log=lambda line: print(line, file=sys.stderr, flush=True), train=not args.summarize_only)

@@ -168,8 +168,7 @@ def _cmd_heterogeneity(args: argparse.Namespace) -> int:
     from securefrl.personalization.benchmark import GridSettings, run_heterogeneity
 
     out = Path(args.out)
-    grid = GridSettings(args.clients, args.rounds, args.local_steps, args.final_episodes, args.client_types,
-                        args.type_spread)
+    grid = GridSettings.from_args(args)
     run_heterogeneity([args.family], args.levels, args.methods, range(args.seeds), grid, out, f"_{args.family}",
                       log=None if args.quiet else lambda line: print(line, file=sys.stderr, flush=True))
     print((out / f"heterogeneity_{args.family}.md").read_text())
@@ -248,7 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
                                        "family: writes <out>.json/.md/.png and prints the table.")
     speedup_arguments(speed, small=True)
     speed.set_defaults(func=_cmd_speedup)
-    from securefrl.personalization.benchmark import HETEROGENEITY_FAMILIES, HETEROGENEITY_METHODS
+    from securefrl.personalization.benchmark import HETEROGENEITY_FAMILIES, HETEROGENEITY_METHODS, GridSettings
 
     het = sub.add_parser("heterogeneity", help="one family's slice of the heterogeneity benchmark: FedAvg's "
                          "penalty against local-only training and the personalization methods (JSON, Markdown, PNG)")
@@ -257,13 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
     het.add_argument("--methods", nargs="+", choices=HETEROGENEITY_METHODS,
                      default=["local", "fedavg", "finetune", "relation"], help="local-only is always included")
     het.add_argument("--seeds", type=int, default=3)
-    het.add_argument("--clients", type=int, default=4)
-    het.add_argument("--rounds", type=int, default=4)
-    het.add_argument("--local-steps", type=int, default=512)
-    het.add_argument("--final-episodes", type=int, default=3)
-    het.add_argument("--client-types", type=int, default=0,
-                     help="draw the clients in this many types (env.client_types); 0: every client its own draw")
-    het.add_argument("--type-spread", type=float, default=0.1, help="env.type_spread with --client-types")
+    GridSettings(rounds=4, local_steps=512, final_episodes=3).add_arguments(het)  # a quick slice by default
     het.add_argument("--out", default="results/heterogeneity", help="output folder (a rerun continues its records)")
     het.add_argument("--quiet", action="store_true", help="no line per finished run")
     het.set_defaults(func=_cmd_heterogeneity)

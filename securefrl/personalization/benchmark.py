@@ -321,6 +321,24 @@ class GridSettings:
         types = f" in {self.client_types} types (spread {self.type_spread:g})" if self.client_types else ""
         return f"{self.clients} clients{types}, {self.rounds} rounds x {self.local_steps} local steps"
 
+    def add_arguments(self, parser: Any) -> None:
+        """``--clients``, ``--rounds``, ... on an argparse parser, defaulting to this grid's values (the
+        benchmark script and the ``securefrl heterogeneity`` command share them; :meth:`from_args` reads them)."""
+        parser.add_argument("--clients", type=int, default=self.clients)
+        parser.add_argument("--rounds", type=int, default=self.rounds)
+        parser.add_argument("--local-steps", type=int, default=self.local_steps)
+        parser.add_argument("--final-episodes", type=int, default=self.final_episodes)
+        parser.add_argument("--client-types", type=int, default=self.client_types,
+                            help="draw the clients in this many types (env.client_types); 0: every client its own")
+        parser.add_argument("--type-spread", type=float, default=self.type_spread,
+                            help="env.type_spread with --client-types")
+
+    @classmethod
+    def from_args(cls, args: Any) -> GridSettings:
+        """The grid of parsed :meth:`add_arguments` options."""
+        return cls(args.clients, args.rounds, args.local_steps, args.final_episodes, args.client_types,
+                   args.type_spread)
+
 
 def heterogeneity_jobs(families: Sequence[str], levels: Sequence[float], methods: Sequence[str], seeds: Sequence[int],
                        grid: GridSettings) -> list[dict[str, Any]]:
