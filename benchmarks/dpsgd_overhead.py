@@ -43,8 +43,6 @@ from securefrl.agents.dp import DPSGDSettings, enable_dp_sgd
 from securefrl.privacy.dpsgd import DPSGD_MODES
 
 VARIANTS = ("plain", "plain_poisson", *DPSGD_MODES, "mlp_secure")
-"""``mlp_secure``: the ``mlp`` mode with the default OS-CSPRNG noise and Poisson sampling (what a user pays);
-the other private variants draw seeded noise, as the first recorded table was measured."""
 
 
 def env_fn() -> gym.Env:
