@@ -300,6 +300,9 @@ class GridSettings:
     <securefrl.envs.spec.draw_client_envs>`), so that same-type clients can help each other at every h."""
     type_spread: float = 0.1
     """``env.type_spread`` with ``client_types``."""
+    extra: tuple[str, ...] = ()
+    """Config overrides applied to every run after the grid's own (``--set agent.params.lr=1e-3``: a sensitivity
+    check); recorded, so records of runs with other extras are never mixed."""
 
     def record(self) -> dict[str, Any]:
         """The settings as records store them (an untyped grid's records carry no type keys)."""
@@ -307,6 +310,8 @@ class GridSettings:
                                "final_episodes": self.final_episodes}
         if self.client_types:
             out |= {"client_types": self.client_types, "type_spread": self.type_spread}
+        if self.extra:
+            out["extra"] = list(self.extra)
         return out
 
     def overrides(self) -> list[str]:
@@ -319,7 +324,8 @@ class GridSettings:
 
     def describe(self) -> str:
         types = f" in {self.client_types} types (spread {self.type_spread:g})" if self.client_types else ""
-        return f"{self.clients} clients{types}, {self.rounds} rounds x {self.local_steps} local steps"
+        extra = f" (every run also: {', '.join(self.extra)})" if self.extra else ""
+        return f"{self.clients} clients{types}, {self.rounds} rounds x {self.local_steps} local steps{extra}"
 
     def add_arguments(self, parser: Any) -> None:
         """``--clients``, ``--rounds``, ... on an argparse parser, defaulting to this grid's values (the
@@ -332,12 +338,14 @@ class GridSettings:
                             help="draw the clients in this many types (env.client_types); 0: every client its own")
         parser.add_argument("--type-spread", type=float, default=self.type_spread,
                             help="env.type_spread with --client-types")
+        parser.add_argument("--set", action="append", default=list(self.extra), metavar="KEY=VALUE",
+                            help="config override for every run, after the grid's own (repeatable)")
 
     @classmethod
     def from_args(cls, args: Any) -> GridSettings:
         """The grid of parsed :meth:`add_arguments` options."""
         return cls(args.clients, args.rounds, args.local_steps, args.final_episodes, args.client_types,
-                   args.type_spread)
+                   args.type_spread, tuple(args.set))
 
 
 def heterogeneity_jobs(families: Sequence[str], levels: Sequence[float], methods: Sequence[str], seeds: Sequence[int],
@@ -371,7 +379,8 @@ def run_heterogeneity_job(job: Mapping[str, Any]) -> list[dict[str, Any]]:
     """Train one (family, h, run, seed) of the grid; one record per method it yields."""
     grid: GridSettings = job["grid"]
     overrides = [f"seed={job['seed']}", f"env.heterogeneity={job['h']}", *grid.overrides(),
-                 *HETEROGENEITY_FAMILIES[job["family"]], *_RUNS[job["run"]], *_equal_budget(job["run"], grid)]
+                 *HETEROGENEITY_FAMILIES[job["family"]], *_RUNS[job["run"]], *_equal_budget(job["run"], grid),
+                 *grid.extra]
     deploy = {"fedavg": "global", "finetune": "personal"} if job["run"] == "finetune" else {job["run"]: "personal"}
     common = {"family": job["family"], "h": job["h"], "seed": job["seed"]}
     return [{**common, **r} for r in train_and_deploy(overrides, deploy, grid.final_episodes,

@@ -146,6 +146,25 @@ def test_a_typed_heterogeneity_grid_draws_client_types_and_keeps_its_records_apa
     capsys.readouterr()
 
 
+def test_a_grid_override_reaches_every_run_and_keeps_its_records_apart(tmp_path, capsys):
+    from securefrl.cli import main
+
+    argv = ["heterogeneity", "mec_offloading", "--levels", "0", "--methods", "fedavg", "--seeds", "1", "--clients",
+            "2", "--rounds", "1", "--local-steps", "32", "--final-episodes", "1", "--out", str(tmp_path), "--quiet"]
+    assert main(argv) == 0
+    plain = json.loads((tmp_path / "heterogeneity_mec_offloading.json").read_text())["runs"]
+    assert main([*argv, "--set", "agent.params.lr=0.03"]) == 0
+    runs = json.loads((tmp_path / "heterogeneity_mec_offloading.json").read_text())["runs"]
+    assert all(r["settings"]["extra"] == ["agent.params.lr=0.03"] for r in runs)
+    assert "every run also: agent.params.lr=0.03" in (tmp_path / "heterogeneity_mec_offloading.md").read_text()
+    # a 100x learning rate trains another model from the same seed: the override reached the agent
+    assert [r["final"] for r in runs] != [r["final"] for r in plain]
+    assert main([*argv, "--set", "agent.params.bogus=1"]) == 0  # a refused override is recorded, not a crash
+    bad = json.loads((tmp_path / "heterogeneity_mec_offloading.json").read_text())["runs"]
+    assert all("bogus" in r["refused"] for r in bad)
+    capsys.readouterr()
+
+
 def test_a_benchmark_run_that_cannot_be_vectorized_says_why_it_ran_on_the_loop():
     from securefrl.personalization.benchmark import train_and_deploy
 
