@@ -124,7 +124,8 @@ class RelationRound:
     """One server step: every participant's new model, the weights used and the similarity kept."""
 
     models: np.ndarray
-    """``(n, d)`` new per-client models, row ``i`` = ``sum_j weights[i, j] * (models_j + updates_j)``."""
+    """``(n, d)`` new per-client models, row ``i`` = ``models_i + lr * (sum_j weights[i, j] * (models_j + updates_j)
+    - models_i)`` (``lr = 1``: the weighted average itself)."""
     weights: np.ndarray
     """``(n, n)`` row-stochastic mixing weights."""
     similarity: np.ndarray
@@ -132,7 +133,8 @@ class RelationRound:
 
 
 def relation_round(models: np.ndarray, updates: np.ndarray, alpha: float, ema: float = 1.0,
-                   previous: np.ndarray | None = None, prior: np.ndarray | None = None) -> RelationRound:
+                   previous: np.ndarray | None = None, prior: np.ndarray | None = None,
+                   lr: float = 1.0) -> RelationRound:
     """The server math of one round over the ``n`` participating clients.
 
     Parameters
@@ -149,6 +151,9 @@ def relation_round(models: np.ndarray, updates: np.ndarray, alpha: float, ema: f
         ``(n, n)`` similarity of these participants from earlier rounds, or None.
     prior
         FedAvg weights (default uniform).
+    lr
+        Server step size toward each client's weighted average (``federation.server_lr``): with identical
+        updates the round is then FedAvg with that server learning rate (Reddi et al. 2021's ``eta``).
     """
     m = np.asarray(models, dtype=np.float64)
     u = np.asarray(updates, dtype=np.float64)
@@ -158,6 +163,8 @@ def relation_round(models: np.ndarray, updates: np.ndarray, alpha: float, ema: f
         raise ValueError("models and updates must be finite")
     if not 0.0 < ema <= 1.0:
         raise ValueError(f"ema must lie in (0, 1], got {ema}")
+    if not lr > 0.0:
+        raise ValueError(f"lr must be > 0, got {lr}")
     sim = cosine_similarity(u)
     if previous is not None:
         prev = np.asarray(previous, dtype=np.float64)
@@ -165,7 +172,8 @@ def relation_round(models: np.ndarray, updates: np.ndarray, alpha: float, ema: f
             raise ValueError(f"previous similarity must be {sim.shape}, got {prev.shape}")
         sim = ema * sim + (1.0 - ema) * prev
     weights = relation_weights(sim, alpha, prior)
-    return RelationRound(weights @ (m + u), weights, sim)
+    mixed = weights @ (m + u)
+    return RelationRound(mixed if lr == 1.0 else m + lr * (mixed - m), weights, sim)
 
 
 def protocol_reveals_individual_updates(name: str) -> bool | None:
@@ -194,9 +202,10 @@ def check_relation(config: ExperimentConfig) -> None:
     if config.federation.aggregator != "fedavg":
         raise ConfigError("federation.aggregator", "relation replaces the aggregation rule by per-client weighted "
                           "averages; use aggregator=fedavg")
-    if config.federation.server_optimizer != "fedavg" or config.federation.server_lr != 1.0:
-        raise ConfigError("federation.server_optimizer", "relation sets each client's model to its weighted "
-                          "average directly; use server_optimizer=fedavg with server_lr=1")
+    if config.federation.server_optimizer != "fedavg":
+        raise ConfigError("federation.server_optimizer", "relation steps each client's model toward its weighted "
+                          "average by server_lr; it keeps no server momentum or adaptive state per client, so use "
+                          "server_optimizer=fedavg (server_lr sets the step)")
 
 
 class Relation(Personalized):
@@ -246,7 +255,8 @@ class Relation(Personalized):
             return
         s = self.settings
         result = relation_round(self.models[ids], np.stack([individual[c] for c in ids]), s.relation_alpha,
-                                s.relation_ema, self.similarity[np.ix_(ids, ids)])
+                                s.relation_ema, self.similarity[np.ix_(ids, ids)],
+                                lr=self.config.federation.server_lr)
         self.models[ids] = result.models.astype(np.float32)
         self.similarity[np.ix_(ids, ids)] = result.similarity
         self.last_weights = {c: {ids[j]: float(w) for j, w in enumerate(result.weights[i])} for i, c in enumerate(ids)}

@@ -166,8 +166,22 @@ def test_relation_accepts_local_dp_and_refuses_robust_rules_and_server_optimizer
     cfg("privacy.placement=local")  # each update private by itself: the weighting is post-processing
     with pytest.raises(ConfigError, match="aggregator=fedavg"):
         cfg("federation.aggregator=median")
-    with pytest.raises(ConfigError, match="server_optimizer"):
+    with pytest.raises(ConfigError, match="server_optimizer=fedavg"):
         cfg("federation.server_optimizer=fedadam")
+    cfg("federation.server_lr=2")  # a plain server step size is allowed
+
+
+def test_the_server_learning_rate_scales_each_clients_step_toward_its_weighted_average() -> None:
+    rng = np.random.default_rng(5)
+    models, updates = rng.normal(size=(4, 6)), rng.normal(size=(4, 6))
+    one = relation_round(models, updates, alpha=8.0)
+    two = relation_round(models, updates, alpha=8.0, lr=2.0)
+    np.testing.assert_array_equal(two.weights, one.weights)  # the step size does not change who is related
+    np.testing.assert_allclose(two.models, models + 2.0 * (one.models - models), atol=1e-12)
+    same = relation_round(np.tile(models[0], (4, 1)), np.tile(updates[0], (4, 1)), alpha=8.0, lr=2.0)
+    np.testing.assert_allclose(same.models, np.tile(models[0] + 2.0 * updates[0], (4, 1)), atol=1e-12)  # FedAvg, lr 2
+    with pytest.raises(ValueError, match="lr must be > 0"):
+        relation_round(models, updates, alpha=8.0, lr=0.0)
 
 
 # --- a tiny federation ---------------------------------------------------------------------
