@@ -335,7 +335,7 @@ class GridSettings:
         parser.add_argument("--local-steps", type=int, default=self.local_steps)
         parser.add_argument("--final-episodes", type=int, default=self.final_episodes)
         parser.add_argument("--client-types", type=int, default=self.client_types,
-                            help="draw the clients in this many types (env.client_types); 0: every client its own")
+                            help="draw the clients in this many types (env.client_types); 0: every client its own draw")
         parser.add_argument("--type-spread", type=float, default=self.type_spread,
                             help="env.type_spread with --client-types")
         parser.add_argument("--set", action="append", default=list(self.extra), metavar="KEY=VALUE",

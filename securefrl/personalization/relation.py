@@ -173,6 +173,7 @@ def relation_round(models: np.ndarray, updates: np.ndarray, alpha: float, ema: f
         sim = ema * sim + (1.0 - ema) * prev
     weights = relation_weights(sim, alpha, prior)
     mixed = weights @ (m + u)
+    # lr 1 returns the average itself: m + (mixed - m) would round differently and change every earlier run
     return RelationRound(mixed if lr == 1.0 else m + lr * (mixed - m), weights, sim)
 
 
